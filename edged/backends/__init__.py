@@ -1,0 +1,1 @@
+"""Inference backends behind one small seam (see :mod:`edged.backends.base`)."""

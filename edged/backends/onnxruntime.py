@@ -1,0 +1,65 @@
+"""ONNX Runtime on the CPU: the backend wherever there is no TensorRT engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edged.backends.base import Backend, BackendError, BackendInfo, TensorSpec
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _spec(node) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, shape, _ORT_TYPES.get(node.type, node.type))
+
+
+class OnnxRuntimeBackend(Backend):
+    """CPU execution provider; ``threads=0`` lets ONNX Runtime use every core."""
+
+    def __init__(self, onnx_path: str | Path, threads: int = 0):
+        self.onnx_path = Path(onnx_path)
+        self.threads = threads
+        self._session: ort.InferenceSession | None = None
+
+    def load(self) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(self.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        if len(self._session.get_inputs()) != 1 or len(self._session.get_outputs()) != 1:
+            raise BackendError(f"{self.onnx_path.name}: edged serves models with one input and one output")
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            raise BackendError("backend not loaded")
+        return self._session
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo("onnxruntime", "fp32", "cpu", {"ort_version": ort.__version__, "threads": self.threads})
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return _spec(self.session.get_inputs()[0])
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return _spec(self.session.get_outputs()[0])
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            (out,) = self.session.run(None, {self.input_spec.name: batch})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime: {exc}") from exc
+        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
+
+    def close(self) -> None:
+        self._session = None
