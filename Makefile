@@ -1,0 +1,49 @@
+# Two entry points for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both install what they need: Debian packages (mosquitto, DCMTK) when missing, and a
+# virtual environment in .venv with edged and its test dependencies.
+
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+APT_PKGS := mosquitto mosquitto-clients dcmtk systemd python3-venv
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup system-deps models bench clean
+
+demo: setup models
+	$(BIN)/edged demo
+
+test: setup models
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup models
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python tools/bench.py
+
+setup: system-deps $(VENV)/.installed
+
+# Only what is missing is installed; a machine that has everything is left alone.
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "edged needs Python >= 3.10"'
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+models: $(VENV)/.installed
+	$(BIN)/python tools/make_models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info engines/*/model.onnx

@@ -1,0 +1,1 @@
+"""Dynamic batching with Triton's semantics (see :mod:`edged.batcher.dynamic`)."""

@@ -1,0 +1,113 @@
+"""``edged``: run the daemon, check a config, run the demo, export results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edged import __version__
+from edged.config import ConfigError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted key, e.g. --set dicom.port=11113 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edged", description="Inference daemon for NVIDIA Jetson.")
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file and the model manifests it names")
+    _config_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
+    p.add_argument("--broker", metavar="HOST:PORT", help="use this broker instead of starting mosquitto")
+    p.add_argument("--file", type=Path, help="DICOM file to send (default: pydicom-data's RG1_UNCR.dcm)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export-results", help="export the on-device results archive (pseudonymized)")
+    _config_args(p)
+    p.add_argument("--model", help="only this model")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edged.daemon import Daemon
+
+    cfg = load_config(args.config, args.sets)
+    _setup_logging(cfg.log_level)
+    return Daemon(cfg).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edged.models.manifest import load_manifest
+
+    cfg = load_config(args.config, args.sets)
+    problems: list[str] = []
+    for entry in cfg.models:
+        path = cfg.manifest_path(entry)
+        try:
+            model = load_manifest(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if model.name != entry.name:
+            problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
+        if not model.onnx_path.exists():
+            print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
+    if problems:
+        raise ConfigError(problems)
+    print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edged.demo import run_demo
+
+    return run_demo(broker=args.broker, dicom_file=args.file)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edged.outbox.archive import export_results
+
+    cfg = load_config(args.config, args.sets)
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        n = export_results(cfg.db_path, out, fmt=args.format, model=args.model)
+    finally:
+        if args.output:
+            out.close()
+    print(f"exported {n} result(s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

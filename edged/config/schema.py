@@ -1,0 +1,164 @@
+"""The daemon's configuration schema: one YAML file, every key validated, unknown keys rejected.
+
+Defaults are chosen so that ``edged demo`` and a first ``edged run`` need no file at all; a
+hospital deployment sets ``node_id``, the DICOM network and the MQTT broker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edged.models.manifest import BatchingSpec
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _default_node_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return (host or "edged")[:64].strip("-_") or "edged"
+
+
+def default_model_repository() -> Path:
+    """The repo's ``engines/`` in a checkout, else the installed location."""
+    here = Path(__file__).resolve().parents[2] / "engines"
+    return here if here.is_dir() else Path("/opt/edged/engines")
+
+
+class DicomConfig(Strict):
+    enabled: bool = True
+    ae_title: str = "EDGED"
+    bind: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    allowed_calling_aes: list[str] = Field(default_factory=list, description="empty: any calling AE")
+    allowed_hosts: list[str] = Field(default_factory=list, description="IPs or CIDR networks; empty: any")
+    require_called_ae: bool = True
+    max_associations: int = Field(default=10, ge=1, le=200)
+    max_pdu_size: int = Field(default=0, ge=0, description="0: unlimited")
+    spool_quota_mb: float = Field(default=2048, gt=0)
+    max_image_pixels: int = Field(default=64_000_000, gt=0)
+    acse_timeout_s: float = Field(default=30, gt=0)
+    dimse_timeout_s: float = Field(default=30, gt=0)
+    network_timeout_s: float = Field(default=60, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not 0 < len(v.strip()) <= 16 or not v.isascii() or "\\" in v or not v.isprintable():
+            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+        return v.strip()
+
+    @field_validator("bind")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _aes(cls, v: list[str]) -> list[str]:
+        for ae in v:
+            if not 0 < len(ae.strip()) <= 16:
+                raise ValueError(f"AE title {ae!r} must be 1-16 characters")
+        return [ae.strip() for ae in v]
+
+
+class ModelEntry(Strict):
+    """One served model: a folder in the model repository (or an explicit manifest path)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    manifest: Path | None = None
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    dla_core: int | None = Field(default=None, ge=0)
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
+    batching: BatchingSpec | None = None
+
+
+class TlsFiles(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class MqttConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="default: edged-<node_id>")
+    username_file: Path | None = None
+    password_file: Path | None = None
+    topic_prefix: str = Field(default="edged/v1", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    tls: TlsFiles | None = None
+    resend_after_s: float = Field(default=10, gt=0)
+    max_inflight: int = Field(default=100, ge=1, le=65535)
+    delivered_retention_h: float = Field(default=24, ge=0)
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> "MqttConfig":
+        if (self.username_file is None) != (self.password_file is None):
+            raise ValueError("username_file and password_file go together")
+        return self
+
+
+class PipelineConfig(Strict):
+    preprocess_workers: int = Field(default=1, ge=1, le=16)
+    backend_timeout_s: float = Field(default=60, gt=0, description="a batch taking longer marks the pipeline unhealthy")
+
+
+class Config(Strict):
+    node_id: str = Field(default_factory=_default_node_id, pattern=NAME_PATTERN)
+    state_dir: Path = Path("/var/lib/edged")
+    cache_dir: Path = Path("/var/cache/edged")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model_repository: Path = Field(default_factory=default_model_repository)
+    dicom: DicomConfig = DicomConfig()
+    models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="chexnet")], min_length=1)
+    mqtt: MqttConfig = MqttConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> "Config":
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model listed twice: {', '.join(dupes)}")
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edged-{self.node_id}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "edged.db"
+
+    @property
+    def site_key_path(self) -> Path:
+        return self.state_dir / "site.key"
+
+    def manifest_path(self, entry: ModelEntry) -> Path:
+        if entry.manifest is not None:
+            return entry.manifest
+        return self.model_repository / entry.name / "model.yaml"

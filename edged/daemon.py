@@ -1,0 +1,123 @@
+"""The daemon: wires sources → spool → pipeline → outbox → MQTT and runs them until SIGTERM.
+
+Start order makes every promise true before it is made: state and outbox first, then models
+(loaded and warmed), then the publisher, then the pipeline (which recovers the spool), and the
+DICOM listener last. Stop runs in reverse: no new associations, queued work finishes or stays
+in the spool, the outbox is flushed, ``offline`` is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from edged import __version__
+from edged.backends.factory import make_backend
+from edged.batcher.dynamic import DynamicBatcher
+from edged.config.schema import Config
+from edged.models.manifest import load_manifest
+from edged.mqtt import messages
+from edged.mqtt.publisher import Publisher
+from edged.outbox.db import Database
+from edged.outbox.store import Outbox
+from edged.pipeline import Pipeline, ServedModel
+from edged.privacy import Pseudonymizer, load_or_create_site_key
+from edged.sources.dicom.scp import StorageSCP
+from edged.spool.spool import Spool
+
+log = logging.getLogger("edged")
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.topics = messages.Topics(cfg.mqtt.topic_prefix, cfg.node_id)
+        self.models: dict[str, ServedModel] = {}
+        self.backend_reasons: dict[str, str] = {}
+        self.publisher: Publisher | None = None
+        self.pipeline: Pipeline | None = None
+        self.scp: StorageSCP | None = None
+        self._stop = threading.Event()
+
+    # -- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        for d in (cfg.state_dir, cfg.cache_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
+        self.outbox = Outbox(Database(cfg.db_path))
+        self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
+        self._load_models()
+        if cfg.mqtt.enabled:
+            self.publisher = Publisher(cfg.mqtt, cfg.client_id, self.outbox, self.topics.status,
+                                       birth=lambda: self.status_payload("online"),
+                                       offline=lambda: self.status_payload("offline"))
+            self.publisher.start()
+        self.pipeline = Pipeline(self.models, self.spool, self.outbox, self.pseudo, self.topics,
+                                 self.wake_publisher, workers=cfg.pipeline.preprocess_workers,
+                                 backend_timeout_s=cfg.pipeline.backend_timeout_s)
+        self.pipeline.start()
+        if cfg.dicom.enabled:
+            self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo,
+                                  [m.manifest for m in self.models.values()], self.topics,
+                                  on_spooled=self.pipeline.submit, on_event=self.wake_publisher)
+            self.scp.start()
+        log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
+
+    def _load_models(self) -> None:
+        for entry in self.cfg.models:
+            model = load_manifest(self.cfg.manifest_path(entry))
+            if model.name != entry.name:
+                raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
+            model.verify_onnx()
+            backend, reason = make_backend(self.cfg, entry, model)
+            backend.load()
+            spec = entry.batching or model.manifest.batching
+            backend.warmup(1)
+            batcher = DynamicBatcher(model.name, backend, spec)
+            self.models[model.name] = ServedModel(model, backend, batcher, backend.info)
+            self.backend_reasons[model.name] = reason
+            log.info("model %s %s (sha256 %s…): %s; clinical=%s", model.name, model.manifest.version,
+                     model.sha256[:12], reason, model.manifest.clinical)
+            if not model.manifest.clinical:
+                log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
+
+    def wake_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.wake()
+
+    def status_payload(self, state: str) -> dict:
+        models = []
+        for name, m in self.models.items():
+            models.append({
+                "name": name, "version": m.manifest.version, "sha256": m.manifest.onnx.sha256,
+                "backend": m.info.backend, "precision": m.info.precision, "device": m.info.device,
+                "clinical": m.manifest.clinical, "backend_reason": self.backend_reasons.get(name, ""),
+                "max_batch_size": m.batcher.max_batch_size,
+            })
+        return messages.status(self.cfg.node_id, state, models)
+
+    # -- run / stop ----------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        self._stop.wait()
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        log.info("stopping: no new associations; finishing queued work")
+        if self.scp is not None:
+            self.scp.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+        for m in self.models.values():
+            m.backend.close()
+        log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
+

@@ -1,0 +1,175 @@
+"""The one thread that talks to the broker.
+
+paho-mqtt keeps in-flight QoS 1 messages in memory only, and ``wait_for_publish`` raises
+while disconnected even though the message may be delivered later; so delivery is tracked
+here, from PUBACKs (MQTT v5 reason code < 0x80) reported to ``on_publish``. Callbacks run on
+paho's network thread and only enqueue; all bookkeeping happens on this thread, which avoids
+the lock-ordering deadlocks reported against paho.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from edged.config.schema import MqttConfig
+from edged.outbox.store import Outbox, encode
+
+log = logging.getLogger("edged.mqtt")
+
+
+class Publisher(threading.Thread):
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        outbox: Outbox,
+        status_topic: str,
+        birth: Callable[[], dict],
+        offline: Callable[[], dict],
+    ):
+        super().__init__(name="mqtt-publisher", daemon=True)
+        self.cfg = cfg
+        self.outbox = outbox
+        self.status_topic = status_topic
+        self.birth = birth
+        self.offline = offline
+        self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self.connected = threading.Event()
+        self._client = self._make_client(client_id)
+
+    # -- paho setup ----------------------------------------------------------------------
+    def _make_client(self, client_id: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if self.cfg.username_file and self.cfg.password_file:
+            c.username_pw_set(_read_secret(self.cfg.username_file), _read_secret(self.cfg.password_file))
+        if self.cfg.tls is not None:
+            t = self.cfg.tls
+            c.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            c.tls_insecure_set(t.insecure)
+        c.will_set(self.status_topic, encode(self.offline()), qos=1, retain=True)
+        c.max_inflight_messages_set(self.cfg.max_inflight)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = lambda cl, ud, flags, rc, props: self._acks.put(("connect", rc))
+        c.on_disconnect = lambda cl, ud, flags, rc, props: self._acks.put(("disconnect", rc))
+        c.on_publish = lambda cl, ud, mid, rc, props: self._acks.put(("puback", (mid, rc)))
+        return c
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def wake(self) -> None:
+        """Tell the publisher new rows are in the outbox (it also polls)."""
+        self._wake.set()
+
+    def run(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                   clean_start=True, properties=props)
+        self._client.loop_start()
+        self.outbox.reset_unacked()
+        last_purge = 0.0
+        while not self._stopping.is_set():
+            self._drain_acks(timeout=0.05)
+            if self.connected.is_set():
+                self._send_due()
+            if time.monotonic() - last_purge > 600:
+                self.outbox.purge_delivered(self.cfg.delivered_retention_h * 3600)
+                last_purge = time.monotonic()
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    def stop(self, flush_timeout: float = 10.0) -> None:
+        """Flush what is due for up to ``flush_timeout`` s, publish ``offline``, disconnect."""
+        self._stopping.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        deadline = time.monotonic() + flush_timeout
+        while self.connected.is_set() and time.monotonic() < deadline:
+            self._send_due()
+            self._drain_acks(timeout=0.1)
+            if not self._inflight and self.outbox.pending_count() == 0:
+                break
+        if self.connected.is_set():
+            info = self._client.publish(self.status_topic, encode(self.offline()), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(1.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                log.warning("could not confirm the offline status before disconnecting")
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- work ----------------------------------------------------------------------------
+    def _drain_acks(self, timeout: float) -> None:
+        delivered: list[int] = []
+        try:
+            kind, value = self._acks.get(timeout=timeout)
+            while True:
+                self._handle(kind, value, delivered)
+                kind, value = self._acks.get_nowait()
+        except queue.Empty:
+            pass
+        self.outbox.mark_delivered(delivered)
+
+    def _handle(self, kind: str, value: object, delivered: list[int]) -> None:
+        if kind == "connect":
+            rc = value
+            if getattr(rc, "is_failure", False):
+                log.error("broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, rc)
+                return
+            log.info("connected to broker %s:%s", self.cfg.host, self.cfg.port)
+            self._client.publish(self.status_topic, encode(self.birth()), qos=1, retain=True)
+            self._inflight.clear()  # paho re-sends nothing we rely on: due rows go out again
+            self.outbox.reset_unacked()
+            self.connected.set()
+        elif kind == "disconnect":
+            if self.connected.is_set():
+                log.warning("disconnected from broker (%s); outbox keeps %d messages", value, self.outbox.pending_count())
+            self.connected.clear()
+        elif kind == "puback":
+            mid, rc = value  # type: ignore[misc]
+            row_id = self._inflight.pop(mid, None)
+            if row_id is None:
+                return
+            if getattr(rc, "is_failure", False):
+                log.error("broker refused message row %d: %s; it stays in the outbox", row_id, rc)
+            else:
+                delivered.append(row_id)
+
+    def _send_due(self) -> None:
+        room = self.cfg.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        resend_before = time.time() - self.cfg.resend_after_s
+        sent: list[int] = []
+        for row in self.outbox.due(room, resend_before, set(self._inflight.values())):
+            info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.debug("publish deferred (rc=%s)", info.rc)
+                break
+            self._inflight[info.mid] = row.id
+            sent.append(row.id)
+        self.outbox.mark_sent(sent)
+
+
+def _read_secret(path: Path) -> str:
+    return Path(path).read_text(encoding="utf-8").strip()

@@ -1,0 +1,87 @@
+"""SQLite state: the instance ledger, the outbox and the results archive in one file.
+
+One file means one transaction can record a result, queue its MQTT message and mark the
+instance done, so a crash leaves either all three or none. WAL with synchronous=FULL: NORMAL
+may lose the last commits on power loss, which would break the C-STORE promise.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    instance     TEXT PRIMARY KEY,      -- HMAC pseudonym of the SOP Instance UID
+    study        TEXT NOT NULL,         -- HMAC pseudonym of the Study Instance UID
+    state        TEXT NOT NULL,         -- spooled | done | skipped | failed
+    calling_ae   TEXT NOT NULL,
+    received_at  REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    reason       TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id   TEXT NOT NULL UNIQUE,
+    topic        TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    qos          INTEGER NOT NULL DEFAULT 1,
+    created_at   REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_sent_at REAL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS results (
+    message_id    TEXT PRIMARY KEY,
+    model         TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    model_sha256  TEXT NOT NULL,
+    clinical      INTEGER NOT NULL,
+    study         TEXT NOT NULL,
+    instance      TEXT NOT NULL,
+    scores        TEXT NOT NULL,        -- JSON {label: score}
+    created_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_model ON results(model, created_at);
+"""
+
+
+class Database:
+    """Per-thread connections to one SQLite file (sqlite3 connections are not shareable)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.connect() as conn:
+            conn.executescript(SCHEMA)
+
+    def connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def transaction(self) -> "_Tx":
+        return _Tx(self.connect())
+
+
+class _Tx:
+    """``with db.transaction() as conn:`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,148 @@
+"""Outbox operations: what the ingest side commits and what the publisher drains.
+
+Writers (the C-STORE handler, the result writer) only ever INSERT/UPDATE inside one
+transaction per image. The single publisher thread reads undelivered rows, publishes them
+and marks a row delivered only on a successful PUBACK; rows whose PUBACK never came are sent
+again after ``resend_after`` seconds with the same ``message_id`` (at-least-once).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from edged.outbox.db import Database
+
+
+def encode(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    message_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    """Pseudonym → result, kept on the device for double-blind validation exports."""
+
+    model: str
+    model_version: str
+    model_sha256: str
+    clinical: bool
+    study: str
+    instance: str
+    scores: dict[str, float]
+
+
+class Outbox:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- ledger (ingest side) -------------------------------------------------------------
+    def instance_state(self, instance: str) -> str | None:
+        row = self.db.connect().execute("SELECT state FROM instances WHERE instance=?", (instance,)).fetchone()
+        return row["state"] if row else None
+
+    def calling_ae(self, instance: str) -> str | None:
+        row = self.db.connect().execute("SELECT calling_ae FROM instances WHERE instance=?", (instance,)).fetchone()
+        return row["calling_ae"] if row else None
+
+    def mark_spooled(self, instance: str, study: str, calling_ae: str) -> None:
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at)"
+                " VALUES (?, ?, 'spooled', ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET state='spooled',"
+                " calling_ae=excluded.calling_ae, received_at=excluded.received_at,"
+                " updated_at=excluded.updated_at, reason=NULL",
+                (instance, study, calling_ae, now, now),
+            )
+
+    def add_message(
+        self,
+        topic: str,
+        payload: dict,
+        *,
+        ledger: tuple[str, str, str, str, str | None] | None = None,
+        archive: ArchiveRow | None = None,
+    ) -> bool:
+        """Queue one message; optionally set the ledger ``(instance, study, state, calling_ae,
+        reason)`` and archive a result in the same transaction. False if the id was queued before."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            inserted = _insert(conn, topic, payload, now)
+            if ledger is not None:
+                instance, study, state, calling_ae, reason = ledger
+                conn.execute(
+                    "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET"
+                    " state=excluded.state, updated_at=excluded.updated_at, reason=excluded.reason",
+                    (instance, study, state, calling_ae, now, now, reason),
+                )
+            if archive is not None and inserted:
+                conn.execute(
+                    "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        payload["message_id"], archive.model, archive.model_version, archive.model_sha256,
+                        int(archive.clinical), archive.study, archive.instance,
+                        json.dumps(archive.scores, sort_keys=True), now,
+                    ),
+                )
+        return inserted
+
+    # -- publisher side ------------------------------------------------------------------
+    def due(self, limit: int, resend_before: float, exclude: set[int]) -> list[OutboxRow]:
+        """Undelivered rows never sent, or sent before ``resend_before`` without a PUBACK."""
+        rows = self.db.connect().execute(
+            "SELECT id, message_id, topic, payload, qos, attempts FROM outbox WHERE delivered_at IS NULL"
+            " AND (last_sent_at IS NULL OR last_sent_at < ?) ORDER BY id LIMIT ?",
+            (resend_before, limit + len(exclude)),
+        ).fetchall()
+        out = [OutboxRow(**dict(r)) for r in rows if r["id"] not in exclude]
+        return out[:limit]
+
+    def mark_sent(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts=attempts+1, last_sent_at=? WHERE id=?", [(now, i) for i in row_ids]
+            )
+
+    def mark_delivered(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.executemany("UPDATE outbox SET delivered_at=? WHERE id=?", [(now, i) for i in row_ids])
+
+    def reset_unacked(self) -> None:
+        """After a reconnect or restart, everything not acknowledged is due again at once."""
+        self.db.connect().execute("UPDATE outbox SET last_sent_at=NULL WHERE delivered_at IS NULL")
+
+    def pending_count(self) -> int:
+        return self.db.connect().execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+
+    def purge_delivered(self, older_than_s: float) -> int:
+        cur = self.db.connect().execute(
+            "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (time.time() - older_than_s,)
+        )
+        return cur.rowcount
+
+
+def _insert(conn: sqlite3.Connection, topic: str, payload: dict, now: float) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO outbox(message_id, topic, payload, qos, created_at) VALUES (?, ?, ?, 1, ?)",
+        (payload["message_id"], topic, encode(payload), now),
+    )
+    return cur.rowcount == 1

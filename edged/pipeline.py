@@ -1,0 +1,252 @@
+"""The ingest pipeline: spool → preprocess → batcher → backend → outbox.
+
+Workers take spooled instances (newly received or left over from a previous run), decode and
+preprocess them, and hand tensors to each accepting model's batcher. Completions are written by
+one writer thread: result message + archive row + ledger in one transaction, and only then is
+the spool file removed. A crash anywhere before that commit leaves the spool file, so the
+instance is processed again on restart; deterministic message ids make that re-run harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+
+from pydicom import dcmread
+
+from edged.backends.base import Backend, BackendInfo
+from edged.batcher.dynamic import Completion, DynamicBatcher, Request
+from edged.models.manifest import LoadedModel
+from edged.mqtt import messages
+from edged.outbox.store import ArchiveRow, Outbox
+from edged.preprocess.pixels import PixelError, prepare_timed
+from edged.privacy import Pseudonymizer
+from edged.results import result_message, scores
+from edged.sources.dicom.accept import route, source_info
+from edged.spool.spool import Spool
+
+log = logging.getLogger("edged.pipeline")
+
+
+@dataclass
+class ServedModel:
+    loaded: LoadedModel
+    backend: Backend
+    batcher: DynamicBatcher
+    info: BackendInfo
+    inflight: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = threading.BoundedSemaphore(self.loaded.manifest.batching.max_queue_size)
+
+    @property
+    def manifest(self):
+        return self.loaded.manifest
+
+
+@dataclass
+class _Item:
+    """One instance on its way through the models that accepted it."""
+
+    key: str
+    study: str
+    calling_ae: str
+    source: dict
+    started: float
+    remaining: set[str]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        models: dict[str, ServedModel],
+        spool: Spool,
+        outbox: Outbox,
+        pseudo: Pseudonymizer,
+        topics: messages.Topics,
+        wake_publisher: Callable[[], None],
+        workers: int = 1,
+        backend_timeout_s: float = 60.0,
+        energy_mj: Callable[[float, float], float | None] | None = None,
+    ):
+        self.models, self.spool, self.outbox, self.pseudo = models, spool, outbox, pseudo
+        self.topics, self.wake_publisher = topics, wake_publisher
+        self.backend_timeout_s = backend_timeout_s
+        self.energy_mj = energy_mj
+        self._work: queue.Queue[str | None] = queue.Queue()
+        self._done: queue.Queue[tuple[_Item, str, Completion, dict] | None] = queue.Queue()
+        self._queued: set[str] = set()
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._workers = [threading.Thread(target=self._work_loop, name=f"preprocess-{i}", daemon=True)
+                         for i in range(workers)]
+        self._writer = threading.Thread(target=self._write_loop, name="result-writer", daemon=True)
+        self.processed = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        for m in self.models.values():
+            m.batcher.start()
+        for t in self._workers:
+            t.start()
+        self._writer.start()
+        left = self.spool.pending()
+        if left:
+            log.info("recovering %d instance(s) left in the spool", len(left))
+        for key in left:
+            self.submit(key)
+
+    def submit(self, key: str) -> None:
+        with self._lock:
+            if not self._accepting or key in self._queued:
+                return
+            self._queued.add(key)
+        self._work.put(key)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is in the batchers; whatever is still only queued stays in the spool."""
+        with self._lock:
+            self._accepting = False
+        while True:  # unqueued keys stay spooled for the next start
+            try:
+                self._work.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._workers:
+            self._work.put(None)
+        for t in self._workers:
+            t.join(timeout)
+        for m in self.models.values():
+            m.batcher.stop(drain=True, timeout=timeout)
+        self._done.put(None)
+        self._writer.join(timeout)
+
+    def healthy(self) -> bool:
+        """False when a batcher died or a backend call has hung: the watchdog stops pinging."""
+        now = time.monotonic()
+        for m in self.models.values():
+            busy = m.batcher.busy_since
+            if not m.batcher.alive() or (busy is not None and now - busy > self.backend_timeout_s):
+                return False
+        return all(t.is_alive() for t in self._workers) and self._writer.is_alive()
+
+    # -- preprocessing -------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while (key := self._work.get()) is not None:
+            try:
+                self._process(key)
+            except Exception:
+                log.exception("instance %s: unexpected failure; it stays in the spool", key)
+            finally:
+                with self._lock:
+                    self._queued.discard(key)
+
+    def _process(self, key: str) -> None:
+        started = time.monotonic()
+        state = self.outbox.instance_state(key)
+        if state in ("done", "skipped", "failed"):
+            self.spool.remove(key)  # results were committed before a crash; only the file was left
+            return
+        try:
+            data = self.spool.read(key)
+        except FileNotFoundError:
+            return
+        calling = self.outbox.calling_ae(key) or "unknown"
+        try:
+            ds = dcmread(BytesIO(data))
+        except Exception as exc:
+            self._fail(key, "", calling, {}, "unreadable", f"dataset does not parse ({type(exc).__name__})")
+            return
+        study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
+        info = source_info(ds, calling).as_dict()
+        accepted, refused = route(ds, [m.manifest for m in self.models.values()])
+        if not accepted:
+            reason = "; ".join(f"{m}: {why}" for m, why in refused.items())
+            self._finish_event(key, study, calling, info, "skipped", "no_model", reason, "skipped")
+            return
+        item = _Item(key, study, calling, info, started, set(accepted))
+        tensors: dict[tuple, tuple] = {}
+        for name in accepted:
+            m = self.models[name]
+            spec = (m.manifest.input, m.manifest.preprocess)
+            try:
+                if spec not in tensors:  # models with the same input share one preprocessing
+                    tensors[spec] = prepare_timed(ds, m.manifest.input, m.manifest.preprocess)
+            except PixelError as exc:
+                self._fail(key, study, calling, info, exc.reason, str(exc))
+                return
+            tensor, pre_timings = tensors[spec]
+            m.inflight.acquire()  # backpressure: never overflow the batcher's bounded queue
+            ctx = (item, name, pre_timings)
+            m.batcher.submit(Request(tensor, self._on_done, context=ctx))
+
+    def _on_done(self, c: Completion) -> None:
+        item, name, pre = c.request.context
+        self.models[name].inflight.release()
+        self._done.put((item, name, c, pre))
+
+    # -- writing results -----------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while (entry := self._done.get()) is not None:
+            try:
+                self._write(*entry)
+            except Exception:
+                log.exception("instance %s: could not record the result; it stays in the spool", entry[0].key)
+
+    def _write(self, item: _Item, name: str, c: Completion, pre: dict[str, float]) -> None:
+        m = self.models[name]
+        item.remaining.discard(name)
+        last = not item.remaining
+        if c.error is not None or c.output is None:
+            log.error("instance %s: %s inference failed: %s", item.key, name, c.error)
+            self._finish_event(item.key, item.study, item.calling_ae, item.source, "error", "inference_failed",
+                               f"{name}: {c.error}", "failed" if last else None, model=name)
+            return
+        timings: dict[str, float | int] = {
+            "queue": round(c.queue_ms, 3),
+            "decode": round(pre["decode_ms"], 3),
+            "preprocess": round(pre["decode_ms"] + pre["transform_ms"], 3),
+            "inference": round(c.compute_ms, 3),
+            "batch_size": c.batch_size,
+            "total": messages.elapsed_ms(item.started),
+        }
+        if self.energy_mj is not None:
+            energy = self.energy_mj(*c.window)
+            if energy is not None:
+                timings["energy_mj"] = round(energy / max(c.batch_size, 1), 3)
+        label_scores = scores(c.output, m.manifest)
+        msg_id = self.pseudo.message_id("result", name, m.manifest.onnx.sha256, item.key)
+        payload = result_message(
+            node=self.topics.node, message_id=msg_id, manifest=m.manifest, info=m.info, study=item.study,
+            instance=item.key, label_scores=label_scores, timings=timings, source=item.source,
+        )
+        archive = ArchiveRow(name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
+                             item.study, item.key, label_scores)
+        ledger = (item.key, item.study, "done", item.calling_ae, None) if last else None
+        self.outbox.add_message(self.topics.results(name), payload, ledger=ledger, archive=archive)
+        self.wake_publisher()
+        if last:
+            self.spool.remove(item.key)
+            self.processed += 1
+        log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, name, timings["total"], c.batch_size)
+
+    def _fail(self, key: str, study: str, calling: str, source: dict, reason: str, detail: str) -> None:
+        log.error("instance %s: %s", key, detail)
+        self._finish_event(key, study, calling, source, "error", reason, detail, "failed")
+
+    def _finish_event(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
+                      detail: str, state: str | None, **fields: object) -> None:
+        payload = messages.event(
+            self.topics.node, type_, reason, message_id=self.pseudo.message_id(type_, reason, key),
+            instance=key, study=study or None, source=source or None, detail=detail, **fields,
+        )
+        ledger = (key, study, state, calling, f"{reason}: {detail}") if state else None
+        self.outbox.add_message(self.topics.events, payload, ledger=ledger)
+        self.wake_publisher()
+        if state:
+            self.spool.remove(key)

@@ -1,0 +1,1 @@
+"""Image sources: DICOM (C-STORE SCP) today; cameras plug in beside it."""

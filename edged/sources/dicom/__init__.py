@@ -1,0 +1,1 @@
+"""DICOM ingest: the Storage SCP (:mod:`scp`) and the accept rules (:mod:`accept`)."""

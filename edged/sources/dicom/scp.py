@@ -1,0 +1,235 @@
+"""The DICOM Storage SCP: C-ECHO and C-STORE, durable before success.
+
+What the handler promises a modality when it answers 0x0000: the bytes it sent are fsynced in
+the spool (or, for images no model accepts, a ``skipped`` event is committed to the outbox).
+It never decodes pixels and never runs inference — a slow handler blocks the sender's
+association. Bad input gets the status PS3.4 prescribes plus an event:
+
+=========  ==========================================================
+0xA700     out of resources: spool quota or disk full, write failure
+0xA900     dataset does not match the SOP class/instance of the request
+0xC000     cannot understand: unreadable, truncated, no pixel data
+=========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import StoragePresentationContexts
+
+from edged.config.schema import DicomConfig
+from edged.models.manifest import ModelManifest
+from edged.mqtt import messages
+from edged.outbox.store import Outbox
+from edged.privacy import Pseudonymizer
+from edged.sources.dicom.accept import route, source_info
+from edged.spool.spool import Spool, SpoolFull
+
+log = logging.getLogger("edged.dicom")
+
+SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
+NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
+COMPRESSED = [
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+]
+
+
+def decodable_syntaxes() -> list[str]:
+    """Uncompressed syntaxes plus every compressed one whose decoder is installed."""
+    from pydicom.pixels import get_decoder
+
+    out = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+    for uid in COMPRESSED:
+        try:
+            if get_decoder(UID(uid)).is_available:
+                out.append(UID(uid))
+        except (NotImplementedError, ValueError):
+            continue
+    return out
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class StorageSCP:
+    def __init__(
+        self,
+        cfg: DicomConfig,
+        spool: Spool,
+        outbox: Outbox,
+        pseudo: Pseudonymizer,
+        manifests: list[ModelManifest],
+        topics: messages.Topics,
+        on_spooled: Callable[[str], None],
+        on_event: Callable[[], None] = lambda: None,
+    ):
+        self.cfg, self.spool, self.outbox, self.pseudo = cfg, spool, outbox, pseudo
+        self.manifests, self.topics = manifests, topics
+        self.on_spooled, self.on_event = on_spooled, on_event
+        self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
+        self._server = None
+        self.port: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        ae = AE(ae_title=self.cfg.ae_title)
+        ae.maximum_associations = self.cfg.max_associations
+        ae.maximum_pdu_size = self.cfg.max_pdu_size
+        ae.acse_timeout = self.cfg.acse_timeout_s
+        ae.dimse_timeout = self.cfg.dimse_timeout_s
+        ae.network_timeout = self.cfg.network_timeout_s
+        ae.require_called_aet = self.cfg.require_called_ae
+        syntaxes = decodable_syntaxes()
+        ae.add_supported_context(Verification)
+        # Every storage class is offered: routers forward whole studies and fail the whole
+        # transfer on a refused context; what no model accepts is acknowledged and skipped.
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        handlers = [
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_REQUESTED, self.handle_requested),
+        ]
+        self._server = ae.start_server((self.cfg.bind, self.cfg.port), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        log.info("DICOM SCP %s listening on %s:%d", self.cfg.ae_title, self.cfg.bind, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting associations; running ones finish their current C-STORE."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- association policy --------------------------------------------------------------
+    def handle_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        host = assoc.requestor.address
+        calling = assoc.requestor.primitive.calling_ae_title.strip() if assoc.requestor.primitive else ""
+        reason = None
+        if self._networks and not any(_in(host, n) for n in self._networks):
+            reason, diag = "host_not_allowed", 0x01
+        elif self.cfg.allowed_calling_aes and calling not in self.cfg.allowed_calling_aes:
+            reason, diag = "calling_ae_not_allowed", 0x03
+        if reason is None:
+            return
+        log.warning("association from %s (AE %s) refused: %s", host, calling, reason)
+        assoc.acse.send_reject(0x01, 0x01, diag)
+        self._event("rejected", reason, calling_ae=calling, peer=host,
+                    detail="association refused by the allow-list")
+
+    # -- C-STORE -------------------------------------------------------------------------
+    def handle_store(self, event: evt.Event) -> int:
+        calling = event.assoc.requestor.ae_title.strip()
+        try:
+            return self._store(event, calling)
+        except Rejected as exc:
+            log.warning("C-STORE from %s refused (0x%04X): %s", calling, exc.status, exc.reason)
+            self._event("rejected", exc.reason.split(":")[0], calling_ae=calling, status=exc.status,
+                        detail=exc.reason)
+            return exc.status
+        except Exception:  # never let pynetdicom answer 0xC211 with no trace
+            log.exception("C-STORE from %s failed", calling)
+            self._event("rejected", "internal_error", calling_ae=calling, status=OUT_OF_RESOURCES,
+                        detail="internal error while storing; see the device log")
+            return OUT_OF_RESOURCES
+
+    def _store(self, event: evt.Event, calling: str) -> int:
+        req_instance = str(event.request.AffectedSOPInstanceUID)
+        req_class = str(event.request.AffectedSOPClassUID)
+        key = self.pseudo.pseudonym("instance", req_instance)
+        state = self.outbox.instance_state(key)
+        if state in ("spooled", "done", "skipped") or key in self.spool:
+            log.info("instance %s from %s already received (%s): not stored again", key, calling, state)
+            self._event("duplicate", "already_received", calling_ae=calling, instance=key,
+                        detail=f"instance already {state or 'spooled'}; stored and inferred once")
+            return SUCCESS
+        data = event.encoded_dataset(include_meta=True)
+        ds = _parse(data)
+        _check(ds, req_class, req_instance, self.cfg.max_image_pixels)
+        study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
+        info = source_info(ds, calling)
+        accepted, refused = route(ds, self.manifests)
+        if not accepted:
+            reason = "; ".join(f"{m}: {why}" for m, why in refused.items())
+            payload = messages.event(
+                self.topics.node, "skipped", next(iter(refused.values())).split(":")[0],
+                message_id=self.pseudo.message_id("skipped", key), instance=key, study=study,
+                source=info.as_dict(), detail=reason,
+            )
+            self.outbox.add_message(self.topics.events, payload, ledger=(key, study, "skipped", calling, reason))
+            self.on_event()
+            log.info("instance %s from %s skipped: %s", key, calling, reason)
+            return SUCCESS
+        try:
+            self.spool.put(key, data)
+        except SpoolFull as exc:
+            raise Rejected(OUT_OF_RESOURCES, f"spool_full: {exc}") from None
+        except OSError as exc:
+            raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
+        self.outbox.mark_spooled(key, study, calling)
+        log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(accepted), len(data))
+        self.on_spooled(key)
+        return SUCCESS
+
+    def _event(self, type_: str, reason: str, **fields: object) -> None:
+        try:
+            self.outbox.add_message(self.topics.events, messages.event(self.topics.node, type_, reason, **fields))
+            self.on_event()
+        except Exception:
+            log.exception("could not queue %s event", type_)
+
+
+def _in(host: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
+
+
+def _parse(data: bytes) -> Dataset:
+    try:
+        ds = dcmread(BytesIO(data))
+        ds.get("PixelData")  # force the parser over the whole dataset
+        return ds
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable: dataset does not parse ({type(exc).__name__})") from None
+
+
+def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int) -> None:
+    """Reject what cannot be understood before promising anything."""
+    if str(ds.get("SOPInstanceUID", "")) != req_instance or str(ds.get("SOPClassUID", "")) != req_class:
+        raise Rejected(MISMATCH, "mismatch: dataset SOP class/instance differ from the request")
+    if "PixelData" not in ds:
+        if ds.get("Rows") is not None:
+            raise Rejected(CANNOT_UNDERSTAND, "no_pixel_data: image without Pixel Data")
+        return  # a non-image object (report, presentation state): routed, then skipped
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError):
+        raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated missing or invalid") from None
+    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
+        raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated")
+    if rows * cols > max_pixels:
+        raise Rejected(OUT_OF_RESOURCES, f"too_large: {rows}x{cols} exceeds {max_pixels} pixels")
+    if ds.file_meta.TransferSyntaxUID in NATIVE and bits >= 8:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = rows * cols * spp * frames * bits // 8
+        if len(ds.PixelData) < expected:
+            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {len(ds.PixelData)} of {expected} bytes")

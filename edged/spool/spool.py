@@ -1,0 +1,87 @@
+"""The spool directory: one file per accepted SOP instance, named by its pseudonym.
+
+Files are the exact bytes the modality sent (never decoded or re-encoded on the way in), so a
+spool file can be inspected or re-sent with DCMTK. A file disappears only after the results for
+it are committed to the outbox; whatever is here at start-up is work still to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+from edged.spool.durable import fsync_dir, write_durably
+
+_NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
+
+
+class SpoolFull(Exception):
+    """Accepting the object would exceed the quota or the disk: answer 0xA700."""
+
+
+class Spool:
+    def __init__(self, directory: Path, quota_bytes: int, reserve_free_bytes: int = 64 << 20):
+        self.directory = directory
+        self.quota_bytes = quota_bytes
+        self.reserve_free_bytes = reserve_free_bytes
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._sizes = {p.stem: p.stat().st_size for p in directory.iterdir() if _NAME.match(p.name)}
+        for stale in directory.glob(".*.tmp"):  # half-written by a crashed process: never acknowledged
+            stale.unlink(missing_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.dcm"
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._sizes
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())
+
+    def pending(self) -> list[str]:
+        """Keys in arrival order (mtime), for recovery at start-up."""
+        with self._lock:
+            keys = list(self._sizes)
+        return sorted(keys, key=lambda k: self._mtime(k))
+
+    def _mtime(self, key: str) -> float:
+        try:
+            return self.path(key).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def put(self, key: str, data: bytes) -> Path:
+        """Store durably; raise SpoolFull when over quota or the disk is nearly full."""
+        size = len(data)
+        with self._lock:
+            if key in self._sizes:
+                return self.path(key)
+            used = sum(self._sizes.values())
+            if used + size > self.quota_bytes:
+                raise SpoolFull(f"spool quota: {used + size} > {self.quota_bytes} bytes")
+            st = os.statvfs(self.directory)
+            if st.f_bavail * st.f_frsize - size < self.reserve_free_bytes:
+                raise SpoolFull("spool filesystem is nearly full")
+            self._sizes[key] = size  # reserve before the slow write so concurrent stores see it
+        try:
+            write_durably(self.path(key), data)
+        except BaseException:
+            with self._lock:
+                self._sizes.pop(key, None)
+            raise
+        return self.path(key)
+
+    def read(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            self._sizes.pop(key, None)
+        self.path(key).unlink(missing_ok=True)
+        fsync_dir(self.directory)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real mosquitto, real DICOM files, the daemon as a real process.
+
+Nothing here mocks mosquitto, pynetdicom, pydicom or onnxruntime; the only doubles in the
+suite are for Jetson-only interfaces (see tests/power, tests/trt).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edged.localbroker import LocalBroker, free_port
+from helpers import REPO, Collector, DaemonProcess, write_config
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the tiny DenseNet (same family and pipeline as CheXNet, ~1 ms)."""
+    from edged.models.synth import write_model
+
+    repo = tmp_path_factory.mktemp("engines")
+    write_model("tiny", repo / "chexnet-tiny")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def chexnet_ready() -> Path:
+    """The reference CheXNet ONNX, generated once if missing (deterministic, pinned sha256)."""
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_models.py")], check=True, stdout=subprocess.DEVNULL)
+    return REPO / "engines"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = LocalBroker(workdir).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def collector(broker: LocalBroker) -> Iterator[Collector]:
+    c = Collector(broker.port)
+    time.sleep(0.3)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, broker: LocalBroker, tiny_repo: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def make(repo: Path | None = None, model: str = "chexnet-tiny", **extra) -> DaemonProcess:
+        cfg = {
+            "node_id": "test-node",
+            "state_dir": str(tmp_path / "state"),
+            "cache_dir": str(tmp_path / "cache"),
+            "log_level": "info",
+            "model_repository": str(repo or tiny_repo),
+            "dicom": {"bind": "127.0.0.1", "port": free_port(), **extra.pop("dicom", {})},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "resend_after_s": 2, **extra.pop("mqtt", {})},
+            "models": extra.pop("models", [{"name": model}]),
+            **extra,
+        }
+        d = DaemonProcess(write_config(tmp_path / f"edged-{len(started)}.yaml", **cfg), tmp_path / "daemon.log")
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.alive():
+            d.kill9()

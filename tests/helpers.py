@@ -1,0 +1,125 @@
+"""Test helpers: real DICOM files, an MQTT collector, the daemon as a real process, DCMTK."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from pydicom.data import get_testdata_file
+
+REPO = Path(__file__).resolve().parents[1]
+STORESCU = "/usr/bin/storescu"  # DCMTK by absolute path: pynetdicom's console scripts shadow it in a venv
+ECHOSCU = "/usr/bin/echoscu"
+
+
+def dicom_file(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert path, f"test file {name} not found (pydicom-data installed?)"
+    return Path(path)
+
+
+class Collector:
+    """Subscribes to ``edged/#`` and keeps every message (topic, payload dict, retain flag)."""
+
+    def __init__(self, port: int, topic: str = "edged/#"):
+        self.messages: list[tuple[str, dict, bool]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{os.getpid()}-{id(self)}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def of(self, kind: str) -> list[dict]:
+        with self._cond:
+            return [p for t, p, _ in self.messages if f"/{kind}" in t]
+
+    def wait_for(self, predicate: Callable[["Collector"], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    topics = [t for t, _, _ in self.messages]
+                    raise AssertionError(f"timed out; got {len(topics)} messages: {topics[-20:]}")
+                self._cond.wait(min(left, 0.5))
+
+    def results(self) -> list[dict]:
+        return self.of("results/")
+
+    def events(self, type_: str | None = None) -> list[dict]:
+        return [e for e in self.of("events") if type_ is None or e["type"] == type_]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def write_config(path: Path, **overrides) -> Path:
+    path.write_text(yaml.safe_dump(overrides, sort_keys=False))
+    return path
+
+
+class DaemonProcess:
+    """``edged run -c FILE`` as a real process, as systemd would run it."""
+
+    def __init__(self, config: Path, log: Path):
+        self.config, self.log = config, log
+        self.proc: subprocess.Popen | None = None
+        cfg = yaml.safe_load(config.read_text())
+        self.port = cfg["dicom"]["port"]
+
+    def start(self, timeout: float = 60.0) -> "DaemonProcess":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(self.config)],
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"daemon did not listen:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def storescu(port: int, *files: Path, aet: str = "MODALITY", aec: str = "EDGED", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """DCMTK's storescu exactly as a modality would run it."""
+    if not Path(STORESCU).exists():
+        pytest.fail("DCMTK storescu missing: apt-get install dcmtk (make test does this)")
+    return subprocess.run([STORESCU, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)

@@ -1,0 +1,68 @@
+"""storescu → edged (a real process) → mosquitto: results, skips, duplicates, allow-lists."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from pydicom import dcmread
+
+from helpers import ECHOSCU, dicom_file, storescu
+
+UID_LIKE = re.compile(r"\b\d+(\.\d+){3,}\b")
+
+
+def assert_phi_free(payload: dict, *sources) -> None:
+    """No name, ID, birth date, accession number or UID of the sent files appears anywhere."""
+    text = repr(payload)
+    assert not UID_LIKE.search(text), f"UID-like string in {text}"
+    for src in sources:
+        ds = dcmread(src, stop_before_pixels=True)
+        for kw in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
+                   "SeriesInstanceUID", "SOPInstanceUID", "StudyID", "InstitutionName", "StudyDate"):
+            value = str(ds.get(kw, "") or "").strip()
+            if len(value) >= 4:
+                assert value not in text, f"{kw} leaked"
+
+
+def test_chest_cr_result_reaches_mosquitto_sub(daemon_factory, broker):
+    d = daemon_factory().start()
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-C", "1", "-W", "60", "-t",
+                            "edged/v1/test-node/results/#"], stdout=subprocess.PIPE, text=True)
+    import time
+    time.sleep(0.5)
+    cr = dicom_file("RG1_UNCR.dcm")
+    sent = storescu(d.port, cr)
+    assert sent.returncode == 0, sent.stderr
+    out, _ = sub.communicate(timeout=90)
+    import json
+    result = json.loads(out)
+    assert result["schema"] == "edged.result/v1"
+    assert result["clinical"] is False and result["model"]["clinical"] is False
+    assert set(result["scores"]) == {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
+                                     "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema",
+                                     "Fibrosis", "Pleural_Thickening", "Hernia"}
+    assert result["source"]["modality"] == "CR" and result["source"]["view_position"] == "PA"
+    assert result["source"]["photometric"] == "MONOCHROME1"
+    assert_phi_free(result, cr)
+    assert d.terminate() == 0
+
+
+def test_echo_skips_and_duplicates(daemon_factory, collector):
+    d = daemon_factory().start()
+    echo = subprocess.run([ECHOSCU, "-aet", "MODALITY", "-aec", "EDGED", "127.0.0.1", str(d.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    ext, ct, cr = dicom_file("RG3_UNCR.dcm"), dicom_file("CT_small.dcm"), dicom_file("RG1_UNCR.dcm")
+    for f in (ext, ct, cr, cr):
+        r = storescu(d.port, f)
+        assert r.returncode == 0, r.stderr
+    collector.wait_for(lambda c: len(c.results()) >= 1 and len(c.events("skipped")) >= 2
+                       and len(c.events("duplicate")) >= 1)
+    skipped = {e["reason"]: e for e in collector.events("skipped")}
+    assert "body_part" in skipped and "sop_class" in skipped, skipped
+    assert "EXTREMITY" in skipped["body_part"]["detail"]
+    for e in collector.events():
+        assert_phi_free(e, ext, ct, cr)
+    assert len(collector.results()) == 1  # the same instance twice: inferred once
+    assert d.terminate() == 0
