@@ -50,6 +50,7 @@ def collector(broker: LocalBroker) -> Iterator[Collector]:
     time.sleep(0.3)
     yield c
     c.close()
+    assert not c.invalid, f"messages that break the JSON Schemas: {c.invalid}"
 
 
 @pytest.fixture

@@ -33,20 +33,33 @@ def dicom_file(name: str) -> Path:
 class Collector:
     """Subscribes to ``edged/#`` and keeps every message (topic, payload dict, retain flag)."""
 
-    def __init__(self, port: int, topic: str = "edged/#"):
+    def __init__(self, port: int, topic: str = "edged/#", persistent: bool = False):
         self.messages: list[tuple[str, dict, bool]] = []
+        self.invalid: list[tuple[str, str]] = []
         self._cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{os.getpid()}-{id(self)}",
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{os.getpid()}-{port}",
                                   protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect_async("127.0.0.1", port)
+        props = None
+        if persistent:  # the broker keeps our queue across our reconnects and its own restarts
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect_async("127.0.0.1", port, clean_start=not persistent, properties=props)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
+        payload = json.loads(msg.payload)
+        try:
+            validate_message(msg.topic, payload)
+        except Exception as exc:  # recorded, asserted at teardown: a callback must not raise
+            self.invalid.append((msg.topic, str(exc)[:500]))
         with self._cond:
-            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
             self._cond.notify_all()
 
     def of(self, kind: str) -> list[dict]:
@@ -72,6 +85,24 @@ class Collector:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def cr_variants(tmp_path: Path, n: int) -> list[Path]:
+    """``n`` copies of the chest CR, each a distinct instance (new SOP Instance UID)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(dicom_file("RG1_UNCR.dcm"))
+    study = generate_uid()
+    out = []
+    for i in range(n):
+        ds.StudyInstanceUID = study
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = tmp_path / f"cr-{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
 
 
 def write_config(path: Path, **overrides) -> Path:
@@ -123,3 +154,22 @@ def storescu(port: int, *files: Path, aet: str = "MODALITY", aec: str = "EDGED",
         pytest.fail("DCMTK storescu missing: apt-get install dcmtk (make test does this)")
     return subprocess.run([STORESCU, "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=120)
+
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "edged" / "schemas"
+
+
+def schema_validator(name: str):
+    """A jsonschema validator for ``edged/schemas/<name>.schema.json`` (cross-file refs resolved)."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    schemas = [json.loads(p.read_text()) for p in SCHEMAS.glob("*.schema.json")]
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()), registry=registry)
+
+
+def validate_message(topic: str, payload: dict) -> None:
+    kind = "result" if "/results/" in topic else topic.rsplit("/", 1)[-1].rstrip("s")
+    if (SCHEMAS / f"{kind}.schema.json").exists():
+        schema_validator(kind).validate(payload)

@@ -105,6 +105,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
         ]
         self._server = ae.start_server((self.cfg.bind, self.cfg.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
@@ -132,6 +133,19 @@ class StorageSCP:
         assoc.acse.send_reject(0x01, 0x01, diag)
         self._event("rejected", reason, calling_ae=calling, peer=host,
                     detail="association refused by the allow-list")
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        """Report presentation contexts we refused (e.g. a transfer syntax we cannot decode)."""
+        refused = event.assoc.rejected_contexts
+        if not refused:
+            return
+        calling = event.assoc.requestor.ae_title.strip()
+        names = sorted({UID(str(cx.abstract_syntax)).name for cx in refused})
+        log.warning("association from %s: %d presentation context(s) refused: %s", calling, len(refused),
+                    ", ".join(names))
+        self._event("rejected", "presentation_context", calling_ae=calling,
+                    detail=f"refused {len(refused)} presentation context(s) (no decodable transfer syntax "
+                           f"offered or unknown SOP class): {', '.join(names)}")
 
     # -- C-STORE -------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:

@@ -1,0 +1,83 @@
+"""Nothing acknowledged is ever lost — shown by killing the daemon and the broker.
+
+At-least-once with stable ids: a message may arrive twice, but then with the same
+``message_id``; every acknowledged image gets exactly one distinct result id.
+"""
+
+from __future__ import annotations
+
+import time
+
+from helpers import Collector, cr_variants, storescu
+
+SLOW_BATCHING = [{"name": "chexnet-tiny", "batching": {"max_batch_size": 64, "max_queue_delay_ms": 10000,
+                                                      "max_queue_size": 64}}]
+
+
+def distinct_results(c: Collector) -> dict[str, dict]:
+    return {r["message_id"]: r for r in c.results()}
+
+
+def test_kill9_after_ack_then_restart_delivers_every_result(daemon_factory, broker, tmp_path):
+    files = cr_variants(tmp_path, 5)
+    c = Collector(broker.port, persistent=True)
+    try:
+        # the batcher holds everything for 10 s, so the kill lands before any inference
+        d = daemon_factory(models=SLOW_BATCHING).start()
+        sent = storescu(d.port, *files)
+        assert sent.returncode == 0, sent.stderr
+        d.kill9()
+        c.wait_for(lambda c: any(p["state"] == "offline" for p in c.of("status")))  # the broker's LWT
+        assert c.results() == []
+        assert len(list((tmp_path / "state" / "spool").glob("*.dcm"))) == 5
+
+        d2 = daemon_factory().start()  # same state_dir, normal batching
+        c.wait_for(lambda c: len(distinct_results(c)) == 5)
+        instances = {r["instance"] for r in distinct_results(c).values()}
+        assert len(instances) == 5
+        assert d2.terminate() == 0
+        assert not list((tmp_path / "state" / "spool").glob("*.dcm"))
+    finally:
+        c.close()
+
+
+def test_broker_outage_during_load_loses_nothing(daemon_factory, broker, tmp_path):
+    files = cr_variants(tmp_path, 8)
+    c = Collector(broker.port, persistent=True)
+    try:
+        d = daemon_factory().start()
+        assert storescu(d.port, *files[:3]).returncode == 0
+        c.wait_for(lambda c: len(distinct_results(c)) == 3)
+        broker.stop()
+        assert storescu(d.port, *files[3:6]).returncode == 0  # DICOM keeps working without the broker
+        time.sleep(1.0)
+        broker.start()
+        assert storescu(d.port, *files[6:]).returncode == 0
+        c.wait_for(lambda c: len(distinct_results(c)) == 8, timeout=90)
+        by_instance: dict[str, set[str]] = {}
+        for r in c.results():
+            by_instance.setdefault(r["instance"], set()).add(r["message_id"])
+        assert len(by_instance) == 8
+        assert all(len(ids) == 1 for ids in by_instance.values()), "a re-send must keep its message_id"
+        assert "disconnected from broker" in d.log.read_text()
+        assert d.terminate() == 0
+        c.wait_for(lambda c: c.of("status")[-1]["state"] == "offline")
+    finally:
+        c.close()
+
+
+def test_broker_down_at_start_then_up(daemon_factory, broker, tmp_path):
+    """The daemon starts and acknowledges images with no broker; results flow once it is up."""
+    files = cr_variants(tmp_path, 2)
+    c = Collector(broker.port, persistent=True)  # its session survives the broker restart
+    time.sleep(0.5)
+    broker.stop()
+    d = daemon_factory().start()
+    assert storescu(d.port, *files).returncode == 0
+    broker.start()
+    try:
+        c.wait_for(lambda c: len(distinct_results(c)) == 2, timeout=90)
+        assert c.of("status")[-1]["state"] == "online"
+    finally:
+        c.close()
+        assert d.terminate() == 0
