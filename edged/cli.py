@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from edged import __version__
-from edged.config import ConfigError, load_config
+from edged.config.loader import ConfigError, load_config
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pynetdicom import AE
 from pynetdicom.presentation import StoragePresentationContexts
 
-from edged.config import load_config
+from edged.config.loader import load_config
 from edged.daemon import Daemon
 from edged.localbroker import LocalBroker
 

@@ -30,7 +30,6 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames, itemize_fragment
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-import edged.config  # noqa: F401  (imported first: edged.config ↔ manifest import order)
 from edged.models.manifest import InputSpec, PreprocessSpec
 from edged.preprocess import PixelError, luts, prepare, prepare_timed
 

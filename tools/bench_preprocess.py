@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Preprocessing cost per file: decode, our transform, and the naive float64 chain it replaces.
+
+    python tools/bench_preprocess.py [--reps 7] [FILE ...]   # default: RG1_UNCR.dcm RG1_J2KR.dcm
+
+Files are pydicom-data names or paths. Medians over ``--reps`` runs; decode is timed on a fresh
+dataset each run (pydicom caches pixel_array), transform on the decoded one with a warm LUT
+cache, which is the steady state of a daemon seeing one modality's window over and over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
+
+from edged.models.manifest import InputSpec, PreprocessSpec  # noqa: E402
+from edged.preprocess import prepare_timed  # noqa: E402
+
+SPEC = InputSpec(name="input", height=224, width=224)
+PP = PreprocessSpec()
+
+
+def naive(ds: pydicom.Dataset) -> np.ndarray:
+    """The obvious float64 chain on the full-size image (what the fast path replaces)."""
+    x = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    x = (x - x.min()) / max(x.max() - x.min(), 1e-12)  # stand-in scaling: same passes, same cost
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        x = 1.0 - x
+    x = cv2.resize(x, (SPEC.width, SPEC.height), interpolation=cv2.INTER_AREA)
+    mean, std = np.asarray(PP.mean)[:, None, None], np.asarray(PP.std)[:, None, None]
+    return (np.stack([x] * SPEC.channels) - mean) / std
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench(path: str, reps: int) -> tuple[float, float, float]:
+    decode = median_ms(lambda: pydicom.dcmread(path).pixel_array, reps)  # includes a small read
+    ds = pydicom.dcmread(path)
+    prepare_timed(ds, SPEC, PP)  # decode once, warm cv2 and the LUT cache
+    transform = statistics.median(prepare_timed(ds, SPEC, PP)[1]["transform_ms"] for _ in range(reps))
+    return decode, transform, median_ms(lambda: naive(ds), reps)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", default=["RG1_UNCR.dcm", "RG1_J2KR.dcm"])
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    print(f"{'file':<16} {'decode ms':>10} {'transform ms':>13} {'naive f64 ms':>13} {'speed-up':>9}")
+    for name in args.files:
+        path = name if Path(name).exists() else get_testdata_file(name)
+        if path is None:
+            print(f"{name:<16} not found (install pydicom-data)")
+            continue
+        decode, transform, slow = bench(str(path), args.reps)
+        row = f"{Path(name).name:<16} {decode:>10.1f} {transform:>13.2f} {slow:>13.1f}"
+        print(f"{row} {slow / transform:>8.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
