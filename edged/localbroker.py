@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class LocalBroker:
-    def __init__(self, workdir: Path | None = None, port: int | None = None):
+    def __init__(self, workdir: Path | None = None, port: int | None = None, extra_conf: str = ""):
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if self.binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -32,7 +32,7 @@ class LocalBroker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.workdir}/\nautosave_interval 1\nuser root\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n" + extra_conf
         )
         self.conf = conf
 

@@ -1,0 +1,142 @@
+"""The dynamic batcher has Triton's semantics: size or delay closes a batch, the queue is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edged.backends.base import Backend, BackendError, BackendInfo, TensorSpec
+from edged.backends.onnxruntime import OnnxRuntimeBackend
+from edged.batcher.dynamic import Completion, DynamicBatcher, QueueFull, Request
+from edged.models.manifest import BatchingSpec
+
+
+class RecordingBackend(Backend):
+    """Sums each input; records batch sizes; can be told to fail or to block."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def load(self) -> None: ...
+
+    info = BackendInfo("test", "fp32", "cpu")
+    input_spec = TensorSpec("x", (-1, 2), "float32")
+    output_spec = TensorSpec("y", (-1, 1), "float32")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.batches.append(len(batch))
+        if self.fail:
+            raise BackendError("device lost")
+        return batch.sum(axis=1, keepdims=True)
+
+
+def run(batcher: DynamicBatcher, n: int, spacing: float = 0.0) -> list[Completion]:
+    done: list[Completion] = []
+    all_done = threading.Event()
+
+    def on_done(c: Completion) -> None:
+        done.append(c)
+        if len(done) == n:
+            all_done.set()
+
+    for i in range(n):
+        batcher.submit(Request(np.array([i, 1], np.float32), on_done, context=i))
+        time.sleep(spacing)
+    assert all_done.wait(5)
+    return done
+
+
+def test_full_batches_leave_without_waiting_for_the_delay():
+    be = RecordingBackend()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=4, max_queue_delay_ms=10_000, max_queue_size=16))
+    b.start()
+    done = run(b, 8)  # would take 10 s if full batches waited for the delay (run() gives up then)
+    assert be.batches == [4, 4]
+    assert sorted(c.request.context for c in done) == list(range(8))
+    assert all(float(c.output[0]) == c.request.context + 1 for c in done)  # each gets its own row
+    assert all(c.batch_size == 4 and c.compute_ms >= 0 and c.window[1] >= c.window[0] for c in done)
+    b.stop()
+
+
+def test_delay_closes_a_partial_batch_and_zero_delay_sends_at_once():
+    be = RecordingBackend()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=8, max_queue_delay_ms=200, max_queue_size=16))
+    b.start()
+    done = run(b, 3)
+    assert be.batches == [3]
+    assert all(c.queue_ms >= 150 for c in done if c.request.context == 0)
+    b.retune(max_queue_delay_ms=0)
+    be.batches.clear()
+    run(b, 2, spacing=0.05)
+    assert be.batches == [1, 1]
+    b.stop()
+
+
+def test_queue_is_bounded_with_a_clear_rejection():
+    be = RecordingBackend()
+    be.gate.clear()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
+    b.start()
+    noop = lambda c: None  # noqa: E731
+    b.submit(Request(np.zeros(2, np.float32), noop))
+    time.sleep(0.1)  # taken by the (blocked) backend
+    b.submit(Request(np.zeros(2, np.float32), noop))
+    b.submit(Request(np.zeros(2, np.float32), noop))
+    with pytest.raises(QueueFull, match="exceeds maximum queue size"):
+        b.submit(Request(np.zeros(2, np.float32), noop))
+    assert b.stats["rejected"] == 1
+    be.gate.set()
+    b.stop()
+
+
+def test_backend_errors_fail_every_request_of_the_batch_and_the_batcher_survives():
+    be = RecordingBackend()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=4, max_queue_delay_ms=50, max_queue_size=16))
+    b.start()
+    be.fail = True
+    failed = run(b, 3)
+    assert all(c.error == "device lost" and c.output is None for c in failed)
+    be.fail = False
+    ok = run(b, 2)
+    assert all(c.error is None for c in ok) and b.alive()
+    b.stop()
+
+
+def test_stop_drains_queued_requests():
+    be = RecordingBackend()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=2, max_queue_delay_ms=10_000, max_queue_size=16))
+    b.start()
+    done: list[Completion] = []
+    b.submit(Request(np.zeros(2, np.float32), done.append))
+    b.stop(drain=True)
+    assert len(done) == 1 and done[0].error is None
+
+
+def test_onnxruntime_batches_equal_single_inference(tiny_repo):
+    ort = OnnxRuntimeBackend(tiny_repo / "chexnet-tiny" / "model.onnx", threads=1)
+    ort.load()
+    x = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    b = DynamicBatcher("tiny", ort, BatchingSpec(max_batch_size=5, max_queue_delay_ms=500, max_queue_size=8))
+    b.start()
+    done: dict[int, Completion] = {}
+    ev = threading.Event()
+
+    def on_done(c: Completion) -> None:
+        done[c.request.context] = c
+        if len(done) == 5:
+            ev.set()
+
+    for i in range(5):
+        b.submit(Request(x[i], on_done, context=i))
+    assert ev.wait(10)
+    assert {c.batch_size for c in done.values()} == {5}
+    for i in range(5):
+        np.testing.assert_allclose(done[i].output, ort.infer(x[i:i + 1])[0], rtol=1e-5, atol=1e-5)
+    b.stop()

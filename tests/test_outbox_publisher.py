@@ -1,0 +1,86 @@
+"""The outbox publisher against a real mosquitto: PUBACK decides delivery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edged.config.schema import MqttConfig
+from edged.localbroker import LocalBroker
+from edged.mqtt import messages
+from edged.mqtt.publisher import Publisher
+from edged.outbox.db import Database
+from edged.outbox.store import Outbox
+from helpers import Collector
+
+TOPICS = messages.Topics("edged/v1", "acl-node")
+
+
+def wait(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def publisher(port: int, outbox: Outbox) -> Publisher:
+    cfg = MqttConfig(host="127.0.0.1", port=port, resend_after_s=1)
+    status = lambda state: messages.status("acl-node", state)  # noqa: E731
+    return Publisher(cfg, "edged-acl-node", outbox, TOPICS.status, lambda: status("online"), lambda: status("offline"))
+
+
+def test_refused_publish_stays_in_the_outbox_until_the_broker_accepts_it(tmp_path: Path, caplog):
+    # mosquitto with an ACL that lets this client write events and status but not results:
+    # MQTT v5 answers PUBACK 0x87 (not authorized), which must not count as delivered.
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite edged/v1/acl-node/events\ntopic readwrite edged/v1/acl-node/status\n"
+                   "topic read edged/#\n")
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = LocalBroker(workdir, extra_conf=f"acl_file {acl}\n").start()
+    outbox = Outbox(Database(tmp_path / "edged.db"))
+    result = {"message_id": "a" * 32, "schema": "edged.result/v1"}
+    event = messages.event("acl-node", "skipped", "sop_class", message_id="b" * 32)
+    outbox.add_message(TOPICS.results("m"), result)
+    outbox.add_message(TOPICS.events, event)
+    pub = publisher(broker.port, outbox)
+    pub.start()
+    try:
+        wait(lambda: outbox.pending_count() == 1)  # the event was acknowledged, the result refused
+        pending = outbox.due(10, time.time() + 1, set())
+        assert [r.message_id for r in pending] == ["a" * 32] and pending[0].attempts >= 1
+        assert "refused message" in caplog.text
+
+        broker.stop()  # the gateway admin fixes the ACL; the same broker comes back
+        acl.write_text("topic readwrite edged/#\n")
+        broker.start()
+        collector = Collector(broker.port, topic=TOPICS.results("m"))
+        wait(lambda: outbox.pending_count() == 0, timeout=40)
+        collector.wait_for(lambda c: len(c.messages) >= 1)
+        assert collector.messages[0][1]["message_id"] == "a" * 32
+        collector.close()
+    finally:
+        pub.stop(flush_timeout=2)
+        broker.stop()
+
+
+def test_restart_resends_unacknowledged_rows_and_status_is_retained(tmp_path: Path, broker):
+    outbox = Outbox(Database(tmp_path / "edged.db"))
+    for i in range(20):
+        outbox.add_message(TOPICS.results("m"), {"message_id": f"{i:032x}", "schema": "x"})
+    # a previous run sent these but died before the PUBACK: they are due again at start
+    outbox.mark_sent([r.id for r in outbox.due(20, time.time() + 1, set())])
+    c = Collector(broker.port)
+    pub = publisher(broker.port, outbox)
+    pub.start()
+    try:
+        c.wait_for(lambda c: len({p["message_id"] for p in c.of("results/")}) == 20)
+        wait(lambda: outbox.pending_count() == 0)
+    finally:
+        pub.stop()
+    c.wait_for(lambda c: c.of("status")[-1]["state"] == "offline")
+    late = Collector(broker.port, topic=TOPICS.status)  # a gateway connecting later sees the retained state
+    late.wait_for(lambda c: len(c.messages) == 1)
+    assert late.messages[0][2] is True and late.messages[0][1]["state"] == "offline"
+    late.close()
+    c.close()
