@@ -1,0 +1,1 @@
+"""Model manifests and the deterministic reference models (see :mod:`edged.models.synth`)."""
