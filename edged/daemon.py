@@ -8,6 +8,8 @@ in the spool, the outbox is flushed, ``offline`` is published.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import threading
@@ -42,6 +44,7 @@ class Daemon:
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
+        limit_malloc_arenas()
         for d in (cfg.state_dir, cfg.cache_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
@@ -49,7 +52,9 @@ class Daemon:
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
         self._load_models()
         if cfg.mqtt.enabled:
-            self.publisher = Publisher(cfg.mqtt, cfg.client_id, self.outbox, self.topics.status,
+            # delivery marks may be lost on power loss (a re-send follows), so no fsync for them
+            delivery = Outbox(Database(cfg.db_path, synchronous="NORMAL"))
+            self.publisher = Publisher(cfg.mqtt, cfg.client_id, delivery, self.topics.status,
                                        birth=lambda: self.status_payload("online"),
                                        offline=lambda: self.status_payload("offline"))
             self.publisher.start()
@@ -73,7 +78,9 @@ class Daemon:
             backend, reason = make_backend(self.cfg, entry, model)
             backend.load()
             spec = entry.batching or model.manifest.batching
-            backend.warmup(1)
+            backend.warmup(1)  # the first calls at a new shape allocate; do it before READY
+            backend.warmup(spec.max_batch_size)
+            warm_preprocessing(model.manifest)
             batcher = DynamicBatcher(model.name, backend, spec)
             self.models[model.name] = ServedModel(model, backend, batcher, backend.info)
             self.backend_reasons[model.name] = reason
@@ -121,3 +128,39 @@ class Daemon:
             m.backend.close()
         log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
 
+
+
+def warm_preprocessing(manifest) -> None:
+    """Run the pixel pipeline once on a synthetic image: the first call imports pixel handlers
+    and initialises OpenCV (~150 ms), which the first radiograph should not pay for."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from edged.preprocess.pixels import prepare
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows = ds.Columns = 256
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256).__mod__(4096).tobytes()
+    prepare(ds, manifest.input, manifest.preprocess)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas (M_ARENA_MAX).
+
+    Every association, batcher and worker thread would otherwise get its own arena that keeps
+    freed 7 MB image buffers, which shows as hundreds of MB of RSS on a 4 GB Nano whose memory
+    the GPU shares. Same effect as MALLOC_ARENA_MAX=2 in the unit file; a no-op without glibc.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    try:
+        libc = ctypes.CDLL(libc_name)
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; malloc arenas not capped")

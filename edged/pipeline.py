@@ -23,7 +23,7 @@ from edged.backends.base import Backend, BackendInfo
 from edged.batcher.dynamic import Completion, DynamicBatcher, Request
 from edged.models.manifest import LoadedModel
 from edged.mqtt import messages
-from edged.outbox.store import ArchiveRow, Outbox
+from edged.outbox.store import ArchiveRow, Outbox, Record
 from edged.preprocess.pixels import PixelError, prepare_timed
 from edged.privacy import Pseudonymizer
 from edged.results import result_message, scores
@@ -192,21 +192,46 @@ class Pipeline:
 
     # -- writing results -----------------------------------------------------------------
     def _write_loop(self) -> None:
-        while (entry := self._done.get()) is not None:
+        """Commit completions in groups: one transaction (one fsync) for everything waiting."""
+        stopping = False
+        while not stopping:
+            entries = [self._done.get()]
+            while len(entries) < 64:
+                try:
+                    entries.append(self._done.get_nowait())
+                except queue.Empty:
+                    break
+            if None in entries:
+                stopping = True
+                entries = [e for e in entries if e is not None]
             try:
-                self._write(*entry)
+                self._write(entries)
             except Exception:
-                log.exception("instance %s: could not record the result; it stays in the spool", entry[0].key)
+                log.exception("could not record %d result(s); their instances stay in the spool", len(entries))
 
-    def _write(self, item: _Item, name: str, c: Completion, pre: dict[str, float]) -> None:
+    def _write(self, entries: list[tuple[_Item, str, Completion, dict]]) -> None:
+        records: list[Record] = []
+        finished: list[str] = []
+        for item, name, c, pre in entries:
+            item.remaining.discard(name)
+            last = not item.remaining
+            if c.error is not None or c.output is None:
+                log.error("instance %s: %s inference failed: %s", item.key, name, c.error)
+                records.append(self._event_record(item.key, item.study, item.calling_ae, item.source, "error",
+                                                  "inference_failed", f"{name}: {c.error}",
+                                                  "failed" if last else None, model=name))
+            else:
+                records.append(self._result_record(item, name, c, pre, last))
+            if last:
+                finished.append(item.key)
+        self.outbox.add_messages(records)
+        self.wake_publisher()
+        for key in finished:
+            self.spool.remove(key)
+        self.processed += len(finished)
+
+    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float], last: bool) -> Record:
         m = self.models[name]
-        item.remaining.discard(name)
-        last = not item.remaining
-        if c.error is not None or c.output is None:
-            log.error("instance %s: %s inference failed: %s", item.key, name, c.error)
-            self._finish_event(item.key, item.study, item.calling_ae, item.source, "error", "inference_failed",
-                               f"{name}: {c.error}", "failed" if last else None, model=name)
-            return
         timings: dict[str, float | int] = {
             "queue": round(c.queue_ms, 3),
             "decode": round(pre["decode_ms"], 3),
@@ -228,25 +253,25 @@ class Pipeline:
         archive = ArchiveRow(name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
                              item.study, item.key, label_scores)
         ledger = (item.key, item.study, "done", item.calling_ae, None) if last else None
-        self.outbox.add_message(self.topics.results(name), payload, ledger=ledger, archive=archive)
-        self.wake_publisher()
-        if last:
-            self.spool.remove(item.key)
-            self.processed += 1
         log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, name, timings["total"], c.batch_size)
+        return Record(self.topics.results(name), payload, ledger, archive)
 
     def _fail(self, key: str, study: str, calling: str, source: dict, reason: str, detail: str) -> None:
         log.error("instance %s: %s", key, detail)
         self._finish_event(key, study, calling, source, "error", reason, detail, "failed")
 
-    def _finish_event(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
-                      detail: str, state: str | None, **fields: object) -> None:
+    def _event_record(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
+                      detail: str, state: str | None, **fields: object) -> Record:
         payload = messages.event(
             self.topics.node, type_, reason, message_id=self.pseudo.message_id(type_, reason, key),
             instance=key, study=study or None, source=source or None, detail=detail, **fields,
         )
         ledger = (key, study, state, calling, f"{reason}: {detail}") if state else None
-        self.outbox.add_message(self.topics.events, payload, ledger=ledger)
+        return Record(self.topics.events, payload, ledger)
+
+    def _finish_event(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
+                      detail: str, state: str | None) -> None:
+        self.outbox.add_messages([self._event_record(key, study, calling, source, type_, reason, detail, state)])
         self.wake_publisher()
         if state:
             self.spool.remove(key)

@@ -49,10 +49,15 @@ CREATE INDEX IF NOT EXISTS results_model ON results(model, created_at);
 
 
 class Database:
-    """Per-thread connections to one SQLite file (sqlite3 connections are not shareable)."""
+    """Per-thread connections to one SQLite file (sqlite3 connections are not shareable).
 
-    def __init__(self, path: Path):
+    ``synchronous="NORMAL"`` is only for bookkeeping whose loss is harmless: the publisher's
+    sent/delivered marks (a lost mark means one more re-send with the same message_id).
+    """
+
+    def __init__(self, path: Path, synchronous: str = "FULL"):
         self.path = path
+        self.synchronous = synchronous
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self.connect() as conn:
@@ -63,7 +68,7 @@ class Database:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn

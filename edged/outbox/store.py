@@ -30,6 +30,9 @@ class OutboxRow:
     attempts: int
 
 
+Ledger = tuple[str, str, str, str, "str | None"]  # (instance, study, state, calling_ae, reason)
+
+
 @dataclass(frozen=True)
 class ArchiveRow:
     """Pseudonym → result, kept on the device for double-blind validation exports."""
@@ -41,6 +44,16 @@ class ArchiveRow:
     study: str
     instance: str
     scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message to queue, with the ledger change and archive row that go with it."""
+
+    topic: str
+    payload: dict
+    ledger: Ledger | None = None
+    archive: ArchiveRow | None = None
 
 
 class Outbox:
@@ -72,31 +85,35 @@ class Outbox:
         topic: str,
         payload: dict,
         *,
-        ledger: tuple[str, str, str, str, str | None] | None = None,
+        ledger: Ledger | None = None,
         archive: ArchiveRow | None = None,
     ) -> bool:
-        """Queue one message; optionally set the ledger ``(instance, study, state, calling_ae,
-        reason)`` and archive a result in the same transaction. False if the id was queued before."""
+        """Queue one message; optionally set the ledger and archive a result in the same
+        transaction. False if a message with this id was queued before."""
+        return self.add_messages([Record(topic, payload, ledger, archive)])[0]
+
+    def add_messages(self, records: list["Record"]) -> list[bool]:
+        """Commit several records in one transaction (one fsync for a whole batch of results)."""
         now = time.time()
+        inserted = []
         with self.db.transaction() as conn:
-            inserted = _insert(conn, topic, payload, now)
-            if ledger is not None:
-                instance, study, state, calling_ae, reason = ledger
-                conn.execute(
-                    "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET"
-                    " state=excluded.state, updated_at=excluded.updated_at, reason=excluded.reason",
-                    (instance, study, state, calling_ae, now, now, reason),
-                )
-            if archive is not None and inserted:
-                conn.execute(
-                    "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        payload["message_id"], archive.model, archive.model_version, archive.model_sha256,
-                        int(archive.clinical), archive.study, archive.instance,
-                        json.dumps(archive.scores, sort_keys=True), now,
-                    ),
-                )
+            for rec in records:
+                new = _insert(conn, rec.topic, rec.payload, now)
+                inserted.append(new)
+                if rec.ledger is not None:
+                    conn.execute(
+                        "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at, reason)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET"
+                        " state=excluded.state, updated_at=excluded.updated_at, reason=excluded.reason",
+                        (*rec.ledger[:4], now, now, rec.ledger[4]),
+                    )
+                if rec.archive is not None and new:
+                    a = rec.archive
+                    conn.execute(
+                        "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (rec.payload["message_id"], a.model, a.model_version, a.model_sha256, int(a.clinical),
+                         a.study, a.instance, json.dumps(a.scores, sort_keys=True), now),
+                    )
         return inserted
 
     # -- publisher side ------------------------------------------------------------------
