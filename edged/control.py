@@ -1,0 +1,325 @@
+"""Local control socket: AF_UNIX stream, one JSON object per line, peers checked with SO_PEERCRED.
+
+Protocol (one request line → one response line; a connection may send several requests)::
+
+    → {"id": 1, "cmd": "status", "args": {}}
+    ← {"id": 1, "ok": true, "result": {...}}
+    ← {"id": 1, "ok": false, "error": {"code": "forbidden", "message": "..."}}
+
+Error codes: ``forbidden``, ``bad_request``, ``unknown_command``, ``handler_error``. ``ping`` is
+built in and lists the registered commands. Who may talk: root, the daemon's own uid, and
+members of the admin group (``edged-admin``), as the kernel reports the peer — not as the
+client claims. The socket file is mode 0660 and group-owned by the admin group, so the file
+permissions already keep everyone else out; SO_PEERCRED is the second, authoritative check.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("edged.control")
+MAX_LINE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    user: str
+    groups: frozenset[int] = frozenset()
+
+    def as_dict(self) -> dict:
+        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "user": self.user}
+
+
+Handler = Callable[[dict, Peer], dict]
+
+
+class ControlError(RuntimeError):
+    def __init__(self, message: str, code: str = "error"):
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonUnavailable(ControlError):
+    """Nothing is listening: the daemon is not running (read-only edgectl commands carry on without it)."""
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _proc_groups(pid: int) -> frozenset[int]:
+    """Supplementary groups of the peer process (SO_PEERCRED only carries the primary gid)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
+
+
+def peer_of(conn: socket.socket) -> Peer:
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return Peer(pid=pid, uid=uid, gid=gid, user=_user(uid), groups=_proc_groups(pid))
+
+
+def authorize(peer: Peer, admin_group: str, daemon_uid: int | None = None) -> tuple[bool, str]:
+    """root, the daemon's uid, or a member of ``admin_group`` (primary gid, supplementary, or listed)."""
+    daemon_uid = os.getuid() if daemon_uid is None else daemon_uid
+    if peer.uid == 0:
+        return True, "root"
+    if peer.uid == daemon_uid:
+        return True, "daemon user"
+    try:
+        group = grp.getgrnam(admin_group)
+    except KeyError:
+        return False, f"uid {peer.uid} ({peer.user}) is not root and group {admin_group} does not exist"
+    if peer.gid == group.gr_gid or group.gr_gid in peer.groups or peer.user in group.gr_mem:
+        return True, f"member of {admin_group}"
+    return False, f"uid {peer.uid} ({peer.user}) is not root and not in group {admin_group}"
+
+
+class ControlServer:
+    """Serve ``handlers`` (``cmd -> handler(args, peer) -> result dict``) on ``path`` in background threads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        handlers: dict[str, Handler],
+        *,
+        admin_group: str = "edged-admin",
+        mode: int = 0o660,
+        idle_timeout_s: float = 30.0,
+        max_clients: int = 16,
+    ):
+        self.path = Path(path)
+        self.handlers = dict(handlers)
+        self.admin_group = admin_group
+        self.mode = mode
+        self.idle_timeout_s = idle_timeout_s
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def _clear_stale(self) -> None:
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        if not stat.S_ISSOCK(self.path.lstat().st_mode):
+            raise ControlError(f"{self.path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            self.path.unlink()  # nobody listens: a stale socket from a crashed daemon
+            return
+        finally:
+            probe.close()
+        raise ControlError(f"another process already serves {self.path}; is edged running twice?")
+
+    def start(self) -> ControlServer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clear_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        # Permissions are set before listen(): until then a connect() is refused, so there is no window.
+        try:
+            os.chown(self.path, -1, grp.getgrnam(self.admin_group).gr_gid)
+        except KeyError:
+            log.warning(
+                "group %s does not exist: only root and the daemon user can use %s", self.admin_group, self.path
+            )
+        except PermissionError:
+            log.warning("cannot give %s to group %s (the daemon user is not a member)", self.path, self.admin_group)
+        os.chmod(self.path, self.mode)
+        sock.listen(8)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="edged-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._reply(conn, None, error=("busy", "too many control connections"))
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="edged-control-conn", daemon=True).start()
+
+    @staticmethod
+    def _reply(
+        conn: socket.socket, req_id: object, result: dict | None = None, error: tuple[str, str] | None = None
+    ) -> None:
+        msg = {"id": req_id, "ok": error is None}
+        if error is None:
+            msg["result"] = result
+        else:
+            msg["error"] = {"code": error[0], "message": error[1]}
+        try:
+            conn.sendall(json.dumps(msg, default=str).encode() + b"\n")
+        except OSError:
+            pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(self.idle_timeout_s)
+            peer = peer_of(conn)
+            allowed, why = authorize(peer, self.admin_group)
+            reader = conn.makefile("rb")
+            if not allowed:
+                # Read the request first: closing on an unread request would reset the connection and
+                # the client would see "connection reset" instead of the reason.
+                log.warning("control socket: refused pid %d: %s", peer.pid, why)
+                first = reader.readline(MAX_LINE + 1)
+                try:
+                    req_id = json.loads(first).get("id") if first else None
+                except (ValueError, AttributeError):
+                    req_id = None
+                self._reply(
+                    conn, req_id, error=("forbidden", f"not allowed: {why}; use sudo or join group {self.admin_group}")
+                )
+                return
+            while not self._stopping.is_set():
+                line = reader.readline(MAX_LINE + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE:
+                    self._reply(conn, None, error=("bad_request", "request line too long"))
+                    return
+                self._handle(conn, line, peer)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def _handle(self, conn: socket.socket, line: bytes, peer: Peer) -> None:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ValueError("expected an object with a string 'cmd'")
+            args = req.get("args") or {}
+            if not isinstance(args, dict):
+                raise ValueError("'args' must be an object")
+        except ValueError as exc:
+            self._reply(conn, None, error=("bad_request", str(exc)))
+            return
+        req_id, cmd = req.get("id"), req["cmd"]
+        if cmd == "ping" and "ping" not in self.handlers:
+            self._reply(conn, req_id, {"pong": True, "commands": sorted(self.handlers)})
+            return
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            self._reply(
+                conn,
+                req_id,
+                error=("unknown_command", f"unknown command {cmd!r}; known: {', '.join(sorted(self.handlers))}"),
+            )
+            return
+        try:
+            result = handler(args, peer)
+        except Exception as exc:  # a handler bug answers the client; it never takes the socket down
+            log.exception("control command %s failed", cmd)
+            self._reply(conn, req_id, error=("handler_error", f"{type(exc).__name__}: {exc}"))
+            return
+        self._reply(conn, req_id, result if isinstance(result, dict) else {"value": result})
+
+
+class ControlClient:
+    """Call the daemon. Raises :class:`DaemonUnavailable` when it is not running, :class:`ControlError` otherwise."""
+
+    def __init__(self, path: str | Path, timeout: float = 5.0):
+        self.path = Path(path)
+        self.timeout = timeout
+        self._next_id = 0
+
+    def call(self, cmd: str, args: dict | None = None) -> dict:
+        self._next_id += 1
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(str(self.path))
+            except FileNotFoundError:
+                raise DaemonUnavailable(
+                    f"edged is not running (no control socket at {self.path})", "unavailable"
+                ) from None
+            except ConnectionRefusedError:
+                raise DaemonUnavailable(
+                    f"edged is not running (nothing listens on {self.path})", "unavailable"
+                ) from None
+            except PermissionError:
+                raise ControlError(
+                    f"permission denied on {self.path}: run edgectl with sudo or as a member of group edged-admin",
+                    "forbidden",
+                ) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
+                    raise DaemonUnavailable(
+                        f"edged is not running ({self.path}: {exc.strerror})", "unavailable"
+                    ) from None
+                raise ControlError(f"cannot connect to {self.path}: {exc.strerror}") from None
+            request = {"id": self._next_id, "cmd": cmd, "args": args or {}}
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            line = sock.makefile("rb").readline(MAX_LINE + 1)
+        except TimeoutError:
+            raise ControlError(f"edged did not answer {cmd!r} within {self.timeout:g} s", "timeout") from None
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ControlError(f"edged closed the connection: {exc}", "closed") from None
+        finally:
+            sock.close()
+        if not line:
+            raise ControlError("edged closed the connection without answering", "closed")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise ControlError(err.get("message", "request failed"), err.get("code", "error"))
+        return reply.get("result") or {}

@@ -1,0 +1,149 @@
+"""What board is this? Device tree, L4T release and nvpmodel conf, read under an injectable root.
+
+Every path is joined to ``root`` so tests (and ``edgectl --root``) can point detection at a
+fake tree built with the real layout; nothing here runs a command. A host without an NVIDIA
+device tree is "generic Linux": edged still runs there, it just has no power modes to switch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _pyplatform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# JetPack ↔ L4T ↔ Ubuntu/Python/TensorRT, from the reference facts. edged needs Python >= 3.10,
+# which only JetPack 6 ships as the system Python.
+_STACKS = {
+    32: {"jetpack": "4.6.x", "ubuntu": "18.04", "python": "3.6", "tensorrt": "8.2"},
+    35: {"jetpack": "5.x", "ubuntu": "20.04", "python": "3.8", "tensorrt": "8.5"},
+    36: {"jetpack": "6.x", "ubuntu": "22.04", "python": "3.10", "tensorrt": "10.3"},
+}
+_SOCS = {"tegra210": "t210", "tegra186": "t186", "tegra194": "t194", "tegra234": "t234"}
+_RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?")
+
+
+def under(root: Path, path: str) -> Path:
+    """``path`` (absolute, as on a device) inside ``root``."""
+    return Path(root) / path.lstrip("/")
+
+
+def read_text(path: Path) -> str | None:
+    """File text or None; sysfs and device-tree files vanish and refuse reads, which is never fatal."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Platform:
+    root: Path
+    is_jetson: bool
+    machine: str
+    model: str | None = None
+    compatible: tuple[str, ...] = ()
+    soc: str | None = None
+    parts: tuple[str, ...] = ()  # module/carrier part numbers, e.g. ("p3509-0000", "p3767-0000")
+    l4t: str | None = None
+    stack: dict[str, str] = field(default_factory=dict)  # jetpack, ubuntu, python, tensorrt
+    nvpmodel_conf: Path | None = None  # the conf path under root (symlink resolved inside root)
+    nvpmodel_conf_name: str | None = None  # basename of the symlink target, e.g. nvpmodel_p3767_0000.conf
+
+    @property
+    def jetpack(self) -> str | None:
+        return self.stack.get("jetpack")
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": "jetson" if self.is_jetson else "generic-linux",
+            "machine": self.machine,
+            "model": self.model,
+            "compatible": list(self.compatible),
+            "soc": self.soc,
+            "parts": list(self.parts),
+            "l4t": self.l4t,
+            "jetpack": self.jetpack,
+            "stack": dict(self.stack),
+            "nvpmodel_conf": str(self.nvpmodel_conf) if self.nvpmodel_conf else None,
+            "nvpmodel_conf_name": self.nvpmodel_conf_name,
+        }
+
+
+def parse_compatible(raw: str) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """NUL-separated compatible → (entries, SoC, part numbers).
+
+    A Nano reads ``nvidia,p3449-0000-b00+p3448-0002-b00``: carrier and module joined by ``+``.
+    """
+    entries = tuple(e.strip() for e in raw.split("\0") if e.strip())
+    soc = None
+    parts: list[str] = []
+    for entry in entries:
+        name = entry.split(",", 1)[-1]
+        if name in _SOCS:
+            soc = soc or _SOCS[name]
+        for piece in name.split("+"):
+            if re.match(r"^p\d{4}", piece) and piece not in parts:
+                parts.append(piece)
+    return entries, soc, tuple(parts)
+
+
+def parse_tegra_release(text: str) -> tuple[str | None, dict[str, str]]:
+    """``# R36 (release), REVISION: 4.3, ...`` → ("36.4.3", stack for JetPack 6)."""
+    found = _RELEASE.search(text or "")
+    if not found:
+        return None, {}
+    major, minor, patch = int(found.group(1)), found.group(2), found.group(3)
+    l4t = f"{major}.{minor}" + (f".{patch}" if patch is not None else "")
+    stack = dict(_STACKS.get(major, {}))
+    if major == 32 and int(minor) < 7:
+        stack["jetpack"] = "4.x"
+    return l4t, stack
+
+
+def _conf_location(root: Path) -> tuple[Path | None, str | None]:
+    link = under(root, "/etc/nvpmodel.conf")
+    if not link.exists() and not link.is_symlink():
+        return None, None
+    if link.is_symlink():
+        target = os.readlink(link)
+        # An absolute target is absolute *on the device*: re-root it instead of following it out of root.
+        resolved = under(root, target) if target.startswith("/") else link.parent / target
+        return (resolved if resolved.exists() else link), Path(target).name
+    return link, None
+
+
+def detect_platform(root: str | Path = "/") -> Platform:
+    """Read the board's identity under ``root``; never raises for missing or unreadable files."""
+    root = Path(root)
+    model = read_text(under(root, "/proc/device-tree/model")) or read_text(
+        under(root, "/sys/firmware/devicetree/base/model")
+    )
+    model = model.strip("\0\n ") if model else None
+    compat_raw = (
+        read_text(under(root, "/proc/device-tree/compatible"))
+        or read_text(under(root, "/sys/firmware/devicetree/base/compatible"))
+        or ""
+    )
+    compatible, soc, parts = parse_compatible(compat_raw)
+    l4t, stack = parse_tegra_release(read_text(under(root, "/etc/nv_tegra_release")) or "")
+    conf, conf_name = _conf_location(root)
+    is_jetson = (
+        soc is not None or l4t is not None or conf is not None or any(c.startswith("nvidia,") for c in compatible)
+    )
+    host = _pyplatform.machine()
+    machine = host if Path(root).resolve() == Path("/") else ("aarch64" if is_jetson else host)
+    return Platform(
+        root=root,
+        is_jetson=is_jetson,
+        machine=machine,
+        model=model,
+        compatible=compatible,
+        soc=soc,
+        parts=parts,
+        l4t=l4t,
+        stack=stack,
+        nvpmodel_conf=conf,
+        nvpmodel_conf_name=conf_name,
+    )
