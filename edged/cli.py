@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -41,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
+
+    from edged.service.install import add_install_parser
+
+    add_install_parser(sub)
     return parser
 
 
@@ -54,16 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon
 
+    from edged.service.logsetup import setup_logging
+
     cfg = load_config(args.config, args.sets)
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
     return Daemon(cfg).run()
 
 

@@ -1,9 +1,9 @@
 """The daemon: wires sources → spool → pipeline → outbox → MQTT and runs them until SIGTERM.
 
 Start order makes every promise true before it is made: state and outbox first, then models
-(loaded and warmed), then the publisher, then the pipeline (which recovers the spool), and the
-DICOM listener last. Stop runs in reverse: no new associations, queued work finishes or stays
-in the spool, the outbox is flushed, ``offline`` is published.
+(loaded and warmed), then the publisher, then the pipeline (which recovers the spool), the
+DICOM listener, and only then READY=1 to systemd. Stop runs in reverse: no new associations,
+queued work finishes or stays in the spool, the outbox is flushed, ``offline`` is published.
 """
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ import ctypes.util
 import logging
 import signal
 import threading
+
 from edged import __version__
 from edged.backends.factory import make_backend
 from edged.batcher.dynamic import DynamicBatcher
 from edged.config.schema import Config
-from edged.models.manifest import load_manifest
+from edged.control import ControlServer
+from edged.daemon_control import control_handlers
+from edged.models.manifest import BatchingSpec, load_manifest
 from edged.mqtt import messages
 from edged.mqtt.publisher import Publisher
 from edged.outbox.db import Database
 from edged.outbox.store import Outbox
 from edged.pipeline import Pipeline, ServedModel
+from edged.power.runtime import PowerRuntime
 from edged.privacy import Pseudonymizer, load_or_create_site_key
+from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
 from edged.spool.spool import Spool
 
@@ -31,14 +36,19 @@ log = logging.getLogger("edged")
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notifier: Notifier | None = None):
         self.cfg = cfg
         self.topics = messages.Topics(cfg.mqtt.topic_prefix, cfg.node_id)
         self.models: dict[str, ServedModel] = {}
+        self.base_batching: dict[str, BatchingSpec] = {}  # before power-mode adjustment
         self.backend_reasons: dict[str, str] = {}
         self.publisher: Publisher | None = None
         self.pipeline: Pipeline | None = None
         self.scp: StorageSCP | None = None
+        self.control: ControlServer | None = None
+        self.power: PowerRuntime | None = None
+        self.notifier = notifier or Notifier(unset_environment=True)
+        self.watchdog: WatchdogPinger | None = None
         self._stop = threading.Event()
 
     # -- start ---------------------------------------------------------------------------
@@ -50,6 +60,7 @@ class Daemon:
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
         self.outbox = Outbox(Database(cfg.db_path))
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
+        self.power = PowerRuntime(cfg.power, cfg.telemetry)
         self._load_models()
         if cfg.mqtt.enabled:
             # delivery marks may be lost on power loss (a re-send follows), so no fsync for them
@@ -58,36 +69,66 @@ class Daemon:
                                        birth=lambda: self.status_payload("online"),
                                        offline=lambda: self.status_payload("offline"))
             self.publisher.start()
+            self.power.start(cfg.node_id, lambda sample: self.publisher.offer(self.topics.telemetry, sample))
         self.pipeline = Pipeline(self.models, self.spool, self.outbox, self.pseudo, self.topics,
                                  self.wake_publisher, workers=cfg.pipeline.preprocess_workers,
-                                 backend_timeout_s=cfg.pipeline.backend_timeout_s)
+                                 backend_timeout_s=cfg.pipeline.backend_timeout_s,
+                                 energy_mj=self.power.energy_mj if self.power.meter.available else None,
+                                 on_energy=self.power.count_energy)
         self.pipeline.start()
+        self._start_control()
         if cfg.dicom.enabled:
             self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo,
                                   [m.manifest for m in self.models.values()], self.topics,
                                   on_spooled=self.pipeline.submit, on_event=self.wake_publisher)
             self.scp.start()
+        self.watchdog = WatchdogPinger(self.notifier, self.pipeline.healthy)
+        self.watchdog.start()
+        self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
 
     def _load_models(self) -> None:
-        for entry in self.cfg.models:
+        for i, entry in enumerate(self.cfg.models, 1):
+            self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
             model = load_manifest(self.cfg.manifest_path(entry))
             if model.name != entry.name:
                 raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
             model.verify_onnx()
             backend, reason = make_backend(self.cfg, entry, model)
             backend.load()
-            spec = entry.batching or model.manifest.batching
+            self.base_batching[model.name] = entry.batching or model.manifest.batching
+            spec = self.power.batching(self.base_batching[model.name])
             backend.warmup(1)  # the first calls at a new shape allocate; do it before READY
             backend.warmup(spec.max_batch_size)
             warm_preprocessing(model.manifest)
             batcher = DynamicBatcher(model.name, backend, spec)
             self.models[model.name] = ServedModel(model, backend, batcher, backend.info)
             self.backend_reasons[model.name] = reason
-            log.info("model %s %s (sha256 %s…): %s; clinical=%s", model.name, model.manifest.version,
-                     model.sha256[:12], reason, model.manifest.clinical)
+            log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
+                     model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
+                     spec.max_batch_size, spec.max_queue_delay_ms)
             if not model.manifest.clinical:
                 log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
+
+    def _start_control(self) -> None:
+        path = self.cfg.power.control_socket
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.control = ControlServer(path, control_handlers(self), admin_group=self.cfg.power.admin_group)
+            self.control.start()
+        except OSError as exc:  # e.g. /run/edged missing outside systemd (RuntimeDirectory=edged)
+            log.warning("control socket %s unavailable (%s): edgectl cannot reach this daemon", path, exc)
+            self.control = None
+
+    def retune(self) -> dict[str, dict]:
+        """Apply the current power mode's batching to every model and re-warm the backends."""
+        out = {}
+        for name, m in self.models.items():
+            spec = self.power.batching(self.base_batching[name])
+            m.batcher.retune(spec.max_batch_size, spec.max_queue_delay_ms)
+            m.backend.warmup(spec.max_batch_size)
+            out[name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}
+        return out
 
     def wake_publisher(self) -> None:
         if self.publisher is not None:
@@ -102,7 +143,8 @@ class Daemon:
                 "clinical": m.manifest.clinical, "backend_reason": self.backend_reasons.get(name, ""),
                 "max_batch_size": m.batcher.max_batch_size,
             })
-        return messages.status(self.cfg.node_id, state, models)
+        mode = self.power.mode if self.power else None
+        return messages.status(self.cfg.node_id, state, models, power_mode=mode)
 
     # -- run / stop ----------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -118,16 +160,22 @@ class Daemon:
 
     def stop(self) -> None:
         log.info("stopping: no new associations; finishing queued work")
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.notifier.stopping("finishing queued work, flushing the outbox")
         if self.scp is not None:
             self.scp.stop()
+        if self.control is not None:
+            self.control.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
+        if self.power is not None:
+            self.power.stop()
         if self.publisher is not None:
             self.publisher.stop()
         for m in self.models.values():
             m.backend.close()
         log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
-
 
 
 def warm_preprocessing(manifest) -> None:
@@ -145,7 +193,7 @@ def warm_preprocessing(manifest) -> None:
     ds.Rows = ds.Columns = 256
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256).__mod__(4096).tobytes()
+    ds.PixelData = (np.arange(256 * 256, dtype=np.uint16) % 4096).tobytes()
     prepare(ds, manifest.input, manifest.preprocess)
 
 

@@ -73,11 +73,13 @@ class Pipeline:
         workers: int = 1,
         backend_timeout_s: float = 60.0,
         energy_mj: Callable[[float, float], float | None] | None = None,
+        on_energy: Callable[[float, int], None] | None = None,
     ):
         self.models, self.spool, self.outbox, self.pseudo = models, spool, outbox, pseudo
         self.topics, self.wake_publisher = topics, wake_publisher
         self.backend_timeout_s = backend_timeout_s
         self.energy_mj = energy_mj
+        self.on_energy = on_energy
         self._work: queue.Queue[str | None] = queue.Queue()
         self._done: queue.Queue[tuple[_Item, str, Completion, dict] | None] = queue.Queue()
         self._queued: set[str] = set()
@@ -244,6 +246,8 @@ class Pipeline:
             energy = self.energy_mj(*c.window)
             if energy is not None:
                 timings["energy_mj"] = round(energy / max(c.batch_size, 1), 3)
+                if self.on_energy is not None:
+                    self.on_energy(energy / max(c.batch_size, 1), 1)
         label_scores = scores(c.output, m.manifest)
         msg_id = self.pseudo.message_id("result", name, m.manifest.onnx.sha256, item.key)
         payload = result_message(

@@ -67,6 +67,7 @@ def daemon_factory(tmp_path: Path, broker: LocalBroker, tiny_repo: Path) -> Iter
             "dicom": {"bind": "127.0.0.1", "port": free_port(), **extra.pop("dicom", {})},
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "resend_after_s": 2, **extra.pop("mqtt", {})},
             "models": extra.pop("models", [{"name": model}]),
+            "power": {"control_socket": str(tmp_path / "control.sock"), **extra.pop("power", {})},
             **extra,
         }
         d = DaemonProcess(write_config(tmp_path / f"edged-{len(started)}.yaml", **cfg), tmp_path / "daemon.log")

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edged.models.manifest import BatchingSpec
+from edged.power.config import PowerConfig, TelemetryConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -133,6 +134,8 @@ class Config(Strict):
     models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="chexnet")], min_length=1)
     mqtt: MqttConfig = MqttConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    power: PowerConfig = PowerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _unique_models(self) -> "Config":

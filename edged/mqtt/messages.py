@@ -17,6 +17,7 @@ from edged import __version__
 RESULT_SCHEMA = "edged.result/v1"
 EVENT_SCHEMA = "edged.event/v1"
 STATUS_SCHEMA = "edged.status/v1"
+TELEMETRY_SCHEMA = "edged.telemetry/v1"
 
 EVENT_TYPES = (
     "skipped",  # acknowledged, no model accepts it

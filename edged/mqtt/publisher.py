@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+from collections import deque
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class Publisher(threading.Thread):
         self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._stopping = threading.Event()
+        self._volatile: deque[tuple[str, bytes]] = deque(maxlen=16)  # telemetry: newest wins, never stored
         self._wake = threading.Event()
         self.connected = threading.Event()
         self._client = self._make_client(client_id)
@@ -75,6 +77,17 @@ class Publisher(threading.Thread):
         return c
 
     # -- lifecycle -----------------------------------------------------------------------
+    def offer(self, topic: str, payload: dict) -> None:
+        """Publish at QoS 0 if connected, drop otherwise: for telemetry, which is stale by the time
+        a broker comes back and must not fill the outbox during an outage."""
+        self._volatile.append((topic, encode(payload)))
+        self._wake.set()
+
+    def republish_status(self) -> None:
+        """Send a fresh retained birth message (after a power-mode change, a model reload)."""
+        self._volatile.append((self.status_topic, b""))
+        self._wake.set()
+
     def wake(self) -> None:
         """Tell the publisher new rows are in the outbox (it also polls)."""
         self._wake.set()
@@ -91,6 +104,7 @@ class Publisher(threading.Thread):
             self._drain_acks(timeout=0.05)
             if self.connected.is_set():
                 self._send_due()
+                self._send_volatile()
             if time.monotonic() - last_purge > 600:
                 self.outbox.purge_delivered(self.cfg.delivered_retention_h * 3600)
                 last_purge = time.monotonic()
@@ -154,6 +168,14 @@ class Publisher(threading.Thread):
                 log.error("broker refused message row %d: %s; it stays in the outbox", row_id, rc)
             else:
                 delivered.append(row_id)
+
+    def _send_volatile(self) -> None:
+        while self._volatile:
+            topic, payload = self._volatile.popleft()
+            if topic == self.status_topic:
+                self._client.publish(topic, encode(self.birth()), qos=1, retain=True)
+            else:
+                self._client.publish(topic, payload, qos=0)
 
     def _send_due(self) -> None:
         room = self.cfg.max_inflight - len(self._inflight)

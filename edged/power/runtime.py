@@ -1,0 +1,101 @@
+"""Power inside the daemon: the current mode, batching per mode, telemetry and energy.
+
+The daemon never switches modes itself (it does not run as root); edgectl switches and then
+tells it over the control socket, and :meth:`PowerRuntime.refresh_mode` re-reads what the
+board really runs. Telemetry is volatile (a stale temperature is worth nothing), so it is
+offered to the publisher, not written to the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from edged.models.manifest import BatchingSpec
+from edged.mqtt import messages
+from edged.power.config import PowerConfig, TelemetryConfig
+from edged.power.context import PowerContext, open_power
+from edged.power.energy import EnergyMeter
+from edged.power.prometheus import PrometheusExporter
+from edged.power.table import effective_batching
+from edged.power.telemetry import TelemetrySampler
+
+log = logging.getLogger("edged.power")
+
+
+class PowerRuntime:
+    def __init__(self, power: PowerConfig, telemetry: TelemetryConfig):
+        self.power_cfg, self.telemetry_cfg = power, telemetry
+        self.ctx: PowerContext = open_power(power)
+        self.mode: dict | None = self.ctx.current_mode()
+        self.sampler = TelemetrySampler(power.sysroot, mode_provider=lambda: self.mode)
+        self.meter = EnergyMeter(self.sampler.power_source, interval_s=telemetry.energy_interval_s)
+        self.last_sample: dict | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._exporter: PrometheusExporter | None = None
+        self._energy = [0.0, 0]  # mJ and images since the last telemetry message
+        self._lock = threading.Lock()
+        reason = self.ctx.unavailable_reason()
+        log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic",
+                 self.mode and f"{self.mode['id']} {self.mode['name']}", self.sampler.power_source and
+                 type(self.sampler.power_source).__name__ or f"unavailable {self.sampler.power_unavailable}")
+        if reason:
+            log.info("power modes unavailable: %s", reason)
+        for warning in self.ctx.warnings:
+            log.warning("power: %s", warning)
+
+    # -- batching per mode ---------------------------------------------------------------
+    def batching(self, spec: BatchingSpec) -> BatchingSpec:
+        """``spec`` under the current mode (the manifest's own where there are no modes)."""
+        settings = self.ctx.batching_for(self.mode["id"]) if self.mode else None
+        return effective_batching(spec, settings) if settings is not None else spec
+
+    def refresh_mode(self) -> tuple[dict | None, dict | None]:
+        old, self.mode = self.mode, self.ctx.current_mode()
+        return old, self.mode
+
+    # -- energy --------------------------------------------------------------------------
+    def energy_mj(self, t0: float, t1: float) -> float | None:
+        return self.meter.energy_mj(t0, t1)
+
+    def count_energy(self, mj: float, images: int) -> None:
+        with self._lock:
+            self._energy[0] += mj
+            self._energy[1] += images
+
+    # -- telemetry -----------------------------------------------------------------------
+    def start(self, node: str, offer: Callable[[dict], None]) -> None:
+        if self.meter.available:
+            self.meter.start()
+        if self.telemetry_cfg.prometheus.enabled:
+            self._exporter = PrometheusExporter(lambda: self.last_sample, self.telemetry_cfg.prometheus.port).start()
+        if self.telemetry_cfg.enabled:
+            self._thread = threading.Thread(target=self._run, args=(node, offer), name="telemetry", daemon=True)
+            self._thread.start()
+
+    def telemetry(self, node: str) -> dict:
+        sample = self.sampler.sample()
+        with self._lock:
+            mj, images = self._energy
+            self._energy = [0.0, 0]
+        payload = {"schema": messages.TELEMETRY_SCHEMA, "node": node, "time": messages.utc_now(), **sample}
+        payload["inference"] = {"images": images,
+                                "energy_mj_per_image": round(mj / images, 3) if images and mj else None}
+        self.last_sample = payload
+        return payload
+
+    def _run(self, node: str, offer: Callable[[dict], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                offer(self.telemetry(node))
+            except Exception:
+                log.exception("telemetry sample failed")
+            self._stop.wait(self.telemetry_cfg.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.meter.stop()
+        if self._exporter is not None:
+            self._exporter.stop()
