@@ -75,7 +75,7 @@ def _who() -> tuple[str, bool]:
 
 
 def _config(args: argparse.Namespace) -> PowerConfig:
-    cfg, _ = load_power_sections(args.config or os.environ.get("EDGED_CONFIG"))
+    cfg, _ = load_power_sections(args.config or os.environ.get("EDGED_CONFIG") or _installed_config())
     update: dict[str, object] = {}
     root = args.root or os.environ.get("EDGED_SYSROOT")
     if root:
@@ -84,6 +84,13 @@ def _config(args: argparse.Namespace) -> PowerConfig:
         if getattr(args, key):
             update[attr] = getattr(args, key)
     return PowerConfig.model_validate({**cfg.model_dump(), **update}) if update else cfg
+
+
+def _installed_config() -> str | None:
+    """The daemon's config as installed (systemd unit: -c /etc/edged/edged.yaml), when present,
+    so edgectl finds the same control socket and tool paths without being told."""
+    path = Path("/etc/edged/edged.yaml")
+    return str(path) if path.is_file() else None
 
 
 def _header(ctx: PowerContext) -> str:
