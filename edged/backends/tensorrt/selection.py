@@ -1,0 +1,166 @@
+"""Backend selection per model: ``auto | tensorrt | onnxruntime``, always with a reason.
+
+``auto`` serves TensorRT when the worker Python imports tensorrt and sees a GPU, the engines
+build (or come from the cache) and pass the accuracy gate; otherwise ONNX Runtime through the
+worker (same crash isolation and restart policy as TensorRT). ``tensorrt`` fails with an
+explanation when TensorRT is unavailable (a configuration the operator must fix), but a build or
+gate failure still falls back to ONNX Runtime: the FP32 reference is always a correct answer,
+and the reason (and an event) says what happened. ``select_backend`` returns a *loaded* backend
+because these fallbacks can only be decided by loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edged.backends.base import Backend, BackendError
+from edged.backends.onnxruntime import OnnxRuntimeBackend
+from edged.backends.tensorrt.builder import EngineBuildError, Preprocess, Progress, calibration_digest
+from edged.backends.tensorrt.config import TensorRTConfig
+from edged.backends.tensorrt.engines import EngineManager, EngineSet, EventCallback, preprocess_fingerprint, trt_available
+from edged.backends.tensorrt.gate import GateResult, read_labels, run_gate, validation_inputs
+from edged.backends.worker import WorkerBackend, WorkerLoadError, probe_python
+from edged.models.manifest import sha256_file
+
+TRT_HOST_MODULE = Path(__file__).with_name("trt_runtime.py").resolve()
+log = logging.getLogger("edged.backends")
+
+
+class TensorRTUnavailable(BackendError):
+    """``backend: tensorrt`` was asked for where TensorRT cannot run; the message says why."""
+
+
+def ort_worker(model_path: Path, name: str, cfg: TensorRTConfig, *, threads: int = 0,
+               on_event: EventCallback | None = None, env: dict[str, str] | None = None) -> WorkerBackend:
+    """ONNX Runtime in a worker on the daemon's own interpreter (where onnxruntime is installed)."""
+    return WorkerBackend("onnxruntime", {"model": str(model_path), "threads": threads}, python_exe=sys.executable,
+                         name=name, batch_timeout_s=cfg.batch_timeout_s, load_timeout_s=cfg.load_timeout_s,
+                         backoff_initial_s=cfg.restart_backoff_s, backoff_max_s=cfg.restart_backoff_max_s,
+                         on_event=on_event, env=env)
+
+
+def trt_worker(engines: EngineSet, name: str, cfg: TensorRTConfig, *, on_event: EventCallback | None = None,
+               env: dict[str, str] | None = None) -> WorkerBackend:
+    return WorkerBackend("external", engines.worker_params(TRT_HOST_MODULE), python_exe=cfg.worker_python, name=name,
+                         batch_timeout_s=cfg.batch_timeout_s, load_timeout_s=cfg.load_timeout_s,
+                         backoff_initial_s=cfg.restart_backoff_s, backoff_max_s=cfg.restart_backoff_max_s,
+                         on_event=on_event, env=env)
+
+
+def load_trt(manager: EngineManager, cfg: TensorRTConfig, on_event: EventCallback | None,
+             env: dict[str, str] | None) -> tuple[WorkerBackend, EngineSet]:
+    """Ensure engines and start the worker; a plan TensorRT refuses is dropped and rebuilt once."""
+    engines = manager.ensure()
+    for attempt in (1, 2):
+        backend = trt_worker(engines, manager.model.name, cfg, on_event=on_event, env=env)
+        try:
+            backend.load()
+            return backend, engines
+        except WorkerLoadError as exc:
+            if exc.code != "deserialize_failed" or attempt == 2:
+                raise
+            log.warning("%s: %s; rebuilding", manager.model.name, exc)
+            manager.invalidate(engines, str(exc))
+            engines = manager.ensure()
+    raise AssertionError("unreachable")
+
+
+def gate_engine(manager: EngineManager, candidate: Backend, preprocess: Preprocess | None,
+                engines: EngineSet | None = None) -> GateResult:
+    """Run the manifest's accuracy gate: candidate vs FP32 ONNX Runtime in-process.
+
+    With ``engines`` the result is remembered in the first engine's metadata, keyed by every
+    engine's sha256, the thresholds and the validation data: the same engines on the same data
+    give the same answer, so a restart of the daemon does not pay for the gate again.
+    """
+    manifest = manager.model.manifest
+    images = manager.images_for_validation()
+    kind = "images" if images and preprocess is not None else "synthetic"
+    gate_key = hashlib.sha256(json.dumps({
+        "engines": [e.meta.get("engine_sha256") for _, e in engines.entries] if engines else None,
+        "accuracy": manifest.accuracy.model_dump(), "activation": manifest.output.activation, "kind": kind,
+        "data": calibration_digest(manager.model.sha256, images, preprocess_fingerprint(manager.model))
+        if kind == "images" else "seed0x16",
+        "labels": sha256_file(images[0].parent / "labels.csv") if images and (images[0].parent / "labels.csv").exists() else None,
+    }, sort_keys=True).encode()).hexdigest()
+    first = engines.entries[0][1] if engines else None
+    cached = (first.meta.get("gates") or {}).get(gate_key) if first else None
+    if cached:
+        result = GateResult(**cached)
+        result.reason = f"{result.reason} (remembered from an earlier run)"
+        return result
+    reference = OnnxRuntimeBackend(manager.model.onnx_path)
+    reference.load()
+    try:
+        inputs, kind = validation_inputs(images, preprocess, reference.input_spec.shape)
+        labels = None
+        if kind == "images" and images:
+            labels = read_labels(images[0].parent, images, manifest.output.labels)
+        result = run_gate(candidate, reference, inputs, manifest.accuracy, activation=manifest.output.activation,
+                          label_names=manifest.output.labels, labels=labels, batch=manager.max_batch, input_kind=kind)
+    finally:
+        reference.close()
+    if first is not None:
+        manager.cache.update_meta(first, gates={**(first.meta.get("gates") or {}), gate_key: result.as_dict()})
+    return result
+
+
+def select_backend(model, choice: str, cfg: TensorRTConfig, cache_dir: Path, *, precision: str | None = None,
+                   dla_core: int | None = None, max_batch: int | None = None, threads: int = 0,
+                   preprocess: Preprocess | None = None, progress: Progress | None = None,
+                   on_event: EventCallback | None = None, probe: dict | None = None,
+                   env: dict[str, str] | None = None) -> tuple[Backend, str]:
+    """Choose, load and return ``(backend, reason)`` for one model (a ``LoadedModel``).
+
+    ``preprocess`` turns an image path into the model's input tensor (INT8 calibration and the
+    accuracy gate use it); ``progress(text, fraction)`` reports engine builds; ``on_event``
+    receives worker and engine events. Raises TensorRTUnavailable (``choice='tensorrt'`` where
+    it cannot run) or BackendError (not even ONNX Runtime loads).
+    """
+    if choice not in ("auto", "tensorrt", "onnxruntime"):
+        raise ValueError(f"backend must be auto, tensorrt or onnxruntime, not {choice!r}")
+
+    def ort(why: str) -> tuple[Backend, str]:
+        backend = ort_worker(model.onnx_path, model.name, cfg, threads=threads, on_event=on_event, env=env)
+        backend.load()
+        detail = backend.info.detail
+        reason = (f"{why}; serving ONNX Runtime {detail.get('ort_version')} (FP32, CPU) in an isolated worker "
+                  f"on Python {detail.get('worker_python_version')}")
+        log.info("%s: %s", model.name, reason)
+        return backend, reason
+
+    if choice == "onnxruntime":
+        return ort("backend: onnxruntime configured")
+    probe = probe or probe_python(cfg.worker_python, cfg.probe_timeout_s, env=env)
+    ok, why = trt_available(probe)
+    if not ok:
+        if choice == "tensorrt":
+            raise TensorRTUnavailable(f"{model.name}: backend tensorrt configured, but {why}")
+        return ort(f"TensorRT not used: {why}")
+    manager = EngineManager(model, probe, cfg, cache_dir, precision=precision, dla_core=dla_core,
+                            max_batch=max_batch, preprocess=preprocess, progress=progress, on_event=on_event, env=env)
+    try:
+        backend, engines = load_trt(manager, cfg, on_event, env)
+    except (EngineBuildError, WorkerLoadError) as exc:
+        if on_event:
+            on_event("engine_failed", {"model": model.name, "error": str(exc)})
+        return ort(f"TensorRT engine unavailable ({exc})")
+    result = gate_engine(manager, backend, preprocess, engines)
+    where = "GPU" if engines.dla_core is None else f"DLA{engines.dla_core}"
+    if not result.passed:
+        backend.close()
+        if on_event:
+            on_event("engine_rejected", {"model": model.name, "reason": result.reason, **result.as_dict()})
+        return ort(f"TensorRT {engines.precision} engine on {where} not activated: accuracy gate {result.reason}")
+    if on_event:
+        on_event("engine_activated", {"model": model.name, "precision": engines.precision, "device": where,
+                                      "gate": result.as_dict()})
+    reason = (f"{why}: serving {engines.precision.upper()} engine on {where} "
+              f"({', '.join(e.engine.name for _, e in engines.entries[:1])}{' …' if len(engines.entries) > 1 else ''}); "
+              f"accuracy gate {result.reason}")
+    log.info("%s: %s", model.name, reason)
+    return backend, reason

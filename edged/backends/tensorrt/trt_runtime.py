@@ -1,0 +1,157 @@
+"""TensorRT execution inside the worker child (loaded by path through the ``external`` host).
+
+Runs under the Jetson system Python, so: Python 3.6 syntax, numpy >= 1.13, tensorrt + pycuda
+only, nothing from edged. The child is single-threaded, so the CUDA context made by
+``pycuda.autoinit`` stays current and no context push/pop is needed (the classic
+"explicit_context_dependent failed" error comes from using pycuda across threads).
+
+API per version: TensorRT 8.5+ and 10.x use the tensor API (``num_io_tensors``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); 8.2 has only bindings
+(``num_bindings``, ``set_binding_shape``, ``execute_async_v2``); 10.x removed bindings.
+
+Engines: one dynamic-batch engine (GPU), or one static-batch engine per batch size (DLA has no
+dynamic shapes); a batch goes to the smallest engine that fits, padded with zeros.
+"""
+import os
+
+import numpy as np
+
+
+class HostError(Exception):
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+def create_host(params):
+    return TrtHost(params)
+
+
+def _make_logger(trt, keep):
+    class KeepLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            if severity in (trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR, trt.Logger.WARNING):
+                keep.append(str(msg))
+
+    return KeepLogger()
+
+
+class _Engine(object):
+    """One deserialized engine with its context, pinned host buffers, device buffers and stream."""
+
+    def __init__(self, trt, cuda, runtime, path, capacity, static, messages):
+        with open(path, "rb") as f:
+            engine = runtime.deserialize_cuda_engine(f.read())
+        if engine is None:  # TensorRT returns None (no exception) for a wrong version/device/corrupt plan
+            detail = "; ".join(messages[-3:]) or "no message from TensorRT"
+            raise HostError("deserialize_failed", "cannot deserialize %s: %s" % (os.path.basename(path), detail))
+        self.trt, self.cuda, self.engine, self.static = trt, cuda, engine, static
+        self.tensor_api = hasattr(engine, "num_io_tensors")
+        io = []
+        if self.tensor_api:
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                io.append((name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                           tuple(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))), i))
+        else:
+            for i in range(engine.num_bindings):
+                io.append((engine.get_binding_name(i), engine.binding_is_input(i), tuple(engine.get_binding_shape(i)),
+                           np.dtype(trt.nptype(engine.get_binding_dtype(i))), i))
+        inputs = [t for t in io if t[1]]
+        outputs = [t for t in io if not t[1]]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise HostError("load_error", "edged serves engines with one input and one output")
+        self.inp, self.out = inputs[0], outputs[0]
+        self.num_io = len(io)
+        self.capacity = capacity
+        self.context = engine.create_execution_context()
+        in_shape = (capacity,) + self.inp[2][1:]
+        out_shape = (capacity,) + self.out[2][1:]
+        self.host_in = cuda.pagelocked_empty(int(np.prod(in_shape)), self.inp[3])
+        self.host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), self.out[3])
+        self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
+        self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
+        self.stream = cuda.Stream()
+
+    def run(self, x):
+        n = x.shape[0]
+        rows = self.capacity if self.static else n
+        count_in = rows * int(np.prod(self.inp[2][1:]))
+        count_out = rows * int(np.prod(self.out[2][1:]))
+        flat = x.astype(self.inp[3]).reshape(-1)
+        self.host_in[:flat.size] = flat
+        if rows > n:
+            self.host_in[flat.size:count_in] = 0
+        shape = (rows,) + self.inp[2][1:]
+        cuda, ctx = self.cuda, self.context
+        cuda.memcpy_htod_async(self.dev_in, self.host_in[:count_in], self.stream)
+        if self.tensor_api:
+            if not self.static and not ctx.set_input_shape(self.inp[0], shape):
+                raise RuntimeError("set_input_shape%r rejected" % (shape,))
+            ctx.set_tensor_address(self.inp[0], int(self.dev_in))
+            ctx.set_tensor_address(self.out[0], int(self.dev_out))
+            ok = ctx.execute_async_v3(self.stream.handle)
+        else:
+            if not self.static and not ctx.set_binding_shape(self.inp[4], shape):
+                raise RuntimeError("set_binding_shape%r rejected" % (shape,))
+            bindings = [0] * self.num_io
+            bindings[self.inp[4]] = int(self.dev_in)
+            bindings[self.out[4]] = int(self.dev_out)
+            ok = ctx.execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
+        if not ok:
+            raise RuntimeError("TensorRT execution failed")
+        cuda.memcpy_dtoh_async(self.host_out[:count_out], self.dev_out, self.stream)
+        self.stream.synchronize()
+        return self.host_out[:count_out].reshape(rows, -1)[:n].astype(np.float32)
+
+
+class TrtHost(object):
+    """params: engines [{path, batch|None}], max_batch, dla_core, precision, input/output names."""
+
+    def __init__(self, params):
+        import pycuda.autoinit  # noqa: F401  (the CUDA context of this single-threaded child)
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        self.trt, self.params, self.messages = trt, params, []
+        self.logger = _make_logger(trt, self.messages)
+        self.runtime = trt.Runtime(self.logger)
+        dla = params.get("dla_core")
+        if dla is not None:
+            self.runtime.DLA_core = int(dla)  # must precede deserialization
+        self.engines = []
+        for e in params["engines"]:
+            static = e.get("batch")
+            cap = int(static or params["max_batch"])
+            self.engines.append(_Engine(trt, cuda, self.runtime, e["path"], cap, bool(static), self.messages))
+        self.engines.sort(key=lambda eng: eng.capacity)
+        self.max_batch = self.engines[-1].capacity
+
+    def describe(self):
+        eng = self.engines[-1]
+
+        def spec(t):
+            return {"name": t[0], "shape": [-1] + [int(d) for d in t[2][1:]], "dtype": t[3].name}
+
+        dla = self.params.get("dla_core")
+        return {"input": spec(eng.inp), "output": spec(eng.out),
+                "info": {"backend": "tensorrt", "precision": self.params.get("precision", "fp32"),
+                         "device": "gpu" if dla is None else "dla%d" % dla,
+                         "detail": {"trt_version": self.trt.__version__, "engines": [e["path"] for e in self.params["engines"]],
+                                    "api": "tensor" if eng.tensor_api else "bindings", "max_batch": self.max_batch}}}
+
+    def infer(self, x):
+        outs = []
+        start = 0
+        while start < x.shape[0]:
+            chunk = x[start:start + self.max_batch]
+            eng = next(e for e in self.engines if e.capacity >= chunk.shape[0])
+            outs.append(eng.run(chunk))
+            start += chunk.shape[0]
+        return np.concatenate(outs, axis=0)
+
+    def close(self):
+        self.engines = []

@@ -1,0 +1,189 @@
+"""What the builder asks TensorRT to do, per version (8.2 / 8.5 / 10.3), against the recording double."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edged.backends.tensorrt.builder import BuildOptions, EngineBuildError, run_builder
+
+BUILD = Path(__file__).resolve().parents[2] / "edged" / "backends" / "tensorrt" / "trt_build.py"
+VERSIONS = ["8.2", "8.5", "10.3"]
+
+
+@pytest.fixture(scope="module")
+def trt_build():
+    spec = importlib.util.spec_from_file_location("trt_build_under_test", BUILD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def spec_for(model_dir: Path, tmp: Path, **kw) -> dict:
+    spec = {"onnx": str(model_dir / "model.onnx"), "plan": str(tmp / "e.plan"), "log": str(tmp / "build.log"),
+            "precision": "fp16", "workspace_mb": 256, "max_batch": 8, "static_batch": None, "dla_core": None,
+            "gpu_fallback": True, "optimization_level": None, "heartbeat_s": 0.02,
+            "timing_cache": str(tmp / "timing.cache"), "node_names": []}
+    spec.update(kw)
+    return spec
+
+
+def build(trt, trt_build, spec) -> tuple[dict, list[dict], list]:
+    emitted: list[dict] = []
+    del trt.calls[:]
+    result = trt_build.build(trt, spec, emitted.append)
+    return result, emitted, list(trt.calls)
+
+
+def recorded(calls, what):
+    return [v for w, v in calls if w == what]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fp16_dynamic_batch_build_per_version(version, trt, trt_build, tiny_model, tmp_path):
+    trt.use(version)
+    result, emitted, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path))
+    assert recorded(calls, "builder.create_network") == [0 if version == "10.3" else 1]
+    if version == "8.2":  # memory pools arrived in 8.4
+        assert recorded(calls, "IBuilderConfig.max_workspace_size") == [256 << 20]
+        assert recorded(calls, "config.set_memory_pool_limit") == []
+    else:
+        assert recorded(calls, "config.set_memory_pool_limit") == [["MemoryPoolType.WORKSPACE", 256 << 20]]
+    assert recorded(calls, "config.set_flag") == ["BuilderFlag.FP16"]
+    assert recorded(calls, "profile.set_shape") == [["image", [1, 3, 64, 64], [8, 3, 64, 64], [8, 3, 64, 64]]]
+    assert recorded(calls, "config.set_timing_cache") == [False]
+    monitored = recorded(calls, "IBuilderConfig.progress_monitor")
+    assert bool(monitored) == (version == "10.3")
+    if version == "10.3":
+        assert [e["fraction"] for e in emitted if e["event"] == "progress"] == [0.0, 1 / 3, 2 / 3, 1.0]
+    assert result["trt_version"].startswith(version) and Path(tmp_path / "e.plan").read_bytes().startswith(trt.PLAN_MAGIC)
+    log = (tmp_path / "build.log").read_text()
+    assert "workspace limit 256 MiB" in log and "engine written" in log
+
+
+def test_timing_cache_is_saved_and_reused(trt, trt_build, tiny_model, tmp_path):
+    trt.use("8.5")
+    build(trt, trt_build, spec_for(tiny_model, tmp_path))
+    saved = (tmp_path / "timing.cache").read_bytes()
+    assert saved
+    _, _, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path))
+    assert recorded(calls, "config.create_timing_cache") == [len(saved)]
+
+
+def test_heartbeat_reports_elapsed_time_before_tensorrt_10(trt, trt_build, tiny_model, tmp_path, monkeypatch):
+    trt.use("8.2")
+    monkeypatch.setenv("EDGED_TRT_DOUBLE_BUILD_S", "0.15")
+    _, emitted, _ = build(trt, trt_build, spec_for(tiny_model, tmp_path))
+    beats = [e for e in emitted if e["event"] == "progress"]
+    assert len(beats) >= 3 and all(e["fraction"] is None and "s elapsed" in e["text"] for e in beats)
+
+
+@pytest.mark.parametrize("version", ["8.5", "10.3"])
+def test_dla_static_batch_with_gpu_fallback_and_placement(version, trt, trt_build, tiny_model, tmp_path):
+    trt.use(version)
+    result, emitted, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path, dla_core=1, static_batch=4))
+    assert recorded(calls, "IBuilderConfig.default_device_type") == ["DeviceType.DLA"]
+    assert recorded(calls, "IBuilderConfig.DLA_core") == [1]
+    assert recorded(calls, "config.set_flag") == ["BuilderFlag.FP16", "BuilderFlag.GPU_FALLBACK"]
+    assert recorded(calls, "profile.set_shape") == [["image", [4, 3, 64, 64], [4, 3, 64, 64], [4, 3, 64, 64]]]
+    graph = onnx.load(str(tiny_model / "model.onnx")).graph
+    off_dla = [n for n in graph.node if n.op_type in trt.NOT_ON_DLA]
+    placement = result["placement"]
+    assert placement["gpu"] == len(off_dla) > 0 and placement["dla"] == len(graph.node) - len(off_dla)
+    assert [e for e in emitted if e["event"] == "placement"] == [dict(placement, event="placement")]
+
+
+def test_dla_refusals(trt, trt_build, tiny_model, tmp_path):
+    trt.use("10.3")
+    cases = [({"dla_core": 0, "static_batch": 1, "precision": "fp32"}, "FP16 or INT8"),
+             ({"dla_core": 0, "static_batch": None}, "static-batch"),
+             ({"dla_core": 5, "static_batch": 1}, "has 2 DLA cores"),
+             ({"dla_core": 0, "static_batch": 1, "gpu_fallback": False}, "cannot run on DLA")]
+    for extra, message in cases:
+        with pytest.raises(trt_build.BuildFailure, match=message):
+            build(trt, trt_build, spec_for(tiny_model, tmp_path, **extra))
+
+
+def test_int8_calibrates_through_the_given_tensors_and_reuses_the_cache(trt, trt_build, tiny_model, tmp_path):
+    trt.use("10.3")
+    np.save(tmp_path / "calib.npy", np.zeros((20, 3, 64, 64), np.float32))
+    cal = {"tensors": str(tmp_path / "calib.npy"), "cache": str(tmp_path / "calib.cache"), "batch_size": 8}
+    _, emitted, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path, precision="int8", calibration=cal))
+    assert recorded(calls, "config.set_flag") == ["BuilderFlag.FP16", "BuilderFlag.INT8"]
+    assert recorded(calls, "calibration_batches") == [2]  # 20 images, batch 8: two full batches
+    assert recorded(calls, "config.set_calibration_profile") == [{"image": [[8, 3, 64, 64]] * 3}]
+    assert any("deprecated from TensorRT 10.1" in e.get("text", "") for e in emitted if e["event"] == "warning")
+    assert (tmp_path / "calib.cache").read_bytes() == b"CALIBRATION:2"
+    _, _, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path, precision="int8", calibration=cal))
+    assert recorded(calls, "calibration_batches") == [0], "a valid calibration cache must be reused"
+
+
+def test_parse_errors_name_each_node(trt, trt_build, tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok_relu"),
+             helper.make_node("EdgedUnsupported", ["a"], ["b"], name="weird_one"),
+             helper.make_node("EdgedUnsupported", ["b"], ["y"], name="weird_two")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    (tmp_path / "m").mkdir()
+    onnx.save(model, str(tmp_path / "m" / "model.onnx"))
+    names = [[n.name, n.op_type] for n in nodes]
+    for version in ("8.2", "10.3"):  # 8.x gives a node index only; 10.x also the name
+        trt.use(version)
+        with pytest.raises(trt_build.BuildFailure) as info:
+            build(trt, trt_build, spec_for(tmp_path / "m", tmp_path, node_names=names))
+        assert info.value.details == ["node 1 'weird_one' (EdgedUnsupported): No importer registered for op: EdgedUnsupported",
+                                      "node 2 'weird_two' (EdgedUnsupported): No importer registered for op: EdgedUnsupported"]
+
+
+def test_failed_build_explains_oom_on_tensorrt_10(trt, trt_build, tiny_model, tmp_path, monkeypatch):
+    trt.use("10.3")
+    monkeypatch.setenv("EDGED_TRT_DOUBLE_FAIL", "build")
+    with pytest.raises(trt_build.BuildFailure, match="out of memory"):
+        build(trt, trt_build, spec_for(tiny_model, tmp_path))
+    assert "Could not find any implementation" in (tmp_path / "build.log").read_text()
+
+
+def test_optimization_level_only_where_supported(trt, trt_build, tiny_model, tmp_path):
+    trt.use("10.3")
+    _, _, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path, optimization_level=5))
+    assert recorded(calls, "IBuilderConfig.builder_optimization_level") == [5]
+    trt.use("8.5")
+    _, emitted, calls = build(trt, trt_build, spec_for(tiny_model, tmp_path, optimization_level=5))
+    assert recorded(calls, "IBuilderConfig.builder_optimization_level") == []
+    assert any("8.6+" in e["text"] for e in emitted if e["event"] == "warning")
+
+
+# -- the daemon side: the builder as a process --------------------------------------------------
+def test_builder_process_reports_progress_and_keeps_a_log(doubles_env, tiny_model, tmp_path):
+    seen: list[tuple[str, float | None]] = []
+    env = doubles_env("8.2", EDGED_TRT_DOUBLE_BUILD_S="0.3")
+    summary = run_builder(tiny_model / "model.onnx", tmp_path / "p.plan", tmp_path / "b.log", BuildOptions("fp16", 2),
+                          python_exe=sys.executable, timing_cache=tmp_path / "tc" / "t.cache", heartbeat_s=0.05,
+                          progress=lambda text, frac: seen.append((text, frac)), env=env)
+    assert summary["trt_version"] == "8.2.1.8" and summary["build_seconds"] > 0.3
+    assert sum("elapsed" in text for text, _ in seen) >= 3
+    assert (tmp_path / "tc" / "t.cache").exists() and "[edged] engine written" in (tmp_path / "b.log").read_text()
+
+
+def test_builder_process_failures_are_explained(doubles_env, plain_env, tiny_model, tmp_path):
+    opts = BuildOptions("fp16", 2)
+    with pytest.raises(EngineBuildError) as info:
+        run_builder(tiny_model / "model.onnx", tmp_path / "p.plan", tmp_path / "b.log", opts, python_exe=sys.executable,
+                    timing_cache=None, env=plain_env())
+    assert info.value.code == "unavailable" and "cannot import tensorrt" in str(info.value)
+    with pytest.raises(EngineBuildError) as info:
+        run_builder(tiny_model / "model.onnx", tmp_path / "p.plan", tmp_path / "b.log", opts, python_exe=sys.executable,
+                    timing_cache=None, env=doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build"))
+    assert info.value.code == "build" and "Could not find any implementation" in str(info.value)
+    with pytest.raises(EngineBuildError) as info:
+        run_builder(tiny_model / "model.onnx", tmp_path / "p.plan", tmp_path / "b.log", opts, python_exe=sys.executable,
+                    timing_cache=None, timeout_s=0.5, env=doubles_env("8.5", EDGED_TRT_DOUBLE_BUILD_S="30"))
+    assert info.value.code == "timeout"
+    assert not (tmp_path / "p.plan").exists()

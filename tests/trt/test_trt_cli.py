@@ -1,0 +1,88 @@
+"""``edged engines ...`` and ``edged selftest`` through their argparse entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edged.backends.tensorrt.cli import EnginesContext, add_engines_parser, add_selftest_parser
+from edged.backends.tensorrt.config import TensorRTConfig
+
+
+def run(argv: list[str], env: dict, cache_dir) -> int:
+    parser = argparse.ArgumentParser(prog="edged")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ctx = lambda args: EnginesContext(TensorRTConfig(worker_python=sys.executable), cache_dir, env=env)  # noqa: E731
+    add_engines_parser(sub, context=ctx)
+    add_selftest_parser(sub, context=ctx)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_engines_build_without_tensorrt_explains_and_fails(model_copy, tmp_path, plain_env, capsys):
+    assert run(["engines", "build", str(model_copy)], plain_env(), tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "cannot build TensorRT engines here" in err and "cannot import tensorrt" in err
+    assert "worker_python" in err
+
+
+def test_engines_build_list_verify_prune(model_copy, tmp_path, doubles_env, capsys):
+    env = doubles_env("8.5")
+    assert run(["engines", "build", str(model_copy), "--max-batch", "2"], env, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "built  " in out and "accuracy gate passed" in out
+    assert run(["engines", "build", str(model_copy), "--max-batch", "2"], env, tmp_path) == 0
+    assert "cached " in capsys.readouterr().out
+
+    assert run(["engines", "list", "--json"], env, tmp_path) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["key"]["trt_version"] == "8.5.2.2" and entry["key"]["batch"] == [1, 2, 2]
+
+    assert run(["engines", "verify", "--load"], env, tmp_path) == 0
+    assert capsys.readouterr().out.startswith("OK")
+    engine = tmp_path / "engines" / entry["engine"]
+    engine.write_bytes(engine.read_bytes()[:-1] + b"!")
+    assert run(["engines", "verify"], env, tmp_path) == 1
+    assert "sha256 differs" in capsys.readouterr().out
+
+    assert run(["engines", "prune", "--dry-run"], env, tmp_path) == 0
+    assert "would remove" in capsys.readouterr().out and engine.exists()
+    assert run(["engines", "prune"], env, tmp_path) == 0
+    assert not engine.exists()
+    assert run(["engines", "list"], env, tmp_path) == 0
+    assert "no engines" in capsys.readouterr().out
+
+
+def test_engines_build_reports_parse_or_build_failure(model_copy, tmp_path, doubles_env, capsys):
+    env = doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build")
+    assert run(["engines", "build", str(model_copy)], env, tmp_path) == 1
+    assert "build failed: TensorRT could not build the engine" in capsys.readouterr().err
+
+
+def test_selftest_without_tensorrt_still_checks_the_worker(tmp_path, plain_env, capsys):
+    report = tmp_path / "selftest.json"
+    argv = ["selftest", "--kind", "tiny", "--max-batch", "2", "--repeats", "1", "--json", str(report)]
+    assert run(argv, plain_env(), tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime via worker" in out and "SKIP" in out and "selftest: passed" in out
+    data = json.loads(report.read_text())
+    rows = {r["target"]: r for r in data["rows"]}
+    worker = rows["onnxruntime via worker"]
+    assert worker["status"] == "PASS" and worker["max_abs_diff"] <= 1e-5
+    assert set(worker["timings"]) == {"1", "2"} and worker["timings"]["2"]["img_s"] > 0
+    assert rows["tensorrt"]["status"] == "SKIP" and "cannot import tensorrt" in rows["tensorrt"]["note"]
+    assert run(argv + ["--require-tensorrt"], plain_env(), tmp_path) == 1
+
+
+def test_selftest_with_tensorrt_checks_gpu_and_every_dla_core(tmp_path, doubles_env, capsys):
+    report = tmp_path / "selftest.json"
+    argv = ["selftest", "--kind", "tiny", "--max-batch", "2", "--repeats", "1", "--json", str(report)]
+    assert run(argv, doubles_env("10.3"), tmp_path) == 0
+    rows = {r["target"]: r for r in json.loads(report.read_text())["rows"]}
+    for target in ("tensorrt fp32 GPU", "tensorrt fp16 GPU", "tensorrt fp16 DLA0", "tensorrt fp16 DLA1"):
+        assert rows[target]["status"] == "PASS", rows[target]
+    assert "fell back to GPU" in rows["tensorrt fp16 DLA0"]["note"]
+    # A device whose engines are wrong must fail the self-test.
+    assert run(argv, doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build"), tmp_path / "other") == 1
+    assert "selftest: FAILED" in capsys.readouterr().out
