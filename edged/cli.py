@@ -41,10 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
 
+    from edged.backends.tensorrt.cli import add_engines_parser, add_selftest_parser
     from edged.service.install import add_install_parser
 
+    add_engines_parser(sub, engines_context)
+    add_selftest_parser(sub, engines_context)
     add_install_parser(sub)
     return parser
+
+
+def engines_context(args: argparse.Namespace):
+    """TensorRT settings, cache dir and models from the main config for ``engines``/``selftest``."""
+    from edged.backends.factory import preprocess_file
+    from edged.backends.tensorrt.cli import EnginesContext
+
+    cfg = load_config(args.config, args.sets)
+    trt = cfg.tensorrt
+    if getattr(args, "worker_python", None):
+        trt = trt.model_copy(update={"worker_python": args.worker_python})
+    models = tuple(cfg.manifest_path(e) for e in cfg.models if e.backend != "onnxruntime")
+    return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models)
 
 
 def main(argv: list[str] | None = None) -> int:

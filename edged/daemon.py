@@ -94,8 +94,8 @@ class Daemon:
             if model.name != entry.name:
                 raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
             model.verify_onnx()
-            backend, reason = make_backend(self.cfg, entry, model)
-            backend.load()
+            backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
+                                           progress=self._build_progress(model.name))
             self.base_batching[model.name] = entry.batching or model.manifest.batching
             spec = self.power.batching(self.base_batching[model.name])
             backend.warmup(1)  # the first calls at a new shape allocate; do it before READY
@@ -109,6 +109,26 @@ class Daemon:
                      spec.max_batch_size, spec.max_queue_delay_ms)
             if not model.manifest.clinical:
                 log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
+
+    def _backend_event(self, model: str):
+        """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
+        def emit(kind: str, fields: dict) -> None:
+            level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
+            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
+            detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
+            payload = messages.event(self.cfg.node_id, "backend", kind, model=model, detail=str(detail),
+                                     fields=fields)
+            self.outbox.add_message(self.topics.events, payload)
+            self.wake_publisher()
+        return emit
+
+    def _build_progress(self, model: str):
+        """Engine builds can take an hour on a Nano: tell systemd (and a technician) they progress."""
+        def progress(text: str, fraction: float | None) -> None:
+            pct = f", {fraction:.0%}" if fraction is not None else ""
+            self.notifier.status(f"building engine {model}: {text}{pct}")
+            self.notifier.extend_timeout(300_000_000)  # another 5 min from now, for as long as it progresses
+        return progress
 
     def _start_control(self) -> None:
         path = self.cfg.power.control_socket

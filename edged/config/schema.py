@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edged.backends.tensorrt.config import TensorRTConfig
 from edged.models.manifest import BatchingSpec
 from edged.power.config import PowerConfig, TelemetryConfig
 
@@ -85,7 +86,7 @@ class ModelEntry(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     manifest: Path | None = None
     backend: Literal["auto", "onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(default=None, description="default: tensorrt.precision")
     dla_core: int | None = Field(default=None, ge=0)
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
     batching: BatchingSpec | None = None
@@ -134,6 +135,7 @@ class Config(Strict):
     models: list[ModelEntry] = Field(default_factory=lambda: [ModelEntry(name="chexnet")], min_length=1)
     mqtt: MqttConfig = MqttConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    tensorrt: TensorRTConfig = TensorRTConfig()
     power: PowerConfig = PowerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 

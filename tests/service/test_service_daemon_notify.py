@@ -98,3 +98,37 @@ def test_ready_after_echo_watchdog_while_healthy_stopping_on_sigterm(tmp_path, t
         if proc.poll() is None:
             proc.kill()
         notify.close()
+
+
+def test_no_watchdog_while_the_backend_hangs(tmp_path, tiny_repo):
+    """SIGSTOP the backend worker in the middle of serving: pings stop once the batch has been in
+    the backend longer than pipeline.backend_timeout_s, and resume after the worker is replaced."""
+    import psutil
+
+    from helpers import cr_variants, storescu
+
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_daemon(tmp_path, tiny_repo, notify, model={"backend": "auto"},
+                        pipeline={"backend_timeout_s": 1}, tensorrt={"batch_timeout_s": 6})
+    try:
+        notify.wait_for("READY")
+        worker = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                      if any("child.py" in part for part in p.cmdline()))
+        worker.suspend()
+        hung_at = time.monotonic()
+        assert storescu(notify.port, *cr_variants(tmp_path, 1)).returncode == 0  # acknowledged: spooled
+        time.sleep(5.0)
+        pings = [t for t, _ in notify.lines("WATCHDOG")]
+        assert not [t for t in pings if hung_at + 2.0 < t < hung_at + 5.0], "pinged while the backend hung"
+        time.sleep(4.0)  # batch timeout (6 s) → worker killed and restarted → batch retried
+        pings = [t for t, _ in notify.lines("WATCHDOG")]
+        assert [t for t in pings if t > hung_at + 6.5], "pings did not resume after the worker restart"
+        log = (tmp_path / "daemon.log").read_text()
+        assert "withholding watchdog pings" in log and "worker_timeout" in log
+        assert "done in" in log  # the hung image still got its result
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()

@@ -32,6 +32,7 @@ class EnginesContext:
     cache_dir: Path
     preprocess_for: Callable[[LoadedModel], Preprocess] | None = None
     env: dict[str, str] | None = None
+    models: tuple[Path, ...] = ()  # manifests that `build --all` builds (from the main config)
 
 
 ContextFactory = Callable[[argparse.Namespace], EnginesContext]
@@ -45,6 +46,9 @@ def default_context(args: argparse.Namespace) -> EnginesContext:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="edged config file (tensorrt:, cache_dir, models)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key (repeatable)")
     p.add_argument("--cache-dir", type=Path, help=f"cache directory (default: config or {DEFAULT_CACHE_DIR})")
     p.add_argument("--worker-python", help="interpreter with TensorRT (default: tensorrt.worker_python)")
 
@@ -56,7 +60,8 @@ def add_engines_parser(subparsers, context: ContextFactory | None = None) -> arg
     ls = sub.add_parser("list", help="cached engines with their keys")
     ls.add_argument("--json", action="store_true")
     b = sub.add_parser("build", help="build (or reuse) a model's engines and run its accuracy gate")
-    b.add_argument("model", type=Path, help="model folder or model.yaml")
+    b.add_argument("model", type=Path, nargs="?", help="model folder or model.yaml")
+    b.add_argument("--all", action="store_true", help="every model of the config whose backend is auto/tensorrt")
     b.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     b.add_argument("--dla-core", type=int)
     b.add_argument("--max-batch", type=int)
@@ -123,10 +128,21 @@ def _probe_or_explain(c: EnginesContext) -> dict | None:
 
 
 def cmd_build(args: argparse.Namespace, c: EnginesContext) -> int:
+    if bool(args.model) == bool(args.all):
+        print("engines build: name a model folder, or --all for the models of the config", file=sys.stderr)
+        return 2
     probe = _probe_or_explain(c)
     if probe is None:
         return 2
-    model = load_manifest(args.model)
+    paths = [args.model] if args.model else list(c.models)
+    status = 0
+    for path in paths:
+        status = max(status, _build_one(args, c, probe, load_manifest(path)))
+    return status
+
+
+def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: LoadedModel) -> int:
+    print(f"{model.name}: engines", flush=True)
     preprocess = c.preprocess_for(model) if c.preprocess_for else None
     manager = EngineManager(model, probe, c.cfg, c.cache_dir, precision=args.precision, dla_core=args.dla_core,
                             max_batch=args.max_batch, preprocess=preprocess, env=c.env,
