@@ -7,7 +7,8 @@ drifts from DICOM semantics, these tests show it on real data.
 Tolerance, from the quantisation the fast path introduces:
   * the grey-level table is uint16 at full scale 65535: ≤ 0.5/65535 per pixel in [0, 1];
   * cv2 resizes that uint16 image with float weights and rounds once: another ≤ 0.5/65535
-    (an average of values each off by ≤ 0.5/65535 is itself off by ≤ 0.5/65535);
+    (an average of values each off by ≤ 0.5/65535 is itself off by ≤ 0.5/65535); an area
+    shrink (edged.preprocess.area: cv2's weights, rows first, float32 out) skips that rounding;
   * so ≤ 1/65535 ≈ 1.53e-5 in [0, 1], divided by the smallest std (0.224) ≈ 6.8e-5, plus float32
     arithmetic on values ≤ 2.7 (≈ 3e-7). FLOAT32_TOL = 1e-4 covers that with a little margin.
   * float16 output adds one float16 rounding: half an ulp at |x| < 4 is 2**-10 ≈ 9.8e-4, so
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import pickle
 import statistics
+import threading
 import time
 
 import cv2
@@ -31,7 +33,7 @@ from pydicom.encaps import encapsulate, generate_fragmented_frames, itemize_frag
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edged.models.manifest import InputSpec, PreprocessSpec
-from edged.preprocess import PixelError, luts, prepare, prepare_timed
+from edged.preprocess import PixelError, area, luts, prepare, prepare_timed, strips
 
 FLOAT32_TOL = 1e-4
 FLOAT16_TOL = 2e-3
@@ -467,3 +469,105 @@ def test_fast_path_beats_naive_float64() -> None:
         reference(ds)
         naive.append((time.perf_counter() - started) * 1e3)
     assert fast < statistics.median(naive) / 2, (fast, statistics.median(naive))
+
+
+# --------------------------------------------------------------------------- area shrink and strips
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((1955, 1841), (224, 224)),  # the chest CR
+        ((1955, 1841), (224, 211)),  # its letterbox
+        ((1955, 1841), (1955 // 3, 1841)),  # rows only: no horizontal pass
+        ((448, 448), (224, 224)),  # integer scale: cv2's "fast" area path
+        ((300, 250), (224, 200)),  # scale < 2: a destination row draws on 2-3 source rows
+        ((2001, 1503), (1000, 224)),  # 2.001×: slivers ≤ 1e-3 that cv2 drops
+        ((97, 64), (1, 1)),  # one pixel
+    ],
+)
+def test_area_shrink_is_cv2_inter_area(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    """Same weights as cv2: only float32 rounding (~1e-7 of full scale) and cv2's final rounding differ."""
+    image = np.random.default_rng(sum(shape)).integers(0, 65536, shape, dtype=np.uint16)
+    height, width = size
+    assert area.applies(shape, height, width)
+    got = area.shrink_array(image, height, width)
+    assert got.dtype == np.float32 and got.shape == size
+    exact = cv2.resize(image.astype(np.float64), (width, height), interpolation=cv2.INTER_AREA)
+    assert np.abs(got - exact).max() <= 0.02  # of 65535
+    rounded = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    assert np.abs(got - rounded).max() <= 0.52
+
+
+def test_area_does_not_take_enlargements() -> None:
+    assert not area.applies((64, 64), 224, 224)
+    assert not area.applies((300, 200), 224, 224)  # columns grow: cv2 interpolates
+    assert not area.applies((224, 300), 224, 224)  # rows unchanged: nothing to sum
+
+
+def test_area_strip_layout_cannot_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strips partition destination rows and read exactly their source rows: bit-identical results."""
+    image = np.random.default_rng(1).integers(0, 65536, (1955, 1841), dtype=np.uint16)
+    whole_strip = {}
+    for pixels_per_strip in (1, 1 << 16, 1 << 18, 1 << 40):  # one row per strip … one strip
+        monkeypatch.setattr(strips, "STRIP_PIXELS", pixels_per_strip)
+        whole_strip[pixels_per_strip] = area.shrink_array(image, 224, 224)
+    monkeypatch.setattr(strips, "_get_pool", lambda: (None, 0))  # all strips on the caller
+    serial = area.shrink_array(image, 224, 224)
+    for got in whole_strip.values():
+        assert np.array_equal(got, serial)
+
+
+def test_table_image_rows_and_gather_are_the_plain_gather() -> None:
+    ds = load("RG1_UNCR.dcm")
+    arr = ds.pixel_array
+    table = luts.stored_value_lut(arr.dtype.str, luts.read_modality(ds), luts.read_voi(ds), True)
+    image = luts.TableImage.of(table, arr)
+    want = table[arr]
+    assert np.array_equal(image.gather(), want)
+    assert np.array_equal(image.rows(100, 140, np.empty((40, arr.shape[1]), np.uint16)), want[100:140])
+    signed = load("CT_small.dcm").pixel_array  # int16: gathered through its unsigned view
+    table = luts.stored_value_lut(signed.dtype.str, None, luts.MinMax(-1000.0, 1000.0), False)
+    assert np.array_equal(luts.apply_table(table, signed), table[signed.view(np.uint16)])
+
+
+def test_concurrent_calls_give_the_sequential_results() -> None:
+    """Two daemon workers preprocess at once: the shared pool must not mix their strips."""
+    names = ["RG1_UNCR.dcm", "RG3_UNCR.dcm", "MR_small.dcm", "CT_small.dcm"]
+    datasets = [load(name) for name in names]
+    want = [prepare(ds, SPEC, PP) for ds in datasets]
+    failures: list[str] = []
+
+    def worker(offset: int) -> None:
+        for round_ in range(6):
+            k = (offset + round_) % len(names)
+            if not np.array_equal(prepare(datasets[k], SPEC, PP), want[k]):
+                failures.append(names[k])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_strips_run_waits_for_every_strip_before_raising() -> None:
+    """A failing strip must not let run() return while other strips still write the caller's buffers."""
+    finished: list[int] = []
+    caller = threading.current_thread()
+
+    def task(k: int) -> None:
+        if threading.current_thread() is caller:
+            raise RuntimeError("caller's strip")
+        time.sleep(0.05)
+        finished.append(k)
+
+    with pytest.raises(RuntimeError, match="caller's strip"):
+        strips.run(task, 4)
+    at_return = len(finished)
+    time.sleep(0.1)  # a strip still running after run() gave up would finish here
+    assert len(finished) == at_return
+    calls: list[int] = []
+    strips.run(calls.append, 50)
+    assert sorted(calls) == list(range(50))

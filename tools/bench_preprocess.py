@@ -6,6 +6,7 @@
 Files are pydicom-data names or paths. Medians over ``--reps`` runs; decode is timed on a fresh
 dataset each run (pydicom caches pixel_array), transform on the decoded one with a warm LUT
 cache, which is the steady state of a daemon seeing one modality's window over and over.
+The transform is also split into its stages (LUT gather, resize, tensor), each timed alone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 
 from edged.models.manifest import InputSpec, PreprocessSpec  # noqa: E402
-from edged.preprocess import prepare_timed  # noqa: E402
+from edged.preprocess import area, luts, pixels, prepare_timed  # noqa: E402
 
 SPEC = InputSpec(name="input", height=224, width=224)
 PP = PreprocessSpec()
@@ -53,12 +54,43 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def bench(path: str, reps: int) -> tuple[float, float, float]:
+def stages(ds: pydicom.Dataset, reps: int) -> tuple[float, float, float, float]:
+    """Median ms of the LUT gather, the resize, both as the pipeline runs them, and the tensor step.
+
+    The pipeline fuses the first two for an area shrink (strips gathered and shrunk while in
+    cache), so "LUT" gathers the whole image and "resize" shrinks that in-memory image, for
+    comparison. Uses the pipeline's private stage functions on purpose: this is where time goes.
+    """
+    header = pixels._check_header(ds, 64_000_000)
+    arr = pixels._decode(ds, header)
+    h, w = SPEC.height, SPEC.width
+
+    def display() -> object:
+        return pixels._display(ds, arr, header, PP)
+
+    def gathered() -> np.ndarray:
+        image = display()
+        return image.gather() if isinstance(image, luts.TableImage) else image
+
+    full = gathered()
+    if full.dtype == np.uint16 and area.applies(full.shape, h, w):
+        resize = median_ms(lambda: area.shrink_array(full, h, w), reps)
+    else:
+        resize = median_ms(lambda: cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA), reps)
+    image = pixels._resize(display(), h, w, PP)
+    lut = median_ms(gathered, reps)
+    fused = median_ms(lambda: pixels._resize(display(), h, w, PP), reps)
+    tensor = median_ms(lambda: pixels._to_tensor(image, SPEC, PP), reps)
+    return lut, resize, fused, tensor
+
+
+def bench(path: str, reps: int) -> tuple[float, ...]:
+    """decode, LUT, resize, LUT+resize, tensor, transform and naive medians (ms) for one file."""
     decode = median_ms(lambda: pydicom.dcmread(path).pixel_array, reps)  # includes a small read
     ds = pydicom.dcmread(path)
-    prepare_timed(ds, SPEC, PP)  # decode once, warm cv2 and the LUT cache
+    prepare_timed(ds, SPEC, PP)  # decode once, warm cv2, the LUT cache and the thread pool
     transform = statistics.median(prepare_timed(ds, SPEC, PP)[1]["transform_ms"] for _ in range(reps))
-    return decode, transform, median_ms(lambda: naive(ds), reps)
+    return decode, *stages(ds, reps), transform, median_ms(lambda: naive(ds), reps)
 
 
 def main() -> int:
@@ -66,14 +98,18 @@ def main() -> int:
     parser.add_argument("files", nargs="*", default=["RG1_UNCR.dcm", "RG1_J2KR.dcm"])
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
-    print(f"{'file':<16} {'decode ms':>10} {'transform ms':>13} {'naive f64 ms':>13} {'speed-up':>9}")
+    print(
+        f"{'file':<16} {'decode ms':>10} {'LUT ms':>7} {'resize ms':>10} {'LUT+resize':>11} {'tensor ms':>10}"
+        f" {'transform ms':>13} {'naive f64 ms':>13} {'speed-up':>9}"
+    )
     for name in args.files:
         path = name if Path(name).exists() else get_testdata_file(name)
         if path is None:
             print(f"{name:<16} not found (install pydicom-data)")
             continue
-        decode, transform, slow = bench(str(path), args.reps)
-        row = f"{Path(name).name:<16} {decode:>10.1f} {transform:>13.2f} {slow:>13.1f}"
+        decode, lut, resize, fused, tensor, transform, slow = bench(str(path), args.reps)
+        row = f"{Path(name).name:<16} {decode:>10.1f} {lut:>7.2f} {resize:>10.2f} {fused:>11.2f}"
+        row += f" {tensor:>10.2f} {transform:>13.2f} {slow:>13.1f}"
         print(f"{row} {slow / transform:>8.1f}x")
     return 0
 

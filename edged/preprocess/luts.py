@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from edged.preprocess import strips
 from edged.preprocess.errors import PixelError
 
 #: Full scale of the quantised tables: 0 → 0.0, FULL_SCALE → 1.0.
@@ -249,9 +250,51 @@ def stored_value_lut(dtype: str, modality: Modality, voi: Voi, invert: bool) -> 
     return table
 
 
+@dataclass(frozen=True)
+class TableImage:
+    """The display image as stored values plus their :func:`stored_value_lut` table.
+
+    Nothing full-size is computed up front: :mod:`edged.preprocess.area` asks for strips of
+    rows (:meth:`rows`) and shrinks each while it is still in cache; other resizes take the
+    whole image (:meth:`gather`).
+    """
+
+    table: np.ndarray
+    codes: np.ndarray  # the pixels' unsigned view: every value is a valid index into ``table``
+
+    @classmethod
+    def of(cls, table: np.ndarray, arr: np.ndarray) -> TableImage:
+        return cls(table, arr.view(f"u{arr.dtype.itemsize}"))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+    def rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Display rows ``start:stop``, gathered into ``out``.
+
+        ``mode="wrap"`` is not about wrapping: the table has an entry for every bit pattern, so
+        no index is out of range, and with ``out=`` the default ``mode="raise"`` would gather
+        into a hidden temporary and copy that over.
+        """
+        return np.take(self.table, self.codes[start:stop], out=out, mode="wrap")
+
+    def gather(self) -> np.ndarray:
+        """The whole display image (uint16), gathered in row strips on :mod:`strips`' threads."""
+        out = np.empty(self.shape, dtype=self.table.dtype)
+        parts = strips.spans(self.shape[0], strips.STRIP_PIXELS // max(1, self.shape[1]))
+
+        def strip(k: int) -> None:
+            start, stop = parts[k]
+            self.rows(start, stop, out[start:stop])
+
+        strips.run(strip, len(parts))
+        return out
+
+
 def apply_table(table: np.ndarray, arr: np.ndarray) -> np.ndarray:
     """Gather ``arr`` through a :func:`stored_value_lut` table (one pass, uint16 out)."""
-    return np.take(table, arr.view(f"u{arr.dtype.itemsize}"))
+    return TableImage.of(table, arr).gather()
 
 
 # --------------------------------------------------------------------------- rare path: direct
