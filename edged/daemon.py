@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import signal
+import tempfile
 import threading
 
 from edged import __version__
@@ -60,6 +61,7 @@ class Daemon:
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
         self.outbox = Outbox(Database(cfg.db_path))
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
+        tempfile.tempdir = str(self.spool.incoming)  # received datasets are renamed, not copied, into the spool
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
         self._load_models()
         if cfg.mqtt.enabled:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 
 from pydicom import dcmread
 
@@ -154,13 +153,12 @@ class Pipeline:
         if state in ("done", "skipped", "failed"):
             self.spool.remove(key)  # results were committed before a crash; only the file was left
             return
-        try:
-            data = self.spool.read(key)
-        except FileNotFoundError:
+        path = self.spool.path(key)
+        if not path.exists():
             return
         calling = self.outbox.calling_ae(key) or "unknown"
         try:
-            ds = dcmread(BytesIO(data))
+            ds = dcmread(path)
         except Exception as exc:
             self._fail(key, "", calling, {}, "unreadable", f"dataset does not parse ({type(exc).__name__})")
             return

@@ -7,8 +7,10 @@ it are committed to the outbox; whatever is here at start-up is work still to do
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -27,6 +29,11 @@ class Spool:
         self.quota_bytes = quota_bytes
         self.reserve_free_bytes = reserve_free_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Where associations stream incoming datasets (the daemon's tempfile dir): same
+        # filesystem as the spool, emptied at start (half-received objects were never acknowledged).
+        self.incoming = directory / ".incoming"
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir(mode=0o700)
         self._lock = threading.Lock()
         self._sizes = {p.stem: p.stat().st_size for p in directory.iterdir() if _NAME.match(p.name)}
         for stale in directory.glob(".*.tmp"):  # half-written by a crashed process: never acknowledged
@@ -56,29 +63,47 @@ class Spool:
         except FileNotFoundError:
             return 0.0
 
-    def put(self, key: str, data: bytes) -> Path:
-        """Store durably; raise SpoolFull when over quota or the disk is nearly full."""
-        size = len(data)
+    def _reserve(self, key: str, size: int) -> bool:
+        """Count ``size`` against the quota before the slow write, so concurrent stores see it.
+        False if ``key`` is already spooled."""
         with self._lock:
             if key in self._sizes:
-                return self.path(key)
+                return False
             used = sum(self._sizes.values())
             if used + size > self.quota_bytes:
                 raise SpoolFull(f"spool quota: {used + size} > {self.quota_bytes} bytes")
             st = os.statvfs(self.directory)
             if st.f_bavail * st.f_frsize - size < self.reserve_free_bytes:
                 raise SpoolFull("spool filesystem is nearly full")
-            self._sizes[key] = size  # reserve before the slow write so concurrent stores see it
+            self._sizes[key] = size
+            return True
+
+    def adopt(self, key: str, received: Path) -> Path:
+        """Move a fully received file into the spool durably (fsync, rename, fsync dir).
+
+        ``received`` must be on the spool's filesystem (see :attr:`incoming`) for the rename to
+        be atomic; anywhere else it is copied durably instead.
+        """
+        size = received.stat().st_size
+        self._reserve(key, size)
         try:
-            write_durably(self.path(key), data)
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(received, self.path(key))
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                write_durably(self.path(key), received.read_bytes())
+            fsync_dir(self.directory)
         except BaseException:
             with self._lock:
                 self._sizes.pop(key, None)
             raise
         return self.path(key)
-
-    def read(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
 
     def remove(self, key: str) -> None:
         with self._lock:

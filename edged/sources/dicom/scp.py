@@ -17,14 +17,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from io import BytesIO
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
 
@@ -88,6 +88,11 @@ class StorageSCP:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        # Stream every received dataset to a file instead of memory: a 7 MB CR (or a 100 MB
+        # mammogram) never sits in RAM, and the file is renamed into the spool, not copied.
+        # pynetdicom writes it with tempfile, so the daemon points tempfile at the spool's
+        # filesystem (Daemon.start). This setting is process-wide; the daemon owns the process.
+        _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.cfg.ae_title)
         ae.maximum_associations = self.cfg.max_associations
         ae.maximum_pdu_size = self.cfg.max_pdu_size
@@ -173,9 +178,10 @@ class StorageSCP:
             self._event("duplicate", "already_received", calling_ae=calling, instance=key,
                         detail=f"instance already {state or 'spooled'}; stored and inferred once")
             return SUCCESS
-        data = event.encoded_dataset(include_meta=True)
-        ds = _parse(data)
-        _check(ds, req_class, req_instance, self.cfg.max_image_pixels)
+        received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
+        size = received.stat().st_size
+        ds = _parse(received)
+        _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
         study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
         info = source_info(ds, calling)
         accepted, refused = route(ds, self.manifests)
@@ -191,13 +197,13 @@ class StorageSCP:
             log.info("instance %s from %s skipped: %s", key, calling, reason)
             return SUCCESS
         try:
-            self.spool.put(key, data)
+            self.spool.adopt(key, received)
         except SpoolFull as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_full: {exc}") from None
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
         self.outbox.mark_spooled(key, study, calling)
-        log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(accepted), len(data))
+        log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(accepted), size)
         self.on_spooled(key)
         return SUCCESS
 
@@ -216,16 +222,17 @@ def _in(host: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         return False
 
 
-def _parse(data: bytes) -> Dataset:
+def _parse(path: Path) -> Dataset:
+    """Parse the header; Pixel Data stays on disk (deferred), so memory does not grow with image size."""
     try:
-        ds = dcmread(BytesIO(data))
-        ds.get("PixelData")  # force the parser over the whole dataset
+        ds = dcmread(path, defer_size=64 * 1024)
+        ds.get_item("PixelData", keep_deferred=True)  # walks the dataset without loading large values
         return ds
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"unreadable: dataset does not parse ({type(exc).__name__})") from None
 
 
-def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int) -> None:
+def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file_size: int) -> None:
     """Reject what cannot be understood before promising anything."""
     if str(ds.get("SOPInstanceUID", "")) != req_instance or str(ds.get("SOPClassUID", "")) != req_class:
         raise Rejected(MISMATCH, "mismatch: dataset SOP class/instance differ from the request")
@@ -242,8 +249,13 @@ def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int) -> N
         raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated")
     if rows * cols > max_pixels:
         raise Rejected(OUT_OF_RESOURCES, f"too_large: {rows}x{cols} exceeds {max_pixels} pixels")
-    if ds.file_meta.TransferSyntaxUID in NATIVE and bits >= 8:
+    raw = ds.get_item("PixelData", keep_deferred=True)  # length and file offset, value unread
+    declared = getattr(raw, "length", None)
+    if declared is not None and declared != 0xFFFFFFFF:
+        present = min(declared, file_size - getattr(raw, "value_tell", 0))
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = rows * cols * spp * frames * bits // 8
-        if len(ds.PixelData) < expected:
-            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {len(ds.PixelData)} of {expected} bytes")
+        if ds.file_meta.TransferSyntaxUID in NATIVE and bits >= 8 and present < expected:
+            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {present} of {expected} bytes")
+        if present < declared:
+            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {present} of {declared} bytes")
