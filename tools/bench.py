@@ -236,7 +236,7 @@ def plot(res: dict, path: Path) -> bool:
     for i, r in enumerate(res["e2e"]):
         a.axhline(r["img_per_s"], ls="--", color=f"C{i + 1}",
                   label=f"end to end, {r['senders']} sender(s), assoc. {r['association']}")
-    a.set(xlabel="batch size", ylabel="images / s", title="Throughput (ONNX Runtime, CPU)")
+    a.set(xlabel="batch size", ylabel="images / s", title="Throughput (ONNX Runtime, CPU)", ylim=(0, None))
     a.legend()
     names = [f"{r['senders']} sender(s)\n{r['association']}" for r in res["e2e"]]
     for i, q in enumerate(("p50_ms", "p90_ms", "p99_ms")):
