@@ -20,6 +20,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Wait until ``proc`` accepts TCP connections on 127.0.0.1:``port``; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on {port} within {timeout}s")
+
+
 class LocalBroker:
     def __init__(self, workdir: Path | None = None, port: int | None = None, extra_conf: str = ""):
         self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -40,16 +54,8 @@ class LocalBroker:
         log = open(self.workdir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}; see {self.workdir}/mosquitto.log")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"mosquitto did not listen on {self.port} within {timeout}s")
+        wait_listening(self.port, self.proc, timeout, f"mosquitto (see {self.workdir}/mosquitto.log)")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

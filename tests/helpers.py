@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from pydicom.data import get_testdata_file
+
+from edged.localbroker import wait_listening
 
 REPO = Path(__file__).resolve().parents[1]
 STORESCU = "/usr/bin/storescu"  # DCMTK by absolute path: pynetdicom's console scripts shadow it in a venv
@@ -124,15 +125,11 @@ class DaemonProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(self.config)],
                                          stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"daemon did not listen:\n{self.log.read_text()[-3000:]}")
+        try:
+            wait_listening(self.port, self.proc, timeout, "edged")
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}:\n{self.log.read_text()[-3000:]}") from None
+        return self
 
     def kill9(self) -> None:
         assert self.proc is not None
