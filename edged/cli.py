@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -80,7 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
-    return Daemon(cfg).run()
+    try:
+        return Daemon(cfg).run()
+    except (OSError, ValueError, RuntimeError) as exc:  # missing model file, wrong sha256, port in use…
+        log = logging.getLogger("edged")
+        log.error("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -98,6 +98,10 @@ class Daemon:
             model.verify_onnx()
             backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
                                            progress=self._build_progress(model.name))
+            outputs = backend.output_spec.shape[-1]
+            if outputs not in (-1, len(model.manifest.output.labels)):
+                raise ValueError(f"model {model.name}: the network has {outputs} outputs but the manifest lists "
+                                 f"{len(model.manifest.output.labels)} labels")
             self.base_batching[model.name] = entry.batching or model.manifest.batching
             spec = self.power.batching(self.base_batching[model.name])
             backend.warmup(1)  # the first calls at a new shape allocate; do it before READY

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 
 from edged.backends.base import Backend, BackendInfo
-from edged.batcher.dynamic import Completion, DynamicBatcher, Request
+from edged.batcher.dynamic import Completion, DynamicBatcher, QueueFull, Request
 from edged.models.manifest import LoadedModel
 from edged.mqtt import messages
 from edged.outbox.store import ArchiveRow, Outbox, Record
@@ -182,8 +182,11 @@ class Pipeline:
                 return
             tensor, pre_timings = tensors[spec]
             m.inflight.acquire()  # backpressure: never overflow the batcher's bounded queue
-            ctx = (item, name, pre_timings)
-            m.batcher.submit(Request(tensor, self._on_done, context=ctx))
+            try:
+                m.batcher.submit(Request(tensor, self._on_done, context=(item, name, pre_timings)))
+            except QueueFull:  # only while stopping: the instance stays in the spool for the next start
+                m.inflight.release()
+                raise
 
     def _on_done(self, c: Completion) -> None:
         item, name, pre = c.request.context
