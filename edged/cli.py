@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config file and the model manifests it names")
     _config_args(p)
+    p.add_argument("--root", type=Path, help="check a config of an image: resolve its absolute paths under "
+                   "ROOT (default: inferred when the file is ROOT/etc/edged/edged.yaml)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
@@ -93,9 +95,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from edged.models.manifest import load_manifest
 
     cfg = load_config(args.config, args.sets)
+    root = args.root or image_root(args.config)
+    if root is not None:
+        print(f"checking as installed under {root} (absolute paths resolved there)")
     problems: list[str] = []
     for entry in cfg.models:
         path = cfg.manifest_path(entry)
+        if root is not None and path.is_absolute():
+            path = root / path.relative_to("/")
         try:
             model = load_manifest(path)
         except ConfigError as exc:
@@ -109,6 +116,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")
     return 0
+
+
+def image_root(config: Path | None) -> Path | None:
+    """``R`` when ``config`` is ``R/etc/edged/edged.yaml`` for some R other than ``/``: a config
+    inside a rootfs being prepared for flashing, whose paths are the device's."""
+    if config is None:
+        return None
+    path = config.resolve()
+    if path.parts[-3:] != ("etc", "edged", "edged.yaml"):
+        return None
+    root = path.parents[2]
+    return None if root == Path("/") else root
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -238,8 +238,10 @@ def install(root: Path, source: Path, *, config_template: Path | None = None,
     units = source / "systemd"
     if not (units / "edged.service").is_file():
         raise InstallError(f"{source} is not an edged source tree (no systemd/edged.service)")
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
         raise InstallError(f"target root {root} is not a directory")
+    if not dry_run:
+        root.mkdir(parents=True, exist_ok=True)  # an empty staging directory is a valid target
     is_live = root.resolve() == Path("/")
     version = source_version(source)
     wheels, requirement = _wheelhouse(wheelhouse, version)

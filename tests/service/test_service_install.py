@@ -117,11 +117,10 @@ def test_installed_config_passes_edged_check(tmp_path: Path) -> None:
     root.mkdir()
     install(root, REPO, run_tools=False)
     result = subprocess.run(
-        [sys.executable, "-m", "edged", "check", "-c", str(root / "etc/edged/edged.yaml"),
-         "--set", f"model_repository={root / 'opt/edged/engines'}"],
+        [sys.executable, "-m", "edged", "check", "-c", str(root / "etc/edged/edged.yaml")],
         capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert "OK" in result.stdout
+    assert "OK" in result.stdout and f"checking as installed under {root}" in result.stdout
 
 
 def test_site_config_survives_and_options_are_reversible(tmp_path: Path, wheelhouse: Path) -> None:
@@ -197,9 +196,13 @@ def test_cli_parser_runs_the_installer(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "would write /usr/lib/systemd/system/edged.service" in out
     assert list(root.iterdir()) == []
-    args = parser.parse_args(["install", "--root", str(tmp_path / "missing")])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = parser.parse_args(["install", "--root", str(a_file)])
     assert args.func(args) == 1
     assert "is not a directory" in capsys.readouterr().err
+    args = parser.parse_args(["install", "--root", str(tmp_path / "new-root"), "--dry-run"])
+    assert args.func(args) == 0 and not (tmp_path / "new-root").exists()  # created only for real
 
 
 def test_first_boot_bootstrap_builds_the_venv_offline_once(tmp_path: Path, wheelhouse: Path) -> None:
