@@ -81,3 +81,22 @@ def test_broker_down_at_start_then_up(daemon_factory, broker, tmp_path):
     finally:
         c.close()
         assert d.terminate() == 0
+
+
+def test_sigterm_finishes_queued_work_flushes_and_goes_offline(daemon_factory, broker, tmp_path):
+    """Images waiting in the batcher (10 s queue delay) when SIGTERM arrives are inferred and
+    published before the retained status turns offline; the spool is empty afterwards."""
+    files = cr_variants(tmp_path, 3)
+    c = Collector(broker.port)
+    try:
+        d = daemon_factory(models=SLOW_BATCHING).start()
+        assert storescu(d.port, *files).returncode == 0
+        assert c.results() == []
+        assert d.terminate(timeout=30) == 0
+        c.wait_for(lambda c: len(distinct_results(c)) == 3 and c.of("status")[-1]["state"] == "offline")
+        order = [("results/" in t, p.get("state")) for t, p, _ in c.messages]
+        last_result = max(i for i, (is_result, _) in enumerate(order) if is_result)
+        assert order.index((False, "offline")) > last_result, "offline was published before the results"
+        assert not list((tmp_path / "state" / "spool").glob("*.dcm"))
+    finally:
+        c.close()

@@ -34,3 +34,34 @@ def test_edged_demo_prints_a_result(chexnet_ready):
     assert "status 0x0000" in run.stdout
     assert '"schema": "edged.result/v1"' in run.stdout
     assert "Cardiomegaly" in run.stdout and "clinical: false" in run.stdout
+
+
+def test_dcmtk_compressed_twins_give_the_same_scores(daemon_factory, collector, tmp_path):
+    """JPEG lossless (SV1), JPEG-LS lossless and RLE copies (new UIDs: +ua) made by DCMTK's own encoders, sent by
+    storescu proposing those syntaxes, decode to the same tensor as the uncompressed original."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    original = tmp_path / "original.dcm"
+    ds = dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(original, enforce_file_format=True)
+    twins = {}
+    for tool, args, propose in (("dcmcjpeg", ("+e1",), "-xs"), ("dcmcjpls", ("+el",), "-xt"), ("dcmcrle", (), "-xr")):
+        out = tmp_path / f"{tool}.dcm"
+        subprocess.run([f"/usr/bin/{tool}", *args, "+ua", str(original), str(out)], check=True, capture_output=True)
+        twins[tool] = (out, propose)
+    d = daemon_factory().start()
+    assert storescu(d.port, original).returncode == 0
+    for out, propose in twins.values():
+        sent = storescu(d.port, out, extra=(propose,))
+        assert sent.returncode == 0, sent.stderr
+    collector.wait_for(lambda c: len(c.results()) == 4)
+    syntaxes = {r["source"]["transfer_syntax"] for r in collector.results()}
+    assert len(syntaxes) == 4, syntaxes  # really four encodings on the wire
+    scores = [r["scores"] for r in collector.results()]
+    for other in scores[1:]:
+        for label, value in scores[0].items():
+            assert abs(value - other[label]) < 1e-5, label
+    assert d.terminate() == 0
