@@ -98,10 +98,7 @@ class Daemon:
             model.verify_onnx()
             backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
                                            progress=self._build_progress(model.name))
-            outputs = backend.output_spec.shape[-1]
-            if outputs not in (-1, len(model.manifest.output.labels)):
-                raise ValueError(f"model {model.name}: the network has {outputs} outputs but the manifest lists "
-                                 f"{len(model.manifest.output.labels)} labels")
+            check_tensors(model.name, model.manifest, backend)
             self.base_batching[model.name] = entry.batching or model.manifest.batching
             spec = self.power.batching(self.base_batching[model.name])
             backend.warmup(1)  # the first calls at a new shape allocate; do it before READY
@@ -202,6 +199,22 @@ class Daemon:
         for m in self.models.values():
             m.backend.close()
         log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
+
+
+def check_tensors(name: str, manifest, backend) -> None:
+    """The manifest must describe the network it names: a mismatch found here is one clear
+    start-up error instead of a failed inference for every image."""
+    spec = manifest.input
+    expected = (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else \
+        (spec.height, spec.width, spec.channels)
+    actual = backend.input_spec.shape[1:]
+    if len(actual) != 3 or any(a not in (-1, e) for a, e in zip(actual, expected)):
+        raise ValueError(f"model {name}: the network's input is {backend.input_spec.shape} but the manifest says "
+                         f"{spec.layout} {expected}")
+    outputs = backend.output_spec.shape[-1]
+    if outputs not in (-1, len(manifest.output.labels)):
+        raise ValueError(f"model {name}: the network has {outputs} outputs but the manifest lists "
+                         f"{len(manifest.output.labels)} labels")
 
 
 def warm_preprocessing(manifest) -> None:

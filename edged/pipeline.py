@@ -170,17 +170,20 @@ class Pipeline:
             self._finish_event(key, study, calling, info, "skipped", "no_model", reason, "skipped")
             return
         item = _Item(key, study, calling, info, started, set(accepted))
-        tensors: dict[tuple, tuple] = {}
+        tensors: dict[tuple, tuple] = {}  # models with the same input share one preprocessing
+        try:  # every tensor first: an image that fails for one model is failed before any is queued
+            for name in accepted:
+                m = self.models[name]
+                spec = (m.manifest.input, m.manifest.preprocess)
+                if spec not in tensors:
+                    tensors[spec] = prepare_timed(ds, m.manifest.input, m.manifest.preprocess)
+        except PixelError as exc:
+            self._fail(key, study, calling, info, exc.reason, str(exc))
+            return
+        del ds  # the decoded full-size image is no longer needed while the batch waits
         for name in accepted:
             m = self.models[name]
-            spec = (m.manifest.input, m.manifest.preprocess)
-            try:
-                if spec not in tensors:  # models with the same input share one preprocessing
-                    tensors[spec] = prepare_timed(ds, m.manifest.input, m.manifest.preprocess)
-            except PixelError as exc:
-                self._fail(key, study, calling, info, exc.reason, str(exc))
-                return
-            tensor, pre_timings = tensors[spec]
+            tensor, pre_timings = tensors[(m.manifest.input, m.manifest.preprocess)]
             m.inflight.acquire()  # backpressure: never overflow the batcher's bounded queue
             try:
                 m.batcher.submit(Request(tensor, self._on_done, context=(item, name, pre_timings)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 
 from pydicom import dcmread
 
@@ -66,3 +67,40 @@ def test_echo_skips_and_duplicates(daemon_factory, collector):
         assert_phi_free(e, ext, ct, cr)
     assert len(collector.results()) == 1  # the same instance twice: inferred once
     assert d.terminate() == 0
+
+
+def test_two_models_each_publish_one_result_per_image(daemon_factory, collector, tmp_path):
+    """Two models accept chest CRs (different weights and resize): each image yields one result
+    per model on its own topic, and leaves the spool only after both. A manifest that does not
+    match its network is refused at start with one clear error."""
+    import yaml
+
+    from edged.models.synth import write_model
+    from helpers import cr_variants
+
+    repo = tmp_path / "engines"
+    write_model("tiny", repo / "chexnet-tiny")
+    write_model("tiny", repo / "second", seed=1)
+    manifest = yaml.safe_load((repo / "second" / "model.yaml").read_text())
+    manifest["name"] = "second"
+    manifest.setdefault("preprocess", {})["resize"] = "linear"  # its own preprocessing
+    (repo / "second" / "model.yaml").write_text(yaml.safe_dump(manifest))
+    wrong = dict(manifest, name="wrong", input=dict(manifest["input"], height=96, width=96))
+    write_model("tiny", repo / "wrong", seed=1, manifest=False)
+    (repo / "wrong" / "model.yaml").write_text(yaml.safe_dump(wrong))
+    bad = daemon_factory(repo=repo, models=[{"name": "wrong"}])
+    bad_run = subprocess.run([sys.executable, "-m", "edged", "run", "-c", str(bad.config)], capture_output=True,
+                             text=True, timeout=120)
+    assert bad_run.returncode == 1
+    assert "model wrong: the network's input is (-1, 3, 64, 64) but the manifest says NCHW (3, 96, 96)" in bad_run.stderr
+    d = daemon_factory(repo=repo, models=[{"name": "chexnet-tiny"}, {"name": "second"}]).start()
+    assert storescu(d.port, *cr_variants(tmp_path, 2)).returncode == 0
+    collector.wait_for(lambda c: len(c.results()) == 4)
+    by_model = {}
+    for t, p, _ in collector.messages:
+        if "/results/" in t:
+            by_model.setdefault(t.rsplit("/", 1)[1], set()).add(p["instance"])
+    assert by_model == {"chexnet-tiny": by_model["second"], "second": by_model["chexnet-tiny"]}
+    assert len(by_model["second"]) == 2
+    assert d.terminate() == 0
+    assert not list((tmp_path / "state" / "spool").glob("*.dcm"))
