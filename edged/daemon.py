@@ -177,7 +177,11 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
-        self._stop.wait()
+        # Wait with a timeout: the kernel may deliver SIGTERM to any thread (ONNX Runtime's,
+        # an association's); CPython then runs the handler only when the main thread next
+        # executes bytecode, which a lock wait without timeout may never do.
+        while not self._stop.wait(0.5):
+            pass
         self.stop()
         return 0
 
