@@ -19,7 +19,8 @@ def edgectl(*argv: str) -> subprocess.CompletedProcess:
 def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_factory, collector, sockdir):
     tree = jetson("xavier-nx")  # default 5 MODE_10W_DESKTOP (batch 2); "max" = 8 MODE_20W_6CORE (batch 8)
     sock = sockdir / "control.sock"
-    d = daemon_factory(power={"sysroot": str(tree.root), "control_socket": str(sock)}).start()
+    d = daemon_factory(power={"sysroot": str(tree.root), "control_socket": str(sock)},
+                       telemetry={"interval_s": 1}).start()
     collector.wait_for(lambda c: any(s["state"] == "online" for s in c.of("status")))
     birth = [s for s in collector.of("status") if s["state"] == "online"][-1]
     assert birth["power_mode"]["id"] == 5 and birth["models"][0]["max_batch_size"] == 2
@@ -43,6 +44,13 @@ def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_
     assert bad.returncode != 0 and "MODE_99W" in (bad.stdout + bad.stderr)
     assert storescu(d.port, *cr_variants(sockdir, 1)).returncode == 0  # and the daemon still serves
     collector.wait_for(lambda c: len(c.results()) == 1)
+    # rails are readable on this tree: the result carries energy per image, integrated over
+    # its batch's inference window, and the next telemetry message the mean per image
+    (result,) = collector.results()
+    assert result["timings_ms"]["energy_mj"] > 0
+    collector.wait_for(lambda c: any(t["inference"]["images"] >= 1 for t in c.of("telemetry")), timeout=20)
+    sample = next(t for t in collector.of("telemetry") if t["inference"]["images"] >= 1)
+    assert sample["inference"]["energy_mj_per_image"] == pytest.approx(result["timings_ms"]["energy_mj"], rel=0.01)
     assert d.terminate() == 0
 
 
