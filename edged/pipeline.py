@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydicom import dcmread
 
@@ -41,7 +41,8 @@ class ServedModel:
     inflight: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.inflight = threading.BoundedSemaphore(self.loaded.manifest.batching.max_queue_size)
+        # never more in flight than the batcher will queue (its spec may override the manifest's)
+        self.inflight = threading.BoundedSemaphore(self.batcher.max_queue_size)
 
     @property
     def manifest(self):
@@ -58,6 +59,7 @@ class _Item:
     source: dict
     started: float
     remaining: set[str]
+    failed: bool = False  # one model failed: the ledger says so whatever completes last
 
 
 class Pipeline:
@@ -73,6 +75,7 @@ class Pipeline:
         backend_timeout_s: float = 60.0,
         energy_mj: Callable[[float, float], float | None] | None = None,
         on_energy: Callable[[float, int], None] | None = None,
+        rescan_s: float = 30.0,
     ):
         self.models, self.spool, self.outbox, self.pseudo = models, spool, outbox, pseudo
         self.topics, self.wake_publisher = topics, wake_publisher
@@ -87,6 +90,9 @@ class Pipeline:
         self._workers = [threading.Thread(target=self._work_loop, name=f"preprocess-{i}", daemon=True)
                          for i in range(workers)]
         self._writer = threading.Thread(target=self._write_loop, name="result-writer", daemon=True)
+        self._rescan = threading.Thread(target=self._rescan_loop, name="spool-rescan", daemon=True)
+        self._stopping = threading.Event()
+        self.rescan_s = rescan_s
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -101,6 +107,14 @@ class Pipeline:
             log.info("recovering %d instance(s) left in the spool", len(left))
         for key in left:
             self.submit(key)
+        self._rescan.start()
+
+    def _rescan_loop(self) -> None:
+        """Re-offer spooled instances that are in nobody's hands (a transient error while
+        processing or recording them): an acknowledged image is retried, not forgotten."""
+        while not self._stopping.wait(self.rescan_s):
+            for key in self.spool.pending():
+                self.submit(key)
 
     def submit(self, key: str) -> None:
         with self._lock:
@@ -110,9 +124,16 @@ class Pipeline:
         self._work.put(key)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is in the batchers; whatever is still only queued stays in the spool."""
+        """Finish what is in the batchers within ``timeout`` s in all; whatever is still only
+        queued (or not finished in time) stays in the spool for the next start."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         with self._lock:
             self._accepting = False
+        self._stopping.set()
         while True:  # unqueued keys stay spooled for the next start
             try:
                 self._work.get_nowait()
@@ -121,11 +142,11 @@ class Pipeline:
         for _ in self._workers:
             self._work.put(None)
         for t in self._workers:
-            t.join(timeout)
+            t.join(left())
         for m in self.models.values():
-            m.batcher.stop(drain=True, timeout=timeout)
+            m.batcher.stop(drain=True, timeout=left())
         self._done.put(None)
-        self._writer.join(timeout)
+        self._writer.join(left())
 
     def healthy(self) -> bool:
         """False when a batcher died or a backend call has hung: the watchdog stops pinging."""
@@ -139,36 +160,42 @@ class Pipeline:
     # -- preprocessing -------------------------------------------------------------------
     def _work_loop(self) -> None:
         while (key := self._work.get()) is not None:
+            handed_on = False
             try:
-                self._process(key)
+                handed_on = self._process(key)
             except Exception:
-                log.exception("instance %s: unexpected failure; it stays in the spool", key)
+                log.exception("instance %s: unexpected failure; it stays in the spool and is retried", key)
             finally:
-                with self._lock:
-                    self._queued.discard(key)
+                if not handed_on:  # otherwise it stays "queued" until the writer has recorded it
+                    self._release(key)
 
-    def _process(self, key: str) -> None:
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._queued.discard(key)
+
+    def _process(self, key: str) -> bool:
+        """Preprocess and queue ``key``; True when it was handed to the batchers."""
         started = time.monotonic()
-        state = self.outbox.instance_state(key)
+        state, calling = self.outbox.instance(key)
         if state in ("done", "skipped", "failed"):
             self.spool.remove(key)  # results were committed before a crash; only the file was left
-            return
+            return False
         path = self.spool.path(key)
         if not path.exists():
-            return
-        calling = self.outbox.calling_ae(key) or "unknown"
+            return False
+        calling = calling or "unknown"
         try:
             ds = dcmread(path)
         except Exception as exc:
             self._fail(key, "", calling, {}, "unreadable", f"dataset does not parse ({type(exc).__name__})")
-            return
+            return False
         study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
         info = source_info(ds, calling).as_dict()
         accepted, refused = route(ds, [m.manifest for m in self.models.values()])
         if not accepted:
             reason = "; ".join(f"{m}: {why}" for m, why in refused.items())
             self._finish_event(key, study, calling, info, "skipped", "no_model", reason, "skipped")
-            return
+            return False
         item = _Item(key, study, calling, info, started, set(accepted))
         tensors: dict[tuple, tuple] = {}  # models with the same input share one preprocessing
         try:  # every tensor first: an image that fails for one model is failed before any is queued
@@ -179,7 +206,7 @@ class Pipeline:
                     tensors[spec] = prepare_timed(ds, m.manifest.input, m.manifest.preprocess)
         except PixelError as exc:
             self._fail(key, study, calling, info, exc.reason, str(exc))
-            return
+            return False
         del ds  # the decoded full-size image is no longer needed while the batch waits
         for name in accepted:
             m = self.models[name]
@@ -190,6 +217,7 @@ class Pipeline:
             except QueueFull:  # only while stopping: the instance stays in the spool for the next start
                 m.inflight.release()
                 raise
+        return True
 
     def _on_done(self, c: Completion) -> None:
         item, name, pre = c.request.context
@@ -213,7 +241,10 @@ class Pipeline:
             try:
                 self._write(entries)
             except Exception:
-                log.exception("could not record %d result(s); their instances stay in the spool", len(entries))
+                log.exception("could not record %d result(s); their instances stay in the spool and are retried",
+                              len(entries))
+                for item, *_ in entries:
+                    self._release(item.key)
 
     def _write(self, entries: list[tuple[_Item, str, Completion, dict]]) -> None:
         records: list[Record] = []
@@ -223,20 +254,24 @@ class Pipeline:
             last = not item.remaining
             if c.error is not None or c.output is None:
                 log.error("instance %s: %s inference failed: %s", item.key, name, c.error)
-                records.append(self._event_record(item.key, item.study, item.calling_ae, item.source, "error",
-                                                  "inference_failed", f"{name}: {c.error}",
-                                                  "failed" if last else None, model=name))
+                item.failed = True
+                record = self._event_record(item.key, item.study, item.calling_ae, item.source, "error",
+                                            "inference_failed", f"{name}: {c.error}", None, model=name)
             else:
-                records.append(self._result_record(item, name, c, pre, last))
-            if last:
+                record = self._result_record(item, name, c, pre)
+            if last:  # the ledger's final word goes with the last record of the instance
+                state = "failed" if item.failed else "done"
+                record = replace(record, ledger=(item.key, item.study, state, item.calling_ae, None))
                 finished.append(item.key)
+            records.append(record)
         self.outbox.add_messages(records)
         self.wake_publisher()
         for key in finished:
             self.spool.remove(key)
+            self._release(key)
         self.processed += len(finished)
 
-    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float], last: bool) -> Record:
+    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float]) -> Record:
         m = self.models[name]
         timings: dict[str, float | int] = {
             "queue": round(c.queue_ms, 3),
@@ -260,9 +295,8 @@ class Pipeline:
         )
         archive = ArchiveRow(name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
                              item.study, item.key, label_scores)
-        ledger = (item.key, item.study, "done", item.calling_ae, None) if last else None
         log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, name, timings["total"], c.batch_size)
-        return Record(self.topics.results(name), payload, ledger, archive)
+        return Record(self.topics.results(name), payload, archive=archive)
 
     def _fail(self, key: str, study: str, calling: str, source: dict, reason: str, detail: str) -> None:
         log.error("instance %s: %s", key, detail)
@@ -271,7 +305,8 @@ class Pipeline:
     def _event_record(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
                       detail: str, state: str | None, **fields: object) -> Record:
         payload = messages.event(
-            self.topics.node, type_, reason, message_id=self.pseudo.message_id(type_, reason, key),
+            self.topics.node, type_, reason,
+            message_id=self.pseudo.message_id(type_, reason, str(fields.get("model", "")), key),
             instance=key, study=study or None, source=source or None, detail=detail, **fields,
         )
         ledger = (key, study, state, calling, f"{reason}: {detail}") if state else None

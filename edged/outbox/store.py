@@ -61,13 +61,12 @@ class Outbox:
         self.db = db
 
     # -- ledger (ingest side) -------------------------------------------------------------
-    def instance_state(self, instance: str) -> str | None:
-        row = self.db.connect().execute("SELECT state FROM instances WHERE instance=?", (instance,)).fetchone()
-        return row["state"] if row else None
-
-    def calling_ae(self, instance: str) -> str | None:
-        row = self.db.connect().execute("SELECT calling_ae FROM instances WHERE instance=?", (instance,)).fetchone()
-        return row["calling_ae"] if row else None
+    def instance(self, instance: str) -> tuple[str | None, str | None]:
+        """``(state, calling_ae)`` of an instance, ``(None, None)`` when it was never seen."""
+        row = self.db.connect().execute(
+            "SELECT state, calling_ae FROM instances WHERE instance=?", (instance,)
+        ).fetchone()
+        return (row["state"], row["calling_ae"]) if row else (None, None)
 
     def mark_spooled(self, instance: str, study: str, calling_ae: str) -> None:
         now = time.time()
@@ -76,7 +75,8 @@ class Outbox:
                 "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at)"
                 " VALUES (?, ?, 'spooled', ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET state='spooled',"
                 " calling_ae=excluded.calling_ae, received_at=excluded.received_at,"
-                " updated_at=excluded.updated_at, reason=NULL",
+                " updated_at=excluded.updated_at, reason=NULL"
+                " WHERE state NOT IN ('done', 'skipped')",  # a late twin never reopens a finished instance
                 (instance, study, calling_ae, now, now),
             )
 

@@ -7,14 +7,13 @@ it are committed to the outbox; whatever is here at start-up is work still to do
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
 import threading
 from pathlib import Path
 
-from edged.spool.durable import fsync_dir, write_durably
+from edged.spool.durable import fsync_dir
 
 _NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
 
@@ -46,10 +45,6 @@ class Spool:
         with self._lock:
             return key in self._sizes
 
-    @property
-    def used_bytes(self) -> int:
-        with self._lock:
-            return sum(self._sizes.values())
 
     def pending(self) -> list[str]:
         """Keys in arrival order (mtime), for recovery at start-up."""
@@ -78,35 +73,33 @@ class Spool:
             self._sizes[key] = size
             return True
 
-    def adopt(self, key: str, received: Path) -> Path:
+    def adopt(self, key: str, received: Path) -> bool:
         """Move a fully received file into the spool durably (fsync, rename, fsync dir).
 
-        ``received`` must be on the spool's filesystem (see :attr:`incoming`) for the rename to
-        be atomic; anywhere else it is copied durably instead.
+        False (and nothing touched) when ``key`` is already spooled: two associations carrying the
+        same instance at once must not overwrite each other's file. ``received`` must be on the
+        spool's filesystem (see :attr:`incoming`) for the rename to be atomic.
         """
         size = received.stat().st_size
-        self._reserve(key, size)
+        if not self._reserve(key, size):
+            return False
         try:
             fd = os.open(received, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
-                os.replace(received, self.path(key))
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                write_durably(self.path(key), received.read_bytes())
+            os.replace(received, self.path(key))
             fsync_dir(self.directory)
         except BaseException:
             with self._lock:
                 self._sizes.pop(key, None)
             raise
-        return self.path(key)
+        return True
 
     def remove(self, key: str) -> None:
+        """Delete a processed file. No directory fsync: the ledger is authoritative, and a file
+        that reappears after a crash is recognised as done and removed again at start-up."""
         with self._lock:
             self._sizes.pop(key, None)
         self.path(key).unlink(missing_ok=True)
-        fsync_dir(self.directory)

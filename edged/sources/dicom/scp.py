@@ -33,7 +33,7 @@ from edged.models.manifest import ModelManifest
 from edged.mqtt import messages
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom.accept import route, source_info
+from edged.sources.dicom.accept import route, sop_class_name, source_info
 from edged.spool.spool import Spool, SpoolFull
 
 log = logging.getLogger("edged.dicom")
@@ -145,7 +145,7 @@ class StorageSCP:
         if not refused:
             return
         calling = event.assoc.requestor.ae_title.strip()
-        names = sorted({UID(str(cx.abstract_syntax)).name for cx in refused})
+        names = sorted({sop_class_name(str(cx.abstract_syntax)) for cx in refused})
         log.warning("association from %s: %d presentation context(s) refused: %s", calling, len(refused),
                     ", ".join(names))
         self._event("rejected", "presentation_context", calling_ae=calling,
@@ -172,12 +172,9 @@ class StorageSCP:
         req_instance = str(event.request.AffectedSOPInstanceUID)
         req_class = str(event.request.AffectedSOPClassUID)
         key = self.pseudo.pseudonym("instance", req_instance)
-        state = self.outbox.instance_state(key)
+        state, _ = self.outbox.instance(key)
         if state in ("spooled", "done", "skipped") or key in self.spool:
-            log.info("instance %s from %s already received (%s): not stored again", key, calling, state)
-            self._event("duplicate", "already_received", calling_ae=calling, instance=key,
-                        detail=f"instance already {state or 'spooled'}; stored and inferred once")
-            return SUCCESS
+            return self._duplicate(key, calling, state)
         received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
         size = received.stat().st_size
         ds = _parse(received)
@@ -197,7 +194,8 @@ class StorageSCP:
             log.info("instance %s from %s skipped: %s", key, calling, reason)
             return SUCCESS
         try:
-            self.spool.adopt(key, received)
+            if not self.spool.adopt(key, received):  # the same instance won a race on another association
+                return self._duplicate(key, calling, "spooled")
         except SpoolFull as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_full: {exc}") from None
         except OSError as exc:
@@ -205,6 +203,18 @@ class StorageSCP:
         self.outbox.mark_spooled(key, study, calling)
         log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(accepted), size)
         self.on_spooled(key)
+        return SUCCESS
+
+    def _duplicate(self, key: str, calling: str, state: str | None) -> int:
+        """The same SOP instance again: success, stored and inferred once. If it is still waiting
+        in the spool it is (re-)offered to the pipeline, in case its first offer was lost."""
+        log.info("instance %s from %s already received (%s): not stored again", key, calling, state or "spooled")
+        if state not in ("done", "skipped"):
+            if state is None:  # the file made it into the spool but the ledger row did not
+                self.outbox.mark_spooled(key, "", calling)
+            self.on_spooled(key)
+        self._event("duplicate", "already_received", calling_ae=calling, instance=key,
+                    detail=f"instance already {state or 'spooled'}; stored and inferred once")
         return SUCCESS
 
     def _event(self, type_: str, reason: str, **fields: object) -> None:
@@ -255,6 +265,8 @@ def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file
         present = min(declared, file_size - getattr(raw, "value_tell", 0))
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = rows * cols * spp * frames * bits // 8
+        if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+            return  # offsets are into the inflated stream, not the file: decoding will tell
         if ds.file_meta.TransferSyntaxUID in NATIVE and bits >= 8 and present < expected:
             raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {present} of {expected} bytes")
         if present < declared:
