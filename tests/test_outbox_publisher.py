@@ -84,3 +84,33 @@ def test_restart_resends_unacknowledged_rows_and_status_is_retained(tmp_path: Pa
     assert late.messages[0][2] is True and late.messages[0][1]["state"] == "offline"
     late.close()
     c.close()
+
+
+def test_messages_in_flight_across_a_broker_crash_are_delivered_once(tmp_path: Path, broker):
+    """paho re-sends unacknowledged QoS 1 messages itself after reconnecting; the publisher must
+    not publish those rows again (which would double the traffic when a link comes back)."""
+    import signal
+
+    outbox = Outbox(Database(tmp_path / "edged.db"))
+    c = Collector(broker.port, topic=TOPICS.results("m"), persistent=True)
+    time.sleep(1.5)  # the broker autosaves the subscriber's session every second
+    pub = publisher(broker.port, outbox)
+    pub.start()
+    try:
+        wait(lambda: pub.connected.is_set())
+        broker.proc.send_signal(signal.SIGSTOP)  # accepts nothing more, acknowledges nothing
+        for i in range(10):
+            outbox.add_message(TOPICS.results("m"), {"message_id": f"{i:032x}", "schema": "x"})
+        pub.wake()
+        wait(lambda: len(pub._inflight) == 10)  # published, PUBACKs pending
+        broker.proc.send_signal(signal.SIGKILL)
+        broker.proc.wait()
+        broker.start()
+        wait(lambda: outbox.pending_count() == 0, timeout=40)
+        time.sleep(2)
+        ids = [p["message_id"] for _, p, _ in c.messages]
+        assert sorted(set(ids)) == [f"{i:032x}" for i in range(10)]
+        assert len(ids) == 10, f"{len(ids)} deliveries for 10 messages"
+    finally:
+        pub.stop(flush_timeout=2)
+        c.close()

@@ -46,7 +46,7 @@ class Publisher(threading.Thread):
         self.birth = birth
         self.offline = offline
         self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox row id, sent at)
         self._stopping = threading.Event()
         self._volatile: deque[tuple[str, bytes]] = deque(maxlen=16)  # telemetry: newest wins, never stored
         self._wake = threading.Event()
@@ -98,16 +98,21 @@ class Publisher(threading.Thread):
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                    clean_start=True, properties=props)
         self._client.loop_start()
-        self.outbox.reset_unacked()
+        self.outbox.reset_unacked()  # sent by an earlier run, never acknowledged: due again now
         last_purge = 0.0
         while not self._stopping.is_set():
-            self._drain_acks(timeout=0.05)
-            if self.connected.is_set():
-                self._send_due()
-                self._send_volatile()
-            if time.monotonic() - last_purge > 600:
-                self.outbox.purge_delivered(self.cfg.delivered_retention_h * 3600)
-                last_purge = time.monotonic()
+            try:
+                self._drain_acks(timeout=0.05)
+                if self.connected.is_set():
+                    self._forget_stale()
+                    self._send_due()
+                    self._send_volatile()
+                if time.monotonic() - last_purge > 600:
+                    self.outbox.purge_delivered(self.cfg.delivered_retention_h * 3600)
+                    last_purge = time.monotonic()
+            except Exception:  # e.g. SQLite "disk is full": keep the thread, retry shortly
+                log.exception("publisher iteration failed; retrying in 1 s")
+                self._stopping.wait(1.0)
             self._wake.wait(0.2)
             self._wake.clear()
 
@@ -152,8 +157,11 @@ class Publisher(threading.Thread):
                 return
             log.info("connected to broker %s:%s", self.cfg.host, self.cfg.port)
             self._client.publish(self.status_topic, encode(self.birth()), qos=1, retain=True)
-            self._inflight.clear()  # paho re-sends nothing we rely on: due rows go out again
-            self.outbox.reset_unacked()
+            # In-flight rows stay in flight: paho re-sends its unacknowledged messages under the
+            # same mids, so publishing them again would deliver each twice. _forget_stale() covers
+            # anything paho does not re-send; its clock restarts now, when paho re-sends.
+            now = time.monotonic()
+            self._inflight = {mid: (row_id, now) for mid, (row_id, _) in self._inflight.items()}
             self.connected.set()
         elif kind == "disconnect":
             if self.connected.is_set():
@@ -161,9 +169,10 @@ class Publisher(threading.Thread):
             self.connected.clear()
         elif kind == "puback":
             mid, rc = value  # type: ignore[misc]
-            row_id = self._inflight.pop(mid, None)
-            if row_id is None:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
                 return
+            row_id = entry[0]
             if getattr(rc, "is_failure", False):
                 log.error("broker refused message row %d: %s; it stays in the outbox", row_id, rc)
             else:
@@ -183,14 +192,22 @@ class Publisher(threading.Thread):
             return
         resend_before = time.time() - self.cfg.resend_after_s
         sent: list[int] = []
-        for row in self.outbox.due(room, resend_before, set(self._inflight.values())):
+        in_flight = {row_id for row_id, _ in self._inflight.values()}
+        for row in self.outbox.due(room, resend_before, in_flight):
             info = self._client.publish(row.topic, row.payload, qos=row.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.debug("publish deferred (rc=%s)", info.rc)
                 break
-            self._inflight[info.mid] = row.id
+            self._inflight[info.mid] = (row.id, time.monotonic())
             sent.append(row.id)
         self.outbox.mark_sent(sent)
+
+    def _forget_stale(self) -> None:
+        """Give up waiting for PUBACKs that should long have come (a message paho dropped across a
+        reconnect): the row becomes due again and is re-sent with the same message_id."""
+        limit = time.monotonic() - max(30.0, 3 * self.cfg.resend_after_s)
+        for mid in [mid for mid, (_, sent) in self._inflight.items() if sent < limit]:
+            del self._inflight[mid]
 
 
 def _read_secret(path: Path) -> str:
