@@ -14,6 +14,9 @@ import logging
 import signal
 import tempfile
 import threading
+import time
+
+from pydicom import config as pydicom_config
 
 from edged import __version__
 from edged.backends.factory import make_backend
@@ -50,6 +53,7 @@ class Daemon:
         self.power: PowerRuntime | None = None
         self.notifier = notifier or Notifier(unset_environment=True)
         self.watchdog: WatchdogPinger | None = None
+        self.spool: Spool | None = None  # set by start(); stop() copes with a start that failed early
         self._stop = threading.Event()
 
     # -- start ---------------------------------------------------------------------------
@@ -61,7 +65,16 @@ class Daemon:
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
         self.outbox = Outbox(Database(cfg.db_path))
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
-        tempfile.tempdir = str(self.spool.incoming)  # received datasets are renamed, not copied, into the spool
+        # pynetdicom streams each received dataset into a NamedTemporaryFile it creates without a
+        # dir argument: pointing tempfile at the spool's filesystem is the only way to have the
+        # file renamed, not copied, into the spool. This process's other temp files go there too.
+        tempfile.tempdir = str(self.spool.incoming)
+        # Data elements are never "validated" on read: pydicom would log the offending value
+        # (a non-conformant UID is a patient's study UID), and the daemon does not fix datasets.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        # pynetdicom.utils logs every non-conformant UID it checks, value included (AE titles
+        # too); it has nothing else to say, so it stays quiet.
+        logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
         self._load_models()
         if cfg.mqtt.enabled:
@@ -71,7 +84,9 @@ class Daemon:
                                        birth=lambda: self.status_payload("online"),
                                        offline=lambda: self.status_payload("offline"))
             self.publisher.start()
-            self.power.start(cfg.node_id, lambda sample: self.publisher.offer(self.topics.telemetry, sample))
+        # energy metering and the Prometheus endpoint run with or without MQTT
+        self.power.start(cfg.node_id, (lambda sample: self.publisher.offer(self.topics.telemetry, sample))
+                         if self.publisher else None)
         self.pipeline = Pipeline(self.models, self.spool, self.outbox, self.pseudo, self.topics,
                                  self.wake_publisher, workers=cfg.pipeline.preprocess_workers,
                                  backend_timeout_s=cfg.pipeline.backend_timeout_s,
@@ -84,7 +99,7 @@ class Daemon:
                                   [m.manifest for m in self.models.values()], self.topics,
                                   on_spooled=self.pipeline.submit, on_event=self.wake_publisher)
             self.scp.start()
-        self.watchdog = WatchdogPinger(self.notifier, self.pipeline.healthy)
+        self.watchdog = WatchdogPinger(self.notifier, self.healthy)
         self.watchdog.start()
         self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
@@ -153,6 +168,11 @@ class Daemon:
             out[name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}
         return out
 
+    def healthy(self) -> bool:
+        """The watchdog's question: is the pipeline progressing and is the publisher alive?"""
+        return self.pipeline is not None and self.pipeline.healthy() and \
+            (self.publisher is None or self.publisher.is_alive())
+
     def wake_publisher(self) -> None:
         if self.publisher is not None:
             self.publisher.wake()
@@ -185,7 +205,11 @@ class Daemon:
         self.stop()
         return 0
 
-    def stop(self) -> None:
+    def stop(self, budget_s: float = 35.0) -> None:
+        """Stop within ``budget_s`` (systemd's TimeoutStopSec is 45 s): the pipeline drains what
+        the batchers hold, the publisher flushes with what is left. Nothing here is needed for
+        durability — whatever is not finished stays in the spool or the outbox."""
+        deadline = time.monotonic() + budget_s
         log.info("stopping: no new associations; finishing queued work")
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -195,14 +219,15 @@ class Daemon:
         if self.control is not None:
             self.control.stop()
         if self.pipeline is not None:
-            self.pipeline.stop()
+            self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
         if self.power is not None:
             self.power.stop()
         if self.publisher is not None:
-            self.publisher.stop()
+            self.publisher.stop(flush_timeout=max(1.0, deadline - time.monotonic() - 2))
         for m in self.models.values():
             m.backend.close()
-        log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
+        if self.spool is not None:
+            log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
 
 
 def check_tensors(name: str, manifest, backend) -> None:

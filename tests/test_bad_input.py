@@ -158,3 +158,35 @@ def test_spool_quota_answers_out_of_resources(daemon_factory, collector):
     collector.wait_for(lambda c: len(c.events("rejected")) == 1)
     assert collector.events("rejected")[0]["reason"] == "spool_full"
     assert d.terminate() == 0
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, in this test, writing the file
+def test_deflated_and_nonconformant_uids_are_served_and_never_logged(daemon_factory, collector, tmp_path):
+    """Deflated Explicit VR LE (negotiated, so it must work) and UIDs with leading-zero components,
+    as older devices send them: inferred normally, and the raw UIDs appear nowhere in the log."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    odd = "1.2.840.0999.777.02"
+
+    def nonconformant(ds):
+        ds.StudyInstanceUID = odd + ".1"
+        ds.SOPInstanceUID = odd + ".2"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    weird = variant(tmp_path, "weird", nonconformant)
+    deflated = tmp_path / "deflated.dcm"
+    ds = dcmread(CR)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(deflated, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    ds = dcmread(deflated)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(deflated, enforce_file_format=True)
+    d = daemon_factory().start()
+    assert storescu(d.port, weird).returncode == 0
+    assert send(d.port, deflated) == 0x0000
+    collector.wait_for(lambda c: len(c.results()) == 2)
+    assert {r["source"]["transfer_syntax"] for r in collector.results()} >= {"Deflated Explicit VR Little Endian"}
+    assert d.terminate() == 0
+    log = d.log.read_text()
+    assert odd not in log, "a non-conformant UID was logged"

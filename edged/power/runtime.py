@@ -66,12 +66,16 @@ class PowerRuntime:
             self._energy[1] += images
 
     # -- telemetry -----------------------------------------------------------------------
-    def start(self, node: str, offer: Callable[[dict], None]) -> None:
+    def start(self, node: str, offer: Callable[[dict], None] | None) -> None:
+        """Start energy metering, the optional Prometheus endpoint, and — when there is somewhere
+        to ``offer`` samples (MQTT) — periodic telemetry."""
         if self.meter.available:
             self.meter.start()
         if self.telemetry_cfg.prometheus.enabled:
             self._exporter = PrometheusExporter(lambda: self.last_sample, self.telemetry_cfg.prometheus.port).start()
-        if self.telemetry_cfg.enabled:
+            if offer is None:  # no MQTT: the endpoint still needs fresh samples
+                offer = lambda sample: None  # noqa: E731
+        if self.telemetry_cfg.enabled and offer is not None:
             self._thread = threading.Thread(target=self._run, args=(node, offer), name="telemetry", daemon=True)
             self._thread.start()
 

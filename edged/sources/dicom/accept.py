@@ -40,18 +40,25 @@ def _norm(value: object) -> str | None:
     return text or None
 
 
+def sop_class_name(uid: str) -> str:
+    """The standard name of a SOP class; private and unknown classes stay anonymous (their UID
+    could name a vendor's product line, and the rule is simply: no UIDs leave the device)."""
+    name = UID(uid).name
+    return "private or unknown SOP class" if name == uid else name
+
+
 def source_info(ds: Dataset, calling_ae: str) -> SourceInfo:
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
     sop = ds.get("SOPClassUID")
     return SourceInfo(
         calling_ae=calling_ae,
-        sop_class=UID(str(sop)).name if sop else "unknown",
+        sop_class=sop_class_name(str(sop)) if sop else "unknown",
         modality=_norm(ds.get("Modality")),
         body_part=_norm(ds.get("BodyPartExamined")),
         view_position=_norm(ds.get("ViewPosition")),
         photometric=_norm(ds.get("PhotometricInterpretation")),
-        transfer_syntax=UID(str(ts)).name if ts else None,
+        transfer_syntax=sop_class_name(str(ts)) if ts else None,
         rows=int(ds.Rows) if ds.get("Rows") is not None else None,
         columns=int(ds.Columns) if ds.get("Columns") is not None else None,
     )
