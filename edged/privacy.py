@@ -12,31 +12,35 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from edged.spool.durable import fsync_dir
 
 
 def load_or_create_site_key(path: Path) -> bytes:
-    """Read the 32-byte site key, creating it (mode 0600, durably) on first start."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
+    """Read the 32-byte site key, creating it (mode 0600, durably) on first start.
+
+    Two processes starting at once (the daemon and ``edged export-results``) must end with one
+    key: each writes its candidate under a unique name and links it into place, which fails
+    for the loser; everyone then uses what the file holds.
+    """
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".site-key-")  # mode 0600
         try:
-            os.write(fd, key)
-            os.fsync(fd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # never replaces a key another process created meanwhile
+            except FileExistsError:
+                pass
         finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # never replace a key another process created meanwhile
-        except FileExistsError:
-            key = path.read_bytes()
-        os.unlink(tmp)
+            os.unlink(tmp)
         fsync_dir(path.parent)
+    key = path.read_bytes()
     if len(key) < 32:
         raise ValueError(f"{path}: site key is shorter than 32 bytes")
     mode = path.stat().st_mode & 0o777

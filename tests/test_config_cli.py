@@ -87,3 +87,18 @@ def test_export_results_writes_pseudonymized_csv(daemon_factory, collector, tmp_
     assert all(len(r["instance"]) == 32 and float(r["Cardiomegaly"]) >= 0 for r in rows)
     key = tmp_path / "state" / "site.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_duplicate_keys_nested_sets_and_missing_files_are_config_errors(tmp_path: Path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("node_id: a\ndicom:\n  port: 11112\n  port: 11113\n")
+    run = edged("check", "-c", str(dup))
+    assert run.returncode == 2 and f"{dup}:4: dicom.port: duplicate key" in run.stderr
+    run = edged("check", "--set", "dicom={port: 99999}", "--set", "models=[{name: chexnet, bakend: x}]")
+    assert "--set dicom: dicom.port:" in run.stderr
+    assert "--set models: models[0].bakend: unknown key" in run.stderr
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text("mqtt:\n  username_file: /nonexistent/user\n  password_file: /nonexistent/pass\n")
+    run = edged("check", "-c", str(cfg))  # found before any model is loaded, with line and key
+    assert run.returncode == 2
+    assert f"{cfg}:2: mqtt.username_file: Path does not point to a file" in run.stderr

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, model_validator
 
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.models.manifest import BatchingSpec
@@ -93,9 +93,10 @@ class ModelEntry(Strict):
 
 
 class TlsFiles(Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    # FilePath: a missing file is a config error with its line, not a failure after model load
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
     insecure: bool = False
 
 
@@ -104,8 +105,8 @@ class MqttConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str | None = Field(default=None, description="default: edged-<node_id>")
-    username_file: Path | None = None
-    password_file: Path | None = None
+    username_file: FilePath | None = None
+    password_file: FilePath | None = None
     topic_prefix: str = Field(default="edged/v1", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     tls: TlsFiles | None = None

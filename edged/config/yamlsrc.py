@@ -48,7 +48,7 @@ def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
             if key in out:
-                raise ConfigError([f"line {key_node.start_mark.line + 1}: duplicate key {key!r}"])
+                raise ConfigError([f"{key_node.start_mark.line + 1}: {dotted(loc + (key,))}: duplicate key"])
             lines[loc + (key,)] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, loc + (key,), lines)
         return out
@@ -102,7 +102,9 @@ def validate(model: type[BaseModel], src: YamlSource, overrides: dict[Loc, str] 
         for err in exc.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             key = dotted(loc) or "(top level)"
-            origin = (overrides or {}).get(loc)
+            # an error inside a value given with --set points at the --set, not at the file
+            origin = next((overrides[loc[:end]] for end in range(len(loc), 0, -1)
+                           if loc[:end] in (overrides or {})), None)
             if origin is None:
                 line = src.line_of(loc)
                 origin = f"{src.name}:{line}" if line else src.name
