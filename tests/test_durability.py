@@ -100,3 +100,20 @@ def test_sigterm_finishes_queued_work_flushes_and_goes_offline(daemon_factory, b
         assert not list((tmp_path / "state" / "spool").glob("*.dcm"))
     finally:
         c.close()
+
+
+def test_small_queue_override_still_processes_every_acknowledged_image(chexnet_ready, daemon_factory, broker,
+                                                                       tmp_path):
+    """A config that shrinks the batcher's queue below the manifest's: preprocessing (~8 ms)
+    outpaces inference (~20 ms), and every image must still be inferred while the daemon runs."""
+    files = cr_variants(tmp_path, 6)
+    c = Collector(broker.port)
+    try:
+        d = daemon_factory(repo=chexnet_ready, models=[{"name": "chexnet", "batching": {
+            "max_batch_size": 1, "max_queue_delay_ms": 0, "max_queue_size": 1}}]).start()
+        assert storescu(d.port, *files).returncode == 0
+        c.wait_for(lambda c: len(distinct_results(c)) == 6, timeout=60)
+        assert "Traceback" not in d.log.read_text()
+        assert d.terminate() == 0
+    finally:
+        c.close()
