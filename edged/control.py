@@ -7,10 +7,31 @@ Protocol (one request line → one response line; a connection may send several 
     ← {"id": 1, "ok": false, "error": {"code": "forbidden", "message": "..."}}
 
 Error codes: ``forbidden``, ``bad_request``, ``unknown_command``, ``handler_error``. ``ping`` is
-built in and lists the registered commands. Who may talk: root, the daemon's own uid, and
-members of the admin group (``edged-admin``), as the kernel reports the peer — not as the
-client claims. The socket file is mode 0660 and group-owned by the admin group, so the file
-permissions already keep everyone else out; SO_PEERCRED is the second, authoritative check.
+built in and lists the registered commands.
+
+Who may talk: root, the daemon's own uid, and members of the admin group (``edged-admin``).
+The uid and primary gid are what the kernel reports for the peer (SO_PEERCRED), not what the
+client claims; membership beyond the primary gid is taken from the group database (passwd
+primary group and ``/etc/group``/NSS members of the peer's user name), never from
+``/proc/<pid>/status``: under the unit's ``ProtectProc=invisible`` the daemon cannot see other
+users' processes there, and a pid read after the fact may already belong to another process.
+So a user removed from the group in the database is refused at once, even from a session
+that still holds the group (one just added needs a new login before the 0660 file lets them in).
+
+The socket file is mode 0660 and group-owned by the admin group, so the file permissions keep
+everyone else out; SO_PEERCRED is the second, authoritative check. Handing the file to the
+group needs ``chown()`` on it: the daemon user must be a member of the group (the kernel lets a
+process without CAP_CHOWN only chgrp its own files to its own groups) and the syscall filter
+must allow ``@chown`` (systemd/edged.service re-allows it after ``~@privileged``). When that
+fails, the warning names the errno and which rule refused, and the socket keeps the daemon's
+own group (root and the daemon user can still use it).
+
+What the commands can do is up to the handlers (edged/daemon_control.py); an admitted peer is
+trusted with them. ``power.changed`` in particular is a statement, not a query: any admitted
+peer (root, the daemon user, an ``edged-admin`` member) can send one with fields of its
+choosing, which makes the daemon re-read the mode, retune and re-warm every model when the
+mode differs from the one it knew, and publish a power event carrying the caller's
+``who``/``to``/``outcome``/``reason`` verbatim.
 """
 
 from __future__ import annotations
@@ -39,7 +60,6 @@ class Peer:
     uid: int
     gid: int
     user: str
-    groups: frozenset[int] = frozenset()
 
     def as_dict(self) -> dict:
         return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "user": self.user}
@@ -65,24 +85,28 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def _proc_groups(pid: int) -> frozenset[int]:
-    """Supplementary groups of the peer process (SO_PEERCRED only carries the primary gid)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return frozenset(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return frozenset()
-
-
 def peer_of(conn: socket.socket) -> Peer:
+    """The peer's pid, uid and gid as the kernel recorded them when it connected (SO_PEERCRED)."""
     pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return Peer(pid=pid, uid=uid, gid=gid, user=_user(uid), groups=_proc_groups(pid))
+    return Peer(pid=pid, uid=uid, gid=gid, user=_user(uid))
+
+
+def _member_by_database(uid: int, gid: int) -> bool:
+    """Whether the group database puts ``uid``'s user in group ``gid``: its passwd primary group or
+    a member of the group (``getgrouplist``, which asks NSS the same way a login does)."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return False  # a uid without a user name belongs to no group by name
+    try:
+        return gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except OSError:
+        return gid == entry.pw_gid
 
 
 def authorize(peer: Peer, admin_group: str, daemon_uid: int | None = None) -> tuple[bool, str]:
-    """root, the daemon's uid, or a member of ``admin_group`` (primary gid, supplementary, or listed)."""
+    """root, the daemon's uid, or a member of ``admin_group``: the peer's primary gid (SO_PEERCRED)
+    is the group, or the group database makes its user a member. /proc is never consulted."""
     daemon_uid = os.getuid() if daemon_uid is None else daemon_uid
     if peer.uid == 0:
         return True, "root"
@@ -92,9 +116,49 @@ def authorize(peer: Peer, admin_group: str, daemon_uid: int | None = None) -> tu
         group = grp.getgrnam(admin_group)
     except KeyError:
         return False, f"uid {peer.uid} ({peer.user}) is not root and group {admin_group} does not exist"
-    if peer.gid == group.gr_gid or group.gr_gid in peer.groups or peer.user in group.gr_mem:
+    if peer.gid == group.gr_gid or _member_by_database(peer.uid, group.gr_gid):
         return True, f"member of {admin_group}"
     return False, f"uid {peer.uid} ({peer.user}) is not root and not in group {admin_group}"
+
+
+def _has_cap_chown() -> bool | None:
+    """Whether this process holds CAP_CHOWN (bit 0 of CapEff in its own /proc status); None if unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _chgrp_failure(path: Path, group: str, gid: int, exc: OSError) -> str:
+    """Why the socket could not be handed to ``group``: the errno, and which rule refused it.
+
+    Without CAP_CHOWN the kernel lets a process chgrp a file it owns only to one of its own
+    groups; with CAP_CHOWN, to any group. An EPERM although one of those holds came from
+    somewhere else: a seccomp filter (systemd's ``SystemCallFilter=~@privileged`` denies
+    ``@chown`` with ``SystemCallErrorNumber=EPERM``) or a security module.
+    """
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    member = gid == os.getegid() or gid in os.getgroups()
+    cap = _has_cap_chown()
+    if exc.errno == errno.EPERM and (member or cap):
+        allowed_by = f"the daemon is in group {group}" if member else "the daemon holds CAP_CHOWN"
+        cause = (
+            f"{allowed_by}, so the kernel's ownership rules allow it; a seccomp filter or security module "
+            "refused chown() (under systemd: SystemCallFilter= must allow @chown, which ~@privileged removes)"
+        )
+    elif exc.errno == errno.EPERM:
+        cause = f"the daemon (uid {os.geteuid()}) is not in group {group}" + (
+            " and has no CAP_CHOWN" if cap is False else ""
+        ) + " (under systemd: SupplementaryGroups= must list it)"
+    else:
+        cause = exc.strerror or "unexpected error"
+    return (
+        f"cannot give {path} to group {group}: chown failed with {code}: {cause}; the socket keeps the "
+        f"daemon's own group, so members of {group} who are not also in that group cannot use it"
+    )
 
 
 class ControlServer:
@@ -142,13 +206,16 @@ class ControlServer:
         sock.bind(str(self.path))
         # Permissions are set before listen(): until then a connect() is refused, so there is no window.
         try:
-            os.chown(self.path, -1, grp.getgrnam(self.admin_group).gr_gid)
+            gid = grp.getgrnam(self.admin_group).gr_gid
         except KeyError:
             log.warning(
                 "group %s does not exist: only root and the daemon user can use %s", self.admin_group, self.path
             )
-        except PermissionError:
-            log.warning("cannot give %s to group %s (the daemon user is not a member)", self.path, self.admin_group)
+        else:
+            try:
+                os.chown(self.path, -1, gid)
+            except OSError as exc:
+                log.warning("%s", _chgrp_failure(self.path, self.admin_group, gid, exc))
         os.chmod(self.path, self.mode)
         sock.listen(8)
         sock.settimeout(0.5)

@@ -8,16 +8,39 @@ Who switches the mode (the root-privilege decision)
         power.changed {"who", "via_sudo", "from": {id, name}, "to": {id, name}, "outcome", "reason"}
 
     so the daemon re-reads the mode, retunes each model's batching, re-warms its backend and
-    publishes the event. No setuid helper, no root daemon, no privileged socket command:
-    the socket only carries facts, and a forged ``power.changed`` can at worst make the daemon
-    re-query the mode. With ``--reboot``, the daemon is told ``outcome: rebooting`` *before*
-    nvpmodel is answered, because the board goes down right after.
+    publishes the event. No setuid helper, no root daemon, no socket command that runs
+    anything as root. The socket carries claims, not proof: whoever may connect (root, the
+    daemon user, members of ``edged-admin``; see :mod:`edged.control`) can send a
+    ``power.changed`` of their own, and the daemon then re-reads the mode, retunes and re-warms
+    every model if the mode differs from the one it knew, and publishes a power event whose
+    ``who``/``to``/``outcome``/``reason`` are the sender's. With ``--reboot``, the daemon is
+    told ``outcome: rebooting`` *before* nvpmodel is answered, because the board goes down
+    right after.
+
+Under sudo (the sudoers rule)
+    edgectl runs nvpmodel and jetson_clocks as root, so under sudo it takes their paths only
+    from the installed configuration (``/etc/edged/edged.yaml``, root-owned) and the defaults
+    (found on sudo's ``secure_path``). ``--nvpmodel``, ``--config``, ``--root``, ``--profiles``,
+    ``EDGED_CONFIG`` and ``EDGED_SYSROOT`` are refused with exit status 2 when edgectl runs as
+    root with ``SUDO_USER`` set: each lets the caller choose what runs as root or what root reads
+    and writes (a binary; a config naming one; a tree whose mode table is believed and under
+    which ``jetson_clocks --store`` writes; profiles that set the batching). ``--socket`` stays
+    allowed: it only chooses where the facts are sent. The rule to install (``visudo -f
+    /etc/sudoers.d/edged``)::
+
+        %edged-admin ALL=(root) NOPASSWD: /opt/edged/venv/bin/edgectl power *
+
+    A ``*`` in sudoers arguments matches anything, other options included, which is why the
+    refusal lives in edgectl rather than in the rule. Keep sudo's ``env_reset``/``secure_path``
+    and grant no ``SETENV``. A root shell opened with ``sudo -s``/``sudo -i`` keeps
+    ``SUDO_USER``; unset it there to test against a fake tree.
 
 Read-only commands (``status``, ``power list``, ``power get``, ``power clocks status``) work
 without root and without the daemon. Exit status: 0 done (or nothing to do), 1 failed,
 2 bad usage or unknown MODE, 3 pending reboot (nothing changed), 4 refused (not root, or the
 reboot was not confirmed), 5 no power modes on this host. ``--root``/``EDGED_SYSROOT`` point
-every /proc, /sys and /etc read at a fake tree; ``--nvpmodel`` picks another nvpmodel binary.
+every /proc, /sys and /etc read at a fake tree; ``--nvpmodel`` picks another nvpmodel binary
+(both refused under sudo, above).
 """
 
 from __future__ import annotations
@@ -72,6 +95,19 @@ def _who() -> tuple[str, bool]:
         return pwd.getpwuid(os.getuid()).pw_name, False
     except KeyError:
         return str(os.getuid()), False
+
+
+# Options and variables that choose what edgectl executes or parses as root.
+_SUDO_REFUSED_OPTIONS = ("config", "root", "nvpmodel", "profiles")
+_SUDO_REFUSED_ENV = ("EDGED_CONFIG", "EDGED_SYSROOT")
+
+
+def _sudo_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides given to a root edgectl started by sudo (empty otherwise)."""
+    if os.geteuid() != 0 or not os.environ.get("SUDO_USER"):
+        return []
+    given = [f"--{key}" for key in _SUDO_REFUSED_OPTIONS if getattr(args, key)]
+    return given + [name for name in _SUDO_REFUSED_ENV if os.environ.get(name)]
 
 
 def _config(args: argparse.Namespace) -> PowerConfig:
@@ -354,6 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("json", "config", "root", "nvpmodel", "profiles", "socket"):
         if not hasattr(args, key):
             setattr(args, key, False if key == "json" else None)
+    refused = _sudo_overrides(args)
+    if refused:
+        print(
+            f"edgectl: refusing {', '.join(refused)} under sudo: as root, edgectl runs nvpmodel and "
+            "jetson_clocks only as the installed configuration (/etc/edged/edged.yaml) names them. "
+            "Run it without these; to test against a fake tree, run it as root without sudo "
+            "(a root shell from sudo -s/-i keeps SUDO_USER: unset it).",
+            file=sys.stderr,
+        )
+        return 2
     try:
         ctx = open_power(_config(args))
     except ConfigError as exc:

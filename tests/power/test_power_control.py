@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import grp
 import json
 import os
+import pwd
 import socket
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,11 +93,142 @@ def test_authorize_policy():
     ok, why = authorize(other, "edged-admin-test-absent", daemon_uid=4242)
     assert not ok and "does not exist" in why
     if nogroup is not None:
-        assert authorize(Peer(1, 5000, 5000, "tech", frozenset({nogroup})), "nogroup", daemon_uid=4242) == (
-            True,
-            "member of nogroup",
-        )
+        # The peer's primary gid (SO_PEERCRED) is the group.
+        assert authorize(Peer(1, 5000, nogroup, "tech"), "nogroup", daemon_uid=4242) == (True, "member of nogroup")
         assert not authorize(other, "nogroup", daemon_uid=4242)[0]
+
+
+def test_membership_comes_from_the_group_database(monkeypatch):
+    """Primary gid from passwd and members listed for the group count; nothing is read from /proc."""
+    from edged import control
+
+    admin = grp.struct_group(("edged-admin-t", "x", 7777, ["alice"]))
+    users = {
+        5001: pwd.struct_passwd(("alice", "x", 5001, 5001, "", "/", "/bin/sh")),
+        5002: pwd.struct_passwd(("bob", "x", 5002, 7777, "", "/", "/bin/sh")),
+        5003: pwd.struct_passwd(("carol", "x", 5003, 5003, "", "/", "/bin/sh")),
+    }
+
+    def getpwuid(uid):
+        if uid not in users:
+            raise KeyError(uid)
+        return users[uid]
+
+    def getgrouplist(name, base):  # what NSS answers: the base group plus every group listing the user
+        return [base] + ([admin.gr_gid] if name in admin.gr_mem else [])
+
+    monkeypatch.setattr(control.grp, "getgrnam", lambda name: admin)
+    monkeypatch.setattr(control.pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(control.os, "getgrouplist", getgrouplist)
+    real_read_text = Path.read_text
+
+    def no_proc(self, *a, **kw):
+        assert not str(self).startswith("/proc/"), f"authorize read {self}"
+        return real_read_text(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    assert authorize(Peer(10, 5001, 5001, "alice"), "edged-admin-t", daemon_uid=1) == (True, "member of edged-admin-t")
+    assert authorize(Peer(10, 5002, 5002, "bob"), "edged-admin-t", daemon_uid=1)[0]  # passwd primary group
+    assert not authorize(Peer(10, 5003, 5003, "carol"), "edged-admin-t", daemon_uid=1)[0]
+    assert not authorize(Peer(10, 5004, 5004, "5004"), "edged-admin-t", daemon_uid=1)[0]  # no passwd entry
+
+
+def _own_group() -> str:
+    return grp.getgrgid(os.getegid()).gr_name
+
+
+def test_chown_refused_by_a_filter_is_reported_as_such(sockdir, monkeypatch, caplog):
+    """The daemon is in the group, yet chown() fails with EPERM: the warning must say filter, not membership."""
+    from edged import control
+
+    def denied(path, uid, gid):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(control.os, "chown", denied)
+    caplog.set_level("WARNING", logger="edged.control")
+    server = ControlServer(sockdir / "c.sock", {}, admin_group=_own_group()).start()
+    server.stop()
+    [message] = [r.getMessage() for r in caplog.records if r.name == "edged.control"]
+    assert "chown failed with EPERM" in message and "seccomp" in message and "@chown" in message
+    assert "not in group" not in message and "not a member" not in message
+
+
+def test_chown_refused_for_a_group_we_are_not_in(sockdir, monkeypatch, caplog):
+    from edged import control
+
+    group = _own_group()
+    monkeypatch.setattr(
+        control.os, "chown", lambda p, u, g: (_ for _ in ()).throw(PermissionError(errno.EPERM, "nope"))
+    )
+    monkeypatch.setattr(control.os, "getgroups", lambda: [])
+    monkeypatch.setattr(control.os, "getegid", lambda: 4242)
+    monkeypatch.setattr(control, "_has_cap_chown", lambda: False)
+    caplog.set_level("WARNING", logger="edged.control")
+    ControlServer(sockdir / "c.sock", {}, admin_group=group).start().stop()
+    [message] = [r.getMessage() for r in caplog.records if r.name == "edged.control"]
+    assert f"is not in group {group} and has no CAP_CHOWN" in message and "SupplementaryGroups=" in message
+
+
+def test_other_chown_errors_are_logged_not_raised(sockdir, monkeypatch, caplog):
+    from edged import control
+
+    monkeypatch.setattr(
+        control.os, "chown", lambda p, u, g: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system"))
+    )
+    caplog.set_level("WARNING", logger="edged.control")
+    server = ControlServer(sockdir / "c.sock", {"status": lambda a, p: {"up": True}}, admin_group=_own_group())
+    server.start()
+    try:
+        assert ControlClient(sockdir / "c.sock").call("status") == {"up": True}
+        assert stat.S_IMODE(os.stat(sockdir / "c.sock").st_mode) == 0o660
+    finally:
+        server.stop()
+    assert any("chown failed with EROFS" in r.getMessage() for r in caplog.records)
+
+
+_SECCOMP_CHILD = r"""
+import ctypes, errno, grp, logging, os, sys
+logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+ctx = ctypes.c_void_p(lib.seccomp_init(0x7FFF0000))  # SCMP_ACT_ALLOW
+for name in (b"chown", b"fchown", b"fchownat", b"lchown"):  # what the unit's ~@privileged denies
+    nr = lib.seccomp_syscall_resolve_name(name)
+    if nr >= 0:
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | errno.EPERM, nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
+assert lib.seccomp_load(ctx) == 0
+from edged.control import ControlServer
+path, group = sys.argv[1], grp.getgrgid(os.getegid()).gr_name
+ControlServer(path, {}, admin_group=group).start().stop()
+"""
+
+
+def test_chown_under_a_real_seccomp_filter(sockdir):
+    """What SystemCallFilter=~@privileged + SystemCallErrorNumber=EPERM does to the daemon, for real."""
+    try:
+        ctypes.CDLL("libseccomp.so.2")
+    except OSError:
+        pytest.skip("libseccomp.so.2 not installed")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SECCOMP_CHILD, str(sockdir / "c.sock")],
+        check=False, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "chown failed with EPERM" in proc.stdout and "seccomp" in proc.stdout, proc.stdout
+
+
+def _free_uid(start: int) -> int:
+    uid = start
+    while True:
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+        uid += 1
+
+
+STRANGER = _free_uid(4243)  # a uid with no passwd entry: in no group by the database
 
 
 def _has_group(name: str) -> bool:
@@ -102,14 +239,14 @@ def _has_group(name: str) -> bool:
         return False
 
 
-def _call_as(uid: int, gid: int, path: str) -> dict:
-    """Fork, drop to uid/gid (no supplementary groups), call the socket, and return what the client saw."""
+def _call_as(uid: int, gid: int, path: str, groups: tuple[int, ...] = ()) -> dict:
+    """Fork, drop to uid/gid with ``groups`` as supplementary groups, call the socket, return what the client saw."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: no pytest machinery from here on, only os._exit
         try:
             os.close(read_fd)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(gid)
             os.setuid(uid)
             try:
@@ -147,13 +284,36 @@ def test_so_peercred_refuses_strangers_and_admits_the_admin_group(sockdir):
             },
         }
         # A user outside the group cannot even open the 0660 file ...
-        denied = _call_as(nobody, 4242, str(sockdir / "c.sock"))
+        denied = _call_as(STRANGER, 4242, str(sockdir / "c.sock"))
         assert denied["ok"] is False and denied["code"] == "forbidden" and "permission denied" in denied["message"]
         # ... and if the file were opened up by mistake, SO_PEERCRED still refuses.
         os.chmod(sockdir / "c.sock", 0o666)
-        refused = _call_as(nobody, 4242, str(sockdir / "c.sock"))
+        refused = _call_as(STRANGER, 4242, str(sockdir / "c.sock"))
         assert (
             refused["ok"] is False and refused["code"] == "forbidden" and "not in group nogroup" in refused["message"]
         )
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _has_group("nogroup"), reason="needs root to act as another user")
+def test_membership_is_the_group_database_not_the_peer_process(sockdir):
+    """/proc/<peer>/status is hidden under ProtectProc=invisible and racy: the group database decides.
+
+    A process holding the group only as a supplementary group, for a uid the database does not
+    put in it, is refused; nobody, whose passwd primary group is nogroup, is admitted even from
+    a process running with another gid.
+    """
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    server = ControlServer(
+        sockdir / "c.sock", {"whoami": lambda a, peer: peer.as_dict()}, admin_group="nogroup"
+    ).start()
+    try:
+        held = _call_as(STRANGER, 4242, str(sockdir / "c.sock"), groups=(nogroup,))  # the 0660 file lets it in
+        assert held["ok"] is False and held["code"] == "forbidden" and "not in group nogroup" in held["message"]
+        if pwd.getpwnam("nobody").pw_gid == nogroup:
+            os.chmod(sockdir / "c.sock", 0o666)  # so that only SO_PEERCRED + the database decide
+            listed = _call_as(65534, 4242, str(sockdir / "c.sock"))
+            assert listed["ok"] is True and listed["result"]["uid"] == 65534
     finally:
         server.stop()

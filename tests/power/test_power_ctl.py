@@ -213,3 +213,61 @@ def test_query_and_clocks_parsing():
         "MinFreq=306000000", "MinFreq=1300500000"
     )
     assert parse_clocks_show(pinned).on is True and parse_clocks_show("").on is None
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        ("--nvpmodel", "{evil}"),
+        ("--config", "{cfg}"),
+        ("--root", "{tree}"),
+        ("--profiles", "{tree}"),
+        ("env", "EDGED_CONFIG={cfg}"),
+        ("env", "EDGED_SYSROOT={tree}"),
+    ],
+    ids=["--nvpmodel", "--config", "--root", "--profiles", "EDGED_CONFIG", "EDGED_SYSROOT"],
+)
+def test_sudo_refuses_what_would_choose_what_root_runs(jetson, run, monkeypatch, tmp_path, override):
+    """Under sudo (root + SUDO_USER) a caller-named nvpmodel, config, root or profile dir is refused."""
+    tree = jetson("orin-nx")
+    monkeypatch.delenv("EDGED_SYSROOT")  # the fixture's own override; each case adds back one
+    ran = tmp_path / "evil-ran"
+    evil = tmp_path / "evil"
+    evil.write_text(f"#!/bin/sh\ntouch {ran}\necho 'NV Power Mode: MAXN'\necho 0\n")
+    evil.chmod(0o755)
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"power:\n  nvpmodel: {evil}\n  jetson_clocks: {evil}\n  sysroot: {tree.root}\n")
+    values = {"evil": evil, "cfg": cfg, "tree": tree.root}
+    kind, value = override
+    value = value.format(**values)
+    argv = ["power", "set", "0"]
+    if kind == "env":
+        name, _, env_value = value.partition("=")
+        monkeypatch.setenv(name, env_value)
+    else:
+        argv += [kind, value]
+    monkeypatch.setenv("SUDO_USER", "tech")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    rc, out, err = run(*argv)
+    refused = kind if kind != "env" else value.partition("=")[0]
+    assert (rc, out) == (2, "") and f"refusing {refused} under sudo" in err
+    assert not ran.exists() and _m_calls(tree) == [] and tree.status() == "pmode:0002\n"
+    rc, _, err = run("power", "clocks", "on", *([] if kind == "env" else [kind, value]))
+    assert rc == 2 and "under sudo" in err and not ran.exists()
+
+
+def test_sudo_without_overrides_runs_and_root_without_sudo_keeps_them(jetson, run, monkeypatch):
+    """Control for the refusal: it needs both root and SUDO_USER, and nothing else is refused."""
+    tree = jetson("xavier-nx")  # default 5; switching to 8 needs no reboot
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    rc, out, _ = run("power", "set", "8")  # root without sudo (tests, a root shell): the fake tree is used
+    assert rc == 0 and out.startswith("switched: mode 8") and tree.status() == "pmode:0008\n"
+    monkeypatch.setenv("SUDO_USER", "tech")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: nothing runs as root, overrides are fine
+    rc, out, _ = run("power", "get", "--nvpmodel", "/nonexistent/nvpmodel")
+    assert rc == 0 and out.startswith("mode: 8")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("EDGED_SYSROOT")
+    rc, out, err = run("power", "list")  # sudo, no override: the real host (no Jetson here: exit 5)
+    assert "under sudo" not in err and rc in (0, 5)

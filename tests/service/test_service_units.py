@@ -26,7 +26,7 @@ LEFT_OPEN = {
     "PrivateNetwork=", "RestrictAddressFamilies=~AF_(INET|INET6)", "RestrictAddressFamilies=~AF_UNIX",
     "PrivateDevices=", "DeviceAllow=", "SupplementaryGroups=", "PrivateUsers=",
     "MemoryDenyWriteExecute=", "SystemCallFilter=~@resources", "ProcSubset=", "IPAddressDeny=",
-    "RootDirectory=/RootImage=", "UMask=",
+    "RootDirectory=/RootImage=", "UMask=", "SystemCallFilter=~@privileged",
 }
 
 
@@ -102,19 +102,144 @@ def test_exposure_score_and_what_is_left_open(systemd_analyze: str) -> None:
     assert score <= 1.5 and "PrivateNetwork=" not in flagged
 
 
+def _assignments(text: str, section: str = "Service") -> list[tuple[str, str]]:
+    """(key, value) pairs of one section, read as systemd reads a unit file: comments (# ;),
+    whitespace around keys and '=', and backslash continuation lines."""
+    out, current, pending = [], None, ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("#", ";")):  # skipped even inside a continuation, as systemd does
+            continue
+        line, pending = pending + line, ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif current == section and "=" in line:
+            key, value = line.split("=", 1)
+            out.append((key.strip(), value.strip()))
+    return out
+
+
 def _directives(unit: Path, key: str) -> list[str]:
-    return [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(key + "=")]
+    return [value for k, value in _assignments(unit.read_text()) if k == key]
+
+
+def _effective(unit: Path, key: str) -> list[str]:
+    """A list-valued setting as systemd builds it: the unit, then its drop-ins in name order; an
+    empty assignment resets the list."""
+    values: list[str] = []
+    dropins = sorted((unit.parent / f"{unit.name}.d").glob("*.conf"))
+    for path in [unit, *dropins]:
+        for k, value in _assignments(path.read_text()):
+            if k == key:
+                values = [] if value == "" else values + [value]
+    return values
+
+
+# Settings both GPU units must carry identically: unit files cannot include each other, so the
+# DeviceAllow= list is written twice, and this is what keeps the copies equal.
+SHARED = ("DeviceAllow", "DevicePolicy", "User", "ProtectClock")
+
+
+def _drift(a: Path, b: Path) -> dict[str, tuple[list[str], list[str]]]:
+    return {key: (_effective(a, key), _effective(b, key)) for key in SHARED
+            if _effective(a, key) != _effective(b, key)}
 
 
 def test_both_gpu_units_grant_the_same_devices_and_groups() -> None:
     """edged-engines runs the same CUDA/TensorRT code as the daemon: the lists must not drift."""
     a, b = UNITS / "edged.service", UNITS / "edged-engines.service"
-    for key in ("DeviceAllow", "DevicePolicy", "User", "SystemCallFilter"):
-        assert _directives(a, key) == _directives(b, key), key
+    assert _drift(a, b) == {}
+    # The daemon re-allows @chown for its control socket; the engine build needs no chown.
+    assert [f for f in _directives(a, "SystemCallFilter") if f != "@chown"] == _directives(b, "SystemCallFilter")
     groups_a, groups_b = (set(" ".join(_directives(u, "SupplementaryGroups")).split()) for u in (a, b))
     assert {"video", "render"} <= groups_b <= groups_a
-    assert "/dev/nvmap rw" in _directives(a, "DeviceAllow")
+    assert "/dev/nvmap rw" in _directives(a, "DeviceAllow") and len(_directives(a, "DeviceAllow")) > 20
     assert _directives(a, "PrivateDevices") == [] and _directives(a, "MemoryDenyWriteExecute") == []
+
+
+def test_installed_gpu_units_grant_the_same_devices(tmp_path: Path) -> None:
+    """The same check on the installed units, with the drop-ins the installer adds."""
+    install(tmp_path, REPO, run_tools=False)
+    units = tmp_path / "usr/lib/systemd/system"
+    assert _drift(units / "edged.service", units / "edged-engines.service") == {}
+    assert _effective(units / "edged.service", "DeviceAllow") == _directives(UNITS / "edged.service", "DeviceAllow")
+
+
+def test_device_list_drift_is_caught(tmp_path: Path) -> None:
+    """Control: a device missing from one copy, spelt with spaces, or added by a drop-in is drift."""
+    a = tmp_path / "edged.service"
+    a.write_text((UNITS / "edged.service").read_text())
+    text = (UNITS / "edged-engines.service").read_text()
+    cases = {
+        "missing": text.replace("DeviceAllow=/dev/nvsciipc rw\n", ""),
+        "spaced": text.replace("DeviceAllow=/dev/nvsciipc rw", "DeviceAllow = /dev/nvsciipc r"),
+        "extra": text.replace("DeviceAllow=char-drm rw", "DeviceAllow=char-drm rw\n  DeviceAllow=/dev/i2c-1 rw"),
+    }
+    for name, changed in cases.items():
+        b = tmp_path / name / "edged-engines.service"
+        b.parent.mkdir()
+        b.write_text(changed)
+        assert changed != text and "DeviceAllow" in _drift(a, b), name
+    b = tmp_path / "dropin" / "edged-engines.service"
+    (b.parent / "edged-engines.service.d").mkdir(parents=True)
+    b.write_text(text)
+    assert _drift(a, b) == {}
+    (b.parent / "edged-engines.service.d" / "50-site.conf").write_text("[Service]\nDeviceAllow=/dev/ttyTHS0 rw\n")
+    assert "DeviceAllow" in _drift(a, b)
+
+
+def _syscalls(tool: str, name: str, cache: dict[str, set[str]]) -> set[str]:
+    """A syscall or @group expanded to syscall names with `systemd-analyze syscall-filter`."""
+    if not name.startswith("@"):
+        return {name}
+    if name not in cache:
+        out = subprocess.run([tool, "syscall-filter", "--no-pager", name], capture_output=True, text=True,
+                             check=True).stdout
+        members: set[str] = set()
+        for line in out.splitlines()[1:]:
+            item = line.strip()
+            if item and not item.startswith("#"):
+                members |= _syscalls(tool, item, cache)
+        cache[name] = members
+    return cache[name]
+
+
+def _allowed_syscalls(tool: str, unit: Path, cache: dict[str, set[str]]) -> set[str]:
+    """The allow-list SystemCallFilter= lines build, in order: the first one (not ~) starts it,
+    later plain lines add to it, later ~ lines remove from it (systemd.exec(5))."""
+    allowed: set[str] = set()
+    for i, value in enumerate(_directives(unit, "SystemCallFilter")):
+        deny = value.startswith("~")
+        names = set().union(*(_syscalls(tool, n, cache) for n in value.lstrip("~").split()))
+        assert not (i == 0 and deny), "the first SystemCallFilter= must be an allow-list"
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_the_daemon_may_chgrp_its_socket_and_nothing_else_privileged(systemd_analyze: str) -> None:
+    """~@privileged includes @chown, and with SystemCallErrorNumber=EPERM the daemon's chown() of
+    its control socket to edged-admin would fail: @chown is allowed again, the rest stays denied."""
+    cache: dict[str, set[str]] = {}
+    chown = _syscalls(systemd_analyze, "@chown", cache)
+    privileged = _syscalls(systemd_analyze, "@privileged", cache)
+    assert {"chown", "fchown", "fchownat", "lchown"} <= chown < privileged
+    daemon = _allowed_syscalls(systemd_analyze, UNITS / "edged.service", cache)
+    assert chown <= daemon, sorted(chown - daemon)
+    assert not daemon & (privileged - chown), sorted(daemon & (privileged - chown))
+    engines = _allowed_syscalls(systemd_analyze, UNITS / "edged-engines.service", cache)
+    assert not engines & privileged, sorted(engines & privileged)
+    assert _directives(UNITS / "edged.service", "CapabilityBoundingSet") == [""]  # chgrp to own groups only
+
+
+def test_the_engine_build_may_send_status_but_nothing_else_can() -> None:
+    """A oneshot's NotifyAccess= defaults to none (no NOTIFY_SOCKET, STATUS= dropped); main admits
+    only the build CLI, which is the ExecStart= process."""
+    unit = UNITS / "edged-engines.service"
+    assert _directives(unit, "Type") == ["oneshot"] and _directives(unit, "NotifyAccess") == ["main"]
+    assert len(_directives(unit, "ExecStart")) == 1
 
 
 def test_every_supplementary_group_is_created_by_sysusers() -> None:
