@@ -54,7 +54,20 @@ def control_handlers(daemon: "Daemon") -> dict:
             daemon.publisher.republish_status()
         return {"mode": new, "batching": batching}
 
-    return {"status": status, "power.changed": power_changed}
+    def power_clocks(args: dict, peer: "Peer") -> dict:
+        """jetson_clocks pins clocks at their maximum: timings change, so gateways should know."""
+        who = str(args.get("who") or peer.user or peer.uid)
+        on = args.get("on")
+        state = "on" if on else "off" if on is False else "unknown"
+        detail = f"{who} set jetson_clocks {state}"
+        log.info("%s", detail)
+        event = messages.event(daemon.cfg.node_id, "power", f"clocks_{state}", detail=detail,
+                               fields={"who": who, "via_sudo": bool(args.get("via_sudo")), "clocks_pinned": on})
+        daemon.outbox.add_message(daemon.topics.events, event)
+        daemon.wake_publisher()
+        return {"clocks_pinned": on}
+
+    return {"status": status, "power.changed": power_changed, "power.clocks": power_clocks}
 
 
 def _name(mode: object) -> str:
