@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edged.backends.tensorrt.builder import BuildOptions, EngineBuildError, run_builder
+from edged.backends.tensorrt import builder
+from edged.backends.tensorrt.builder import (BuildOptions, EngineBuildError, list_images, prepare_calibration,
+                                             run_builder)
 
 BUILD = Path(__file__).resolve().parents[2] / "edged" / "backends" / "tensorrt" / "trt_build.py"
 VERSIONS = ["8.2", "8.5", "10.3"]
@@ -187,3 +193,70 @@ def test_builder_process_failures_are_explained(doubles_env, plain_env, tiny_mod
                     timing_cache=None, timeout_s=0.5, env=doubles_env("8.5", EDGED_TRT_DOUBLE_BUILD_S="30"))
     assert info.value.code == "timeout"
     assert not (tmp_path / "p.plan").exists()
+
+
+def test_interrupted_build_leaves_no_builder_running(doubles_env, tiny_model, tmp_path, monkeypatch):
+    """Ctrl-C in `edged engines build` arrives in progress(); the builder (own session) must die too."""
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kw):
+        proc = real_popen(*args, **kw)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(builder.subprocess, "Popen", recording_popen)
+
+    def progress(text, fraction):
+        raise KeyboardInterrupt
+
+    env = doubles_env("8.2", EDGED_TRT_DOUBLE_BUILD_S="60")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_builder(tiny_model / "model.onnx", tmp_path / "p.plan", tmp_path / "b.log", BuildOptions("fp16", 2),
+                        python_exe=sys.executable, timing_cache=None, heartbeat_s=0.05, progress=progress, env=env)
+        (proc,) = started
+        assert proc.poll() is not None, "the builder process outlived the interrupted build"
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- calibration / validation images ----------------------------------------------------------
+def test_only_dicom_files_are_calibration_images(tmp_path, caplog):
+    """The daemon's preprocessing reads DICOM only: other images are skipped, with a warning."""
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "B.DICOM").write_bytes(b"x")
+    (tmp_path / "1.2.840.99").write_bytes(b"\0" * 128 + b"DICM" + b"rest")  # a PACS export named by its UID
+    (tmp_path / "README").write_bytes(b"calibration set, 2024")  # no suffix, not DICOM
+    (tmp_path / "chest.png").write_bytes(b"\x89PNG")
+    (tmp_path / "chest.JPG").write_bytes(b"\xff\xd8")
+    (tmp_path / "labels.csv").write_text("file,Effusion\n")
+    (tmp_path / ".hidden.dcm").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="edged.engines"):
+        found = list_images(tmp_path, 10)
+    assert found == [tmp_path / "1.2.840.99", tmp_path / "a.dcm", tmp_path / "sub" / "B.DICOM"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "ignoring 2 non-DICOM image file(s)" in warned[0]
+    assert "chest.JPG" in warned[0] and "chest.png" in warned[0]
+    assert list_images(tmp_path, 2) == found[:2]
+
+
+def test_calibration_file_the_preprocessing_rejects_is_a_build_error(tmp_path):
+    """So that backend: auto falls back to ONNX Runtime naming the file, not with a pydicom traceback."""
+    (tmp_path / "ok.dcm").write_bytes(b"x")
+    (tmp_path / "bad.dcm").write_bytes(b"y")
+
+    def preprocess(path):
+        if path.name == "bad.dcm":
+            raise ValueError("File is missing DICOM File Meta Information header")
+        return np.zeros((3, 4, 4), np.float32)
+
+    with pytest.raises(EngineBuildError) as info:
+        prepare_calibration(list_images(tmp_path, 10), preprocess, "pp", "ab" * 32, tmp_path / "work")
+    assert info.value.code == "calibration"
+    assert "bad.dcm cannot be preprocessed: ValueError: File is missing DICOM" in str(info.value)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from edged.backends.tensorrt.cache import DeviceId, EngineCache, EngineKey
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.backends.tensorrt.engines import EngineManager
+from edged.backends.tensorrt import lock as lock_module
 from edged.backends.tensorrt.lock import FileLock, LockTimeout
 from edged.backends.tensorrt.selection import load_trt
 from edged.models.manifest import load_manifest, sha256_file
@@ -205,3 +209,114 @@ def test_prune_removes_other_versions_orphans_and_temp_files(tmp_path):
     assert gone == {old.engine, old.meta_path, old.log, tmp_path / "orphan.engine", stale_tmp}
     assert current.engine.exists() and fresh_tmp.exists()
     assert [e.engine for e in cache.entries()] == [current.engine]
+
+
+def _stale_lock_file(path: Path) -> None:
+    """A lock file whose recorded holder is dead and whose flock nobody holds (holder SIGKILLed)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path.write_text(json.dumps({"pid": dead.pid, "start": "1", "host": socket.gethostname(), "since": time.time()}))
+
+
+@pytest.mark.parametrize("pause_at", ["after_flock", "before_pid_write"])
+def test_taking_over_a_stale_lock_file_never_admits_two_holders(pause_at, tmp_path, monkeypatch):
+    """A new holder flocked the stale file but has not written its pid yet; a waiter reads the
+    dead pid in that window. Exactly one of them may end up holding the lock."""
+    path = tmp_path / "x.lock"
+    _stale_lock_file(path)
+    in_window, waiter_done = threading.Event(), threading.Event()
+    holders: list[FileLock] = []
+    taker_thread: list[threading.Thread] = []
+
+    def pause() -> None:
+        if threading.current_thread() is taker_thread[0] and not in_window.is_set():
+            in_window.set()
+            waiter_done.wait(1.0)  # bounded: after the fix the waiter may be blocked on us
+
+    real_flock, real_ftruncate = lock_module.fcntl.flock, lock_module.os.ftruncate
+
+    def flock(fd, op):
+        real_flock(fd, op)
+        if pause_at == "after_flock" and op & fcntl.LOCK_EX:  # the taker's first flock is the lock file's
+            pause()
+
+    def ftruncate(fd, size):  # the holder record is rewritten (truncate + write) right after this
+        if pause_at == "before_pid_write":
+            pause()
+        return real_ftruncate(fd, size)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", flock)
+    monkeypatch.setattr(lock_module.os, "ftruncate", ftruncate)
+
+    def take(lock: FileLock, done: threading.Event | None = None) -> None:
+        try:
+            lock.acquire()
+            holders.append(lock)
+        except LockTimeout:
+            pass
+        finally:
+            if done is not None:
+                done.set()
+
+    taker, waiter = FileLock(path, timeout_s=1.5, poll_s=0.01), FileLock(path, timeout_s=1.5, poll_s=0.01)
+    taker_thread.append(threading.Thread(target=take, args=(taker,)))
+    taker_thread[0].start()
+    assert in_window.wait(5)
+    waiter_thread = threading.Thread(target=take, args=(waiter, waiter_done))
+    waiter_thread.start()
+    taker_thread[0].join(10)
+    waiter_thread.join(10)
+    try:
+        assert len(holders) == 1, f"{len(holders)} holders at once"
+        assert json.loads(path.read_text())["pid"] == os.getpid(), "the holder's pid must be in the file at the path"
+    finally:
+        for lock in holders:
+            lock.release()
+    assert not path.exists() and not Path(f"{path}.break").exists(), "release leaves no lock files behind"
+
+
+def test_prune_skips_a_key_whose_build_is_in_progress(tmp_path):
+    cache = EngineCache(tmp_path)
+    building = key(trt_version="10.3.0.30")
+    started, release = threading.Event(), threading.Event()
+
+    def slow_build(plan: Path, log: Path) -> dict:
+        (tmp_path / f".{building.stem()}.json.123.tmp").write_text("{}")  # a write in progress, looks old
+        os.utime(tmp_path / f".{building.stem()}.json.123.tmp", (time.time() - 7200, time.time() - 7200))
+        started.set()
+        release.wait(10)  # an hour-long Nano build
+        with open(log, "a") as f:
+            f.write("TensorRT: engine built\n")
+        plan.write_bytes(b"plan")
+        return {}
+
+    builder = threading.Thread(target=lambda: cache.get_or_build(building, slow_build))
+    builder.start()
+    try:
+        assert started.wait(10)
+        assert cache.prune(lambda e: True) == [], "the build's log and temp files are in use"
+        assert cache.paths(building).log.exists() and (tmp_path / f"{building.stem()}.lock").exists()
+        busy: list[str] = []
+        assert cache.prune(lambda e: True, dry_run=True, on_busy=busy.append) == []
+        assert cache.prune(lambda e: True, on_busy=busy.append) == []
+        assert busy == [building.stem()] * 2
+    finally:
+        release.set()
+        builder.join(10)
+    assert cache.lookup(building)[0] is not None
+    assert "building: not built yet" in cache.paths(building).log.read_text()
+
+
+def test_prune_removes_lock_files_left_by_killed_processes(tmp_path):
+    cache = EngineCache(tmp_path)
+    current, _, _ = cache.get_or_build(key(), fake_build(b"current"))
+    stem = key().stem()
+    _stale_lock_file(tmp_path / f"{stem}.lock")  # its builder was SIGKILLed mid-build
+    (tmp_path / f"{stem}.lock.break").write_text("")
+    (tmp_path / "gone_long_ago.lock.break").write_text("")  # from a key pruned earlier
+    stale = {tmp_path / f"{stem}.lock", tmp_path / f"{stem}.lock.break", tmp_path / "gone_long_ago.lock.break"}
+    assert set(cache.prune(lambda e: True, dry_run=True)) == stale
+    assert all(p.exists() for p in stale), "dry run removes nothing"
+    assert set(cache.prune(lambda e: True)) == stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([current.engine.name, current.meta_path.name,
+                                                                   current.log.name])

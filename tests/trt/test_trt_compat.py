@@ -24,6 +24,10 @@ DEVICE_FILES = ["edged/backends/worker/child.py", "edged/backends/tensorrt/trt_r
                 "edged/backends/tensorrt/trt_build.py", "tests/doubles/tensorrt/__init__.py",
                 "tests/doubles/tensorrt/_runtime.py", "tests/doubles/pycuda/driver.py", "tests/doubles/pycuda/autoinit.py"]
 JETSON = [("3.6", "8.2"), ("3.8", "8.5")]
+# numpy as the devices ship it (python3-numpy of Ubuntu 18.04 / JetPack 4.6 and 20.04 / JetPack 5):
+# the oldest numpy the device-side files meet, which tools/setup-compat-pythons.sh installs.
+JETPACK_NUMPY = {"3.6": "1.13.3", "3.8": "1.17.4"}
+SETUP = Path(__file__).resolve().parents[2] / "tools" / "setup-compat-pythons.sh"
 
 
 @pytest.mark.parametrize("minor", ["3.6", "3.8"])
@@ -48,7 +52,7 @@ def test_numpy2_daemon_and_numpy1_child_exchange_tensors(minor, compat_python, p
     backend.load()
     try:
         assert backend.info.detail["worker_python_version"].startswith(minor)
-        assert backend._worker.hello["numpy"].startswith("1."), "the child should run numpy 1.x"
+        assert backend._worker.hello["numpy"] == JETPACK_NUMPY[minor], "run tools/setup-compat-pythons.sh"
         x = (np.random.default_rng(0).standard_normal((6, 3, 8, 8)) * 100).astype(np.float16)
         np.testing.assert_array_equal(backend.infer(x), x.reshape(6, -1).astype(np.float32))
     finally:
@@ -87,3 +91,46 @@ def test_tensorrt_build_and_inference_under_the_jetson_python(minor, trt_version
     assert ("context.execute_async_v2" if trt_version == "8.2" else "context.execute_async_v3") in [c[0] for c in recorded]
     created = [c for c in recorded if c[0] == "builder.create_network"]
     assert created == [["builder.create_network", 1]], "TensorRT 8.x networks need the explicit-batch flag"
+
+
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for a pyenv interpreter: its numpy version lives in a file, pip calls are logged.
+here="$(dirname "$0")"
+if [ "$1" = "-c" ]; then
+    [ -s "$here/numpy-version" ] || exit 1
+    cat "$here/numpy-version"
+    exit 0
+fi
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+    echo "$*" >> "$here/pip-calls"
+    for arg in "$@"; do
+        case "$arg" in numpy==*) echo "${arg#numpy==}" > "$here/numpy-version" ;; esac
+    done
+    exit 0
+fi
+exit 2
+"""
+
+
+def test_setup_script_pins_the_jetpack_numpy_and_is_idempotent(tmp_path):
+    bins = {}
+    for version, numpy in (("3.6.15", "1.19.5"), ("3.8.18", "")):  # a newer numpy, and none at all
+        folder = tmp_path / "versions" / version / "bin"
+        folder.mkdir(parents=True)
+        (folder / "python").write_text(FAKE_PYTHON)
+        (folder / "python").chmod(0o755)
+        (folder / "numpy-version").write_text(numpy)
+        bins[version[:3]] = folder
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SETUP), str(tmp_path)], capture_output=True, text=True, timeout=60)
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    for minor, folder in bins.items():
+        assert (folder / "numpy-version").read_text().strip() == JETPACK_NUMPY[minor]
+        (call,) = (folder / "pip-calls").read_text().splitlines()
+        assert f"numpy=={JETPACK_NUMPY[minor]}" in call.split() and "--only-binary=:all:" in call.split()
+    second = run()
+    assert second.returncode == 0 and second.stdout.count("already has numpy") == 2
+    assert all(len((f / "pip-calls").read_text().splitlines()) == 1 for f in bins.values()), "nothing reinstalled"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -108,3 +109,62 @@ def test_dla_model_gets_static_engines_and_a_placement_event(model_copy, tmp_pat
         check_serves(backend, model_copy, make_inputs, 2e-2)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("failure,says", [("deserialize_crash", "killed by SIGSEGV during load"),
+                                          ("deserialize_hang", "did not answer load within 3 s")])
+def test_worker_dying_while_loading_the_engine_falls_back(failure, says, model_copy, tmp_path, doubles_env, events,
+                                                          make_inputs):
+    """A segfault or hang in deserialize is a plain BackendError from the worker, not a WorkerLoadError."""
+    cfg = CFG.model_copy(update={"load_timeout_s": 3.0})
+    env = doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL=failure)
+    backend, reason = select_backend(load_manifest(model_copy), "auto", cfg, tmp_path, env=env, max_batch=2,
+                                     on_event=events)
+    try:
+        assert backend.info.backend == "onnxruntime"
+        assert reason.startswith("TensorRT engine unavailable (") and says in reason
+        assert [k for k, _ in events.got] == ["engine_built", "engine_failed"]
+        assert events.got[1][1]["stage"] == "load" and says in events.got[1][1]["error"]
+        check_serves(backend, model_copy, make_inputs, 0)
+    finally:
+        backend.close()
+
+
+def test_gate_that_cannot_run_stops_the_trt_worker_and_falls_back(model_copy, tmp_path, doubles_env, events,
+                                                                  monkeypatch, make_inputs):
+    """An exception inside the gate (here: a validation file the preprocessing rejects) must not
+    escape select_backend, and the TensorRT worker started for the gate must not outlive it."""
+    from edged.backends.tensorrt import selection
+
+    started = []
+    real_load_trt = selection.load_trt
+
+    def recording_load_trt(*args, **kw):
+        backend, engines = real_load_trt(*args, **kw)
+        started.append((backend, backend.pid))
+        return backend, engines
+
+    monkeypatch.setattr(selection, "load_trt", recording_load_trt)
+    validation = tmp_path / "validation"
+    validation.mkdir()
+    (validation / "broken.dcm").write_bytes(b"not really DICOM")
+
+    def preprocess(path):
+        raise ValueError(f"{path.name} is not a DICOM file")
+
+    cfg = CFG.model_copy(update={"validation_dir": validation})
+    backend, reason = select_backend(load_manifest(model_copy), "auto", cfg, tmp_path / "cache",
+                                     env=doubles_env("10.3"), max_batch=2, preprocess=preprocess, on_event=events)
+    try:
+        assert backend.info.backend == "onnxruntime"
+        assert ("TensorRT fp16 engine on GPU not activated: accuracy gate could not run "
+                "(ValueError: broken.dcm is not a DICOM file)") in reason
+        failed = [f for k, f in events.got if k == "engine_failed"]
+        assert len(failed) == 1 and failed[0]["stage"] == "gate"
+        check_serves(backend, model_copy, make_inputs, 0)
+    finally:
+        backend.close()
+    (trt_backend, trt_pid), = started
+    assert trt_backend.pid is None, "the TensorRT worker must be closed"
+    with pytest.raises(ProcessLookupError):
+        os.kill(trt_pid, 0)

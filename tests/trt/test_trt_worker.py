@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import signal
@@ -277,3 +278,34 @@ def test_tensor_files_of_dead_daemons_are_swept(tmp_path, plain_env):
     backend.load()
     backend.close()
     assert not leftover.exists() and mine.exists()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_worker_that_cannot_be_started_leaks_no_tensor_file_or_fd(tmp_path, plain_env):
+    """E.g. the Jetson Python removed by an upgrade: load() fails as a BackendError, every time, cleanly."""
+    backend = WorkerBackend("echo", {"input_shape": [-1, 4]}, python_exe=str(tmp_path / "no-such-python3.6"),
+                            env=plain_env(), tensor_dir=tmp_path / "shm")
+    (tmp_path / "shm").mkdir()
+    fds = _open_fds()
+    for _ in range(3):
+        with pytest.raises(BackendError, match="worker failed to start: cannot start worker .*no-such-python3.6"):
+            backend.load()
+    assert list((tmp_path / "shm").iterdir()) == []
+    assert _open_fds() == fds
+
+
+def test_popen_failure_raises_worker_died_and_removes_the_tensor_file(tmp_path, plain_env, monkeypatch):
+    from edged.backends.worker import process
+
+    def no_memory(*args, **kw):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(process.subprocess, "Popen", no_memory)
+    fds = _open_fds()
+    with pytest.raises(process.WorkerDied, match="Cannot allocate memory") as info:
+        WorkerProcess(sys.executable, "nomem", plain_env(), tmp_path)
+    assert isinstance(info.value, BackendError) and info.value.fields["errno"] == errno.ENOMEM
+    assert list(tmp_path.iterdir()) == [] and _open_fds() == fds

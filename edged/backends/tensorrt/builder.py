@@ -29,7 +29,13 @@ import numpy as np
 from edged.backends.base import BackendError
 
 BUILD_SCRIPT = Path(__file__).with_name("trt_build.py").resolve()
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
+# Calibration and validation images go through the daemon's own preprocessing, which reads DICOM
+# only (what the SCP receives): a .png/.jpg there could never be preprocessed like served images,
+# so it is ignored with a warning rather than failing the build. Files without a DICOM suffix
+# count when they carry the DICOM "DICM" magic (PACS exports often have none, or a UID for a name).
+IMAGE_SUFFIXES = {".dcm", ".dicom"}
+DICOM_MAGIC_OFFSET = 128
+NON_DICOM_IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 Progress = Callable[[str, "float | None"], None]
 Preprocess = Callable[[Path], np.ndarray]
 log = logging.getLogger("edged.engines")
@@ -78,11 +84,45 @@ class Calibration:
     images: int
 
 
+def is_dicom_file(path: Path) -> bool:
+    """``.dcm``/``.dicom`` by name; any other file but a known image format by its DICOM magic.
+
+    By magic rather than "no suffix" because exports named by SOP Instance UID
+    (``1.2.840.113619.2.55``) have a "suffix" to pathlib.
+    """
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    if suffix in NON_DICOM_IMAGES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_MAGIC_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def list_images(folder: Path | None, limit: int) -> list[Path]:
+    """The DICOM files under ``folder`` (sorted, at most ``limit``), for calibration or the gate.
+
+    Anything else is skipped: ``labels.csv`` and notes silently, files that look like images
+    (.png, .jpg, ...) with a warning, since an operator who put them there expected them used.
+    """
     if folder is None or not Path(folder).is_dir():
         return []
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
+    files, ignored = [], []
+    for p in sorted(Path(folder).rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if is_dicom_file(p):
+            files.append(p)
+        elif p.suffix.lower() in NON_DICOM_IMAGES:
+            ignored.append(p.name)
+    if ignored:
+        log.warning("%s: ignoring %d non-DICOM image file(s) (%s%s); calibration and validation images must be "
+                    "DICOM, preprocessed exactly as served", folder, len(ignored), ", ".join(ignored[:3]),
+                    ", ..." if len(ignored) > 3 else "")
     return files[:limit]
 
 
@@ -105,12 +145,25 @@ def prepare_calibration(images: list[Path], preprocess: Preprocess, preprocess_i
     work_dir.mkdir(parents=True, exist_ok=True)
     tensors = work_dir / f"calib-{digest[:16]}.npy"
     if not tensors.exists():
-        batch = np.stack([np.asarray(preprocess(p), dtype=np.float32) for p in images])
+        batch = np.stack([_preprocessed(preprocess, p) for p in images])
         tmp = tensors.with_name(f".{tensors.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, batch, allow_pickle=False)
         os.replace(tmp, tensors)
     return Calibration(tensors, work_dir / f"calib-{digest[:16]}.cache", digest, len(images))
+
+
+def _preprocessed(preprocess: Preprocess, path: Path) -> np.ndarray:
+    """One calibration tensor; a file the preprocessing rejects is a calibration failure.
+
+    As EngineBuildError it lets ``backend: auto`` fall back to ONNX Runtime saying which file,
+    instead of a pydicom exception escaping model loading.
+    """
+    try:
+        return np.asarray(preprocess(path), dtype=np.float32)
+    except Exception as exc:
+        raise EngineBuildError("calibration", f"calibration image {path} cannot be preprocessed: "
+                                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def onnx_node_names(onnx_path: Path) -> list[list[str]]:
@@ -149,9 +202,29 @@ def run_builder(onnx_path: Path, plan_path: Path, log_path: Path, options: Build
 
 
 def _supervise(cmd: list[str], timeout_s: float, progress: Progress | None, env: dict[str, str] | None) -> dict:
+    """Run the builder in its own session and never leave it behind.
+
+    ``start_new_session`` keeps a Ctrl-C on the terminal from reaching the builder directly (it
+    must not die half-way through writing a plan), so whatever ends *this* function early (a
+    KeyboardInterrupt raised in ``progress``, SystemExit, a bug) must kill the builder's process
+    group itself: otherwise an hour-long build keeps the GPU, the memory and the cache lock.
+    """
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, start_new_session=True)
+    try:
+        return _follow(proc, t0, timeout_s, progress)
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def _follow(proc: subprocess.Popen, t0: float, timeout_s: float, progress: Progress | None) -> dict:
+    """Turn the builder's JSON lines into progress calls and its outcome into a result or an error."""
     lines: queue.Queue[str | None] = queue.Queue()
     stderr_tail: list[str] = []
 
@@ -175,9 +248,7 @@ def _supervise(cmd: list[str], timeout_s: float, progress: Progress | None, env:
     while True:
         try:
             line = lines.get(timeout=max(0.0, timeout_s - (time.monotonic() - t0)))
-        except queue.Empty:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except queue.Empty:  # _supervise kills the process group on the way out
             raise EngineBuildError("timeout", f"engine build exceeded {timeout_s:g} s and was stopped") from None
         if line is None:
             break

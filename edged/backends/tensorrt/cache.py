@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edged.backends.tensorrt.lock import FileLock
+from edged.backends.tensorrt.lock import FileLock, lock_held, try_lock
 from edged.models.manifest import sha256_file
 
 META_SCHEMA = "edged.engine/v1"
@@ -195,29 +195,66 @@ class EngineCache:
             problems.append("sha256 differs from metadata (corrupt or replaced)")
         return problems
 
-    def prune(self, keep: Callable[[CacheEntry], bool], dry_run: bool = False, tmp_age_s: float = 3600) -> list[Path]:
-        """Remove entries ``keep`` rejects, orphan plans/logs and old temp files; return what went."""
-        gone: list[Path] = []
+    def prune(self, keep: Callable[[CacheEntry], bool], dry_run: bool = False, tmp_age_s: float = 3600,
+              on_busy: Callable[[str], None] | None = None) -> list[Path]:
+        """Remove entries ``keep`` rejects, orphan plans/logs, old temp files and stale lock files.
+
+        Coordinated with builds: a key whose lock a live process holds is being built right now
+        (its log, temp plan and soon its metadata are in use), so none of its files are touched
+        and ``on_busy(stem)`` is told. Every other key is pruned while holding its lock, so a
+        build cannot start in the middle. Lock and ``.break`` files left by killed processes go
+        too. Returns what went (or, with ``dry_run``, what would go).
+        """
+        candidates: dict[str, list[Path]] = {}
         live: set[str] = set()
         for entry in self.entries():
             stem = entry.meta_path.stem
             if keep(entry):
                 live.add(stem)
                 continue
-            gone += [p for p in (entry.engine, entry.meta_path, entry.log) if p.exists()]
+            candidates.setdefault(stem, []).extend(p for p in (entry.engine, entry.meta_path, entry.log) if p.exists())
         for p in self.root.glob("*.engine"):
-            if p.stem not in live and p not in gone:
-                gone.append(p)  # a plan without metadata can never be trusted
+            if p.stem not in live and p not in candidates.get(p.stem, []):
+                candidates.setdefault(p.stem, []).append(p)  # a plan without metadata can never be trusted
         for p in self.root.glob("*.build.log"):
-            if p.name[: -len(".build.log")] not in live and p not in gone:
-                gone.append(p)
+            stem = p.name[: -len(".build.log")]
+            if stem not in live and p not in candidates.get(stem, []):
+                candidates.setdefault(stem, []).append(p)
+        lock_files: dict[str, list[Path]] = {}
+        for suffix in (".lock", ".lock.break"):
+            for p in self.root.glob(f"*{suffix}"):
+                lock_files.setdefault(p.name[: -len(suffix)], []).append(p)
+        gone: list[Path] = []
+        busy: set[str] = set()
+        for stem in sorted(set(candidates) | set(lock_files)):
+            lock_path = self.root / f"{stem}.lock"
+            lock = None if dry_run else try_lock(lock_path)
+            if (lock_held(lock_path) if dry_run else lock is None):
+                busy.add(stem)
+                if on_busy is not None:
+                    on_busy(stem)
+                continue
+            try:
+                for p in candidates.get(stem, []):
+                    gone.append(p)
+                    if not dry_run:
+                        p.unlink(missing_ok=True)
+            finally:
+                if lock is not None:
+                    lock.release()  # also removes the lock and .break files, stale ones included
+            gone += lock_files.get(stem, [])
         now = time.time()
         for p in self.root.glob(".*.tmp"):
-            if now - p.stat().st_mtime > tmp_age_s:
+            if any(p.name.startswith(f".{stem}.") for stem in busy):
+                continue  # a plan or metadata being written by the build in progress
+            try:
+                old = now - p.stat().st_mtime > tmp_age_s
+            except FileNotFoundError:
+                continue
+            if old:
                 gone.append(p)
-        if not dry_run:
-            for p in gone:
-                p.unlink(missing_ok=True)
+                if not dry_run:
+                    p.unlink(missing_ok=True)
         return gone
 
 

@@ -217,7 +217,10 @@ def cmd_prune(args: argparse.Namespace, c: EnginesContext) -> int:
             return False
         return not shas or e.meta["key"]["model_sha256"] in shas
 
-    gone = cache.prune(keep, dry_run=args.dry_run)
+    def busy(stem: str) -> None:
+        print(f"kept {stem}.*: an engine build holds its lock", file=sys.stderr)
+
+    gone = cache.prune(keep, dry_run=args.dry_run, on_busy=busy)
     for p in gone:
         print(f"{'would remove' if args.dry_run else 'removed'} {p}")
     if here is None:

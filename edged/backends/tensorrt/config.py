@@ -28,7 +28,9 @@ class TensorRTConfig(BaseModel):
     optimization_level: int | None = Field(default=None, ge=0, le=5, description="TensorRT 8.6+; null: TensorRT's 3")
     engine_dir: Path | None = Field(default=None, description="null: <cache_dir>/engines")
     timing_cache_dir: Path | None = Field(default=None, description="null: <engine_dir>/timing")
-    calibration_dir: Path | None = Field(default=None, description="null: <model folder>/calibration")
+    calibration_dir: Path | None = Field(
+        default=None, description="DICOM files only (.dcm/.dicom or DICM magic; PNG/JPEG ignored with a warning, "
+                                  "since serving preprocesses DICOM); null: <model folder>/calibration")
     validation_dir: Path | None = Field(default=None, description="null: the calibration images")
     calibration_max_images: int = Field(default=500, ge=1)
     validation_max_images: int = Field(default=200, ge=1, description="accuracy gate sample size")

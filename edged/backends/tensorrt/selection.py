@@ -3,10 +3,12 @@
 ``auto`` serves TensorRT when the worker Python imports tensorrt and sees a GPU, the engines
 build (or come from the cache) and pass the accuracy gate; otherwise ONNX Runtime through the
 worker (same crash isolation and restart policy as TensorRT). ``tensorrt`` fails with an
-explanation when TensorRT is unavailable (a configuration the operator must fix), but a build or
-gate failure still falls back to ONNX Runtime: the FP32 reference is always a correct answer,
-and the reason (and an event) says what happened. ``select_backend`` returns a *loaded* backend
-because these fallbacks can only be decided by loading.
+explanation when TensorRT is unavailable (a configuration the operator must fix), but a failed
+build, a worker that dies or hangs loading the engine, a failed gate or a gate that cannot run
+still fall back to ONNX Runtime: the FP32 reference is always a correct answer, and the reason
+(and an event) says what happened; no TensorRT worker started here outlives a fallback.
+``select_backend`` returns a *loaded* backend because these fallbacks can only be decided by
+loading.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from edged.backends.base import Backend, BackendError
 from edged.backends.onnxruntime import OnnxRuntimeBackend
-from edged.backends.tensorrt.builder import EngineBuildError, Preprocess, Progress, calibration_digest
+from edged.backends.tensorrt.builder import Preprocess, Progress, calibration_digest
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.backends.tensorrt.engines import EngineManager, EngineSet, EventCallback, preprocess_fingerprint, trt_available
 from edged.backends.tensorrt.gate import GateResult, read_labels, run_gate, validation_inputs
@@ -145,12 +147,31 @@ def select_backend(model, choice: str, cfg: TensorRTConfig, cache_dir: Path, *, 
                             max_batch=max_batch, preprocess=preprocess, progress=progress, on_event=on_event, env=env)
     try:
         backend, engines = load_trt(manager, cfg, on_event, env)
-    except (EngineBuildError, WorkerLoadError) as exc:
+    except BackendError as exc:
+        # Not only EngineBuildError / WorkerLoadError: a worker that segfaults or hangs while
+        # deserializing (a CUDA abort, an engine from a broken JetPack) raises a plain
+        # BackendError, and that is exactly when the FP32 reference must take over.
         if on_event:
-            on_event("engine_failed", {"model": model.name, "error": str(exc)})
+            on_event("engine_failed", {"model": model.name, "stage": "load", "error": str(exc)})
         return ort(f"TensorRT engine unavailable ({exc})")
-    result = gate_engine(manager, backend, preprocess, engines)
     where = "GPU" if engines.dla_core is None else f"DLA{engines.dla_core}"
+    try:
+        result = gate_engine(manager, backend, preprocess, engines)
+    except Exception as exc:
+        # The gate runs the candidate, the in-process reference and the model's preprocessing on
+        # operator-supplied files: any of them can raise (worker crash mid-gate, unreadable
+        # validation file). An engine that could not be checked is not served, and the worker
+        # already started must not outlive this call.
+        backend.close()
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: accuracy gate could not run: %s", model.name, error)
+        if on_event:
+            on_event("engine_failed", {"model": model.name, "stage": "gate", "error": error})
+        return ort(f"TensorRT {engines.precision} engine on {where} not activated: "
+                   f"accuracy gate could not run ({error})")
+    except BaseException:  # KeyboardInterrupt/SystemExit while gating: still stop the worker
+        backend.close()
+        raise
     if not result.passed:
         backend.close()
         if on_event:

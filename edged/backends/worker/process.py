@@ -2,8 +2,9 @@
 
 Kept apart from the restart/retry policy in :mod:`edged.backends.worker.backend` so that
 policy reads as policy. Everything here can fail in exactly two ways the policy cares about:
-``WorkerDied`` (EOF, broken pipe, non-zero exit: the process is gone) and ``WorkerTimeout`` (it
-did not answer in time: we kill it, since a hung CUDA call never comes back).
+``WorkerDied`` (EOF, broken pipe, non-zero exit, or it could not be started at all: the process
+is gone) and ``WorkerTimeout`` (it did not answer in time: we kill it, since a hung CUDA call
+never comes back).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edged.backends.base import BackendError
 from edged.backends.worker import child
 
 CHILD_PATH = Path(child.__file__).resolve()
 log = logging.getLogger("edged.worker")
 
 
-class WorkerFailure(Exception):
-    """The worker process is unusable; ``kind`` is ``crashed`` or ``timeout``."""
+class WorkerFailure(BackendError):
+    """The worker process is unusable; ``kind`` is ``crashed`` or ``timeout``.
+
+    A BackendError, so that one escaping a caller that uses ``WorkerProcess`` directly is still
+    the error the serving code handles (``WorkerBackend`` turns it into retries and events).
+    """
 
     kind = "crashed"
 
@@ -83,21 +89,32 @@ class WorkerProcess:
         self.python_exe = python_exe
         self.name = name
         self.tensor_path = (tensor_dir or shm_dir()) / f"edged-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tensors"
-        self._fd = os.open(self.tensor_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self._mm: mmap.mmap | None = None
-        self._resize(1 << 16)
         self._replies: queue.Queue[dict | None] = queue.Queue()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
         self._next_id = 0
-        self.proc = subprocess.Popen(
-            [python_exe, "-u", "-B", str(CHILD_PATH)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # Ctrl-C on the daemon's terminal must not kill the worker first
-            close_fds=True,
-        )
+        self._mm: mmap.mmap | None = None
+        try:
+            self._fd = os.open(self.tensor_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:  # /dev/shm full or read-only, EMFILE
+            raise WorkerDied(f"cannot create tensor file {self.tensor_path}: {exc}", {"pid": None}) from exc
+        try:
+            self._resize(1 << 16)
+            self.proc = subprocess.Popen(
+                [python_exe, "-u", "-B", str(CHILD_PATH)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # Ctrl-C on the daemon's terminal must not kill the worker first
+                close_fds=True,
+            )
+        except BaseException as exc:
+            # Nothing owns the tensor file yet: without this a restart loop that keeps failing
+            # (ENOMEM, a Python removed by an upgrade) fills /dev/shm (RAM) and the fd table.
+            self._discard_tensor_file()
+            if isinstance(exc, OSError):
+                raise WorkerDied(f"cannot start worker {python_exe}: {exc}", {"pid": None, "errno": exc.errno}) from exc
+            raise
         self.pid = self.proc.pid
         self._readers = [
             threading.Thread(target=self._read_stdout, name=f"worker-{self.pid}-out", daemon=True),
@@ -233,6 +250,9 @@ class WorkerProcess:
                     stream.close()
             except OSError:
                 pass
+        self._discard_tensor_file()
+
+    def _discard_tensor_file(self) -> None:
         if self._mm is not None:
             self._mm.close()
             self._mm = None

@@ -9,7 +9,8 @@ FP16 builds round outputs through float16. Python 3.6 compatible.
 Switch version: ``EDGED_TRT_DOUBLE=8.2|8.5|10.3`` before import, or ``tensorrt.use("8.5")``.
 Knobs: ``EDGED_TRT_DOUBLE_RECORD`` (file receiving calls as JSON lines, for subprocesses),
 ``EDGED_TRT_DOUBLE_NETWORK`` (JSON network when onnx is not importable), ``EDGED_TRT_DOUBLE_FAIL``
-(``build`` makes build_serialized_network return None), ``EDGED_TRT_DOUBLE_BUILD_S`` (build
+(``build`` makes build_serialized_network return None; ``deserialize_crash`` / ``deserialize_hang``
+make the Runtime die by SIGSEGV / hang while loading a plan), ``EDGED_TRT_DOUBLE_BUILD_S`` (build
 duration), ``EDGED_TRT_DOUBLE_DLA`` (DLA cores), ``EDGED_CUDA_DOUBLE_DEVICES=0`` (no GPU).
 """
 import json

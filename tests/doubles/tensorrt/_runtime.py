@@ -4,6 +4,9 @@ Engines run the ONNX model with ONNX Runtime when it is importable, else a fixed
 (per-sample mean + 0.01 * k); FP16 plans round outputs through float16. Python 3.6 compatible.
 """
 import json
+import os
+import signal
+import time
 
 import numpy as np
 
@@ -100,6 +103,11 @@ class Runtime(_Strict):
     def deserialize_cuda_engine(self, data):
         data = bytes(data)
         _t.record("runtime.deserialize_cuda_engine", len(data))
+        fail = os.environ.get("EDGED_TRT_DOUBLE_FAIL")
+        if fail == "deserialize_crash":  # what a CUDA abort / segfault in the real runtime looks like
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif fail == "deserialize_hang":  # a hung driver call: only a kill ends it
+            time.sleep(3600)
         if not data.startswith(_t.PLAN_MAGIC):
             self._logger.log(_t.Logger.ERROR, "1: [runtime.cpp::parsePlan::314] Error Code 1: Serialization "
                                            "(Serialization assertion plan->header.magicTag == rt::kPLAN_MAGIC_TAG failed.)")
