@@ -56,13 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 def engines_context(args: argparse.Namespace):
     """TensorRT settings, cache dir and models from the main config for ``engines``/``selftest``."""
     from edged.backends.factory import preprocess_file
-    from edged.backends.tensorrt.cli import EnginesContext
+    from edged.backends.tensorrt.cli import EnginesContext, ModelBuild
 
     cfg = load_config(args.config, args.sets)
     trt = cfg.tensorrt
     if getattr(args, "worker_python", None):
         trt = trt.model_copy(update={"worker_python": args.worker_python})
-    models = tuple(cfg.manifest_path(e) for e in cfg.models if e.backend != "onnxruntime")
+    models = tuple(
+        ModelBuild(cfg.manifest_path(e), e.precision, e.dla_core, e.batching.max_batch_size if e.batching else None)
+        for e in cfg.models if e.backend != "onnxruntime"
+    )
     return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models)
 
 

@@ -3,8 +3,6 @@ reason, a PHI-free log line, and the daemon keeps serving the next good image.""
 
 from __future__ import annotations
 
-import copy
-from io import BytesIO
 from pathlib import Path
 
 import pytest

@@ -65,6 +65,12 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
 
 
 _PHI_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # DICOM UIDs (study/series/instance UIDs identify a patient's exam): a library that logs
+    # a value it validates must not put one in the journal. Five or more numeric components, or
+    # a UUID-derived 2.25.<big number>, so IP addresses and version numbers stay readable. The
+    # standard's own UIDs (1.2.840.10008.*: SOP classes, transfer syntaxes) identify nobody.
+    (re.compile(r"(?<![\w.])(?!1\.2\.840\.10008\.)(?:[0-2](?:\.\d+){4,}|2\.25\.\d{6,})(?![\w.])"),
+     "[redacted-UID]"),
     # pydicom element reprs in group 0010 (patient module): "(0010,0010) Patient's Name  PN: ..."
     (re.compile(r"\(0010,\s*[0-9A-Fa-f]{4}\)[^\n]*"), "(0010,xxxx) [redacted]"),
     # keyword=value / keyword: value for identifying attributes (quoted or bare value).

@@ -51,6 +51,10 @@ def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_
     collector.wait_for(lambda c: any(t["inference"]["images"] >= 1 for t in c.of("telemetry")), timeout=20)
     sample = next(t for t in collector.of("telemetry") if t["inference"]["images"] >= 1)
     assert sample["inference"]["energy_mj_per_image"] == pytest.approx(result["timings_ms"]["energy_mj"], rel=0.01)
+
+    clocks = edgectl("power", "clocks", "on", "--socket", str(sock), "--root", str(tree.root))
+    assert clocks.returncode == 0, clocks.stdout + clocks.stderr
+    collector.wait_for(lambda c: any(e["reason"] == "clocks_on" for e in c.events("power")))
     assert d.terminate() == 0
 
 

@@ -161,3 +161,11 @@ def test_pynetdicom_debug_dumps_stay_off_even_at_debug(clean_root: None) -> None
     setup_logging("debug", journald=True, stream=io.StringIO())
     assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.INFO
     assert logging.getLogger("edged").getEffectiveLevel() == logging.DEBUG
+
+
+def test_dicom_uids_are_redacted_but_addresses_and_versions_are_not():
+    from edged.service.logsetup import redact_phi
+
+    assert redact_phi("value '1.2.840.0999.777.02.2' is odd") == "value '[redacted-UID]' is odd"
+    assert redact_phi("study 2.25.329800735698586629295641978511506172918") == "study [redacted-UID]"
+    assert redact_phi("peer 127.0.0.1, onnxruntime 1.32.0") == "peer 127.0.0.1, onnxruntime 1.32.0"

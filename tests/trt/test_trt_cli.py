@@ -86,3 +86,26 @@ def test_selftest_with_tensorrt_checks_gpu_and_every_dla_core(tmp_path, doubles_
     # A device whose engines are wrong must fail the self-test.
     assert run(argv, doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build"), tmp_path / "other") == 1
     assert "selftest: FAILED" in capsys.readouterr().out
+
+
+def test_build_all_builds_what_the_config_asks_for(model_copy, tmp_path, doubles_env, capsys):
+    """``edged engines build --all`` (the first-boot unit) takes each configured model's precision
+    and batch from the config, so the daemon later finds exactly those engines in the cache."""
+    from edged.backends.tensorrt.cli import ModelBuild
+
+    def run_all(models) -> int:
+        parser = argparse.ArgumentParser(prog="edged")
+        sub = parser.add_subparsers(dest="command", required=True)
+        ctx = lambda args: EnginesContext(TensorRTConfig(worker_python=sys.executable), tmp_path,  # noqa: E731
+                                          env=doubles_env("10.3"), models=models)
+        add_engines_parser(sub, context=ctx)
+        args = parser.parse_args(["engines", "build", "--all", "--no-gate"])
+        return args.func(args)
+
+    assert run_all((ModelBuild(model_copy / "model.yaml", precision="fp32", max_batch=3),)) == 0
+    capsys.readouterr()
+    assert run(["engines", "list", "--json"], doubles_env("10.3"), tmp_path) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["key"]["precision"] == "fp32" and entry["key"]["batch"][-1] == 3
+    assert run_all(()) == 0
+    assert "nothing to build" in capsys.readouterr().out

@@ -32,7 +32,18 @@ class EnginesContext:
     cache_dir: Path
     preprocess_for: Callable[[LoadedModel], Preprocess] | None = None
     env: dict[str, str] | None = None
-    models: tuple[Path, ...] = ()  # manifests that `build --all` builds (from the main config)
+    models: tuple["ModelBuild", ...] = ()  # what `build --all` builds (the config's auto/tensorrt models)
+
+
+@dataclass(frozen=True)
+class ModelBuild:
+    """One configured model's engine request: the same overrides the daemon will ask for, so the
+    first-boot prebuild builds exactly the engines the daemon then finds in the cache."""
+
+    manifest: Path
+    precision: str | None = None
+    dla_core: int | None = None
+    max_batch: int | None = None
 
 
 ContextFactory = Callable[[argparse.Namespace], EnginesContext]
@@ -134,20 +145,33 @@ def cmd_build(args: argparse.Namespace, c: EnginesContext) -> int:
     probe = _probe_or_explain(c)
     if probe is None:
         return 2
-    paths = [args.model] if args.model else list(c.models)
+    targets = [ModelBuild(args.model)] if args.model else list(c.models)
+    if not targets:
+        print("engines build --all: no model of the config uses backend auto or tensorrt; nothing to build")
     status = 0
-    for path in paths:
-        status = max(status, _build_one(args, c, probe, load_manifest(path)))
+    for t in targets:
+        status = max(status, _build_one(args, c, probe, load_manifest(t.manifest), t))
     return status
 
 
-def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: LoadedModel) -> int:
+def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: LoadedModel,
+               target: ModelBuild) -> int:
+    from edged.service.sdnotify import Notifier
+
+    notifier = Notifier()  # under edged-engines.service: STATUS= for systemctl, and more start time
+
+    def progress(text: str, frac: float | None) -> None:
+        pct = f" ({frac:.0%})" if frac is not None else ""
+        print(f"  {text}{pct}", flush=True)
+        notifier.status(f"building engine {model.name}: {text}{pct}")
+        notifier.extend_timeout(300_000_000)  # 5 more minutes, for as long as the build progresses
+
     print(f"{model.name}: engines", flush=True)
     preprocess = c.preprocess_for(model) if c.preprocess_for else None
-    manager = EngineManager(model, probe, c.cfg, c.cache_dir, precision=args.precision, dla_core=args.dla_core,
-                            max_batch=args.max_batch, preprocess=preprocess, env=c.env,
-                            progress=lambda text, frac: print(f"  {text}" + (f" ({frac:.0%})" if frac is not None else ""),
-                                                              flush=True))
+    manager = EngineManager(model, probe, c.cfg, c.cache_dir, precision=args.precision or target.precision,
+                            dla_core=args.dla_core if args.dla_core is not None else target.dla_core,
+                            max_batch=args.max_batch or target.max_batch, preprocess=preprocess, env=c.env,
+                            progress=progress)
     try:
         engines = manager.ensure(force=args.force)
     except EngineBuildError as exc:
