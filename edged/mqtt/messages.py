@@ -56,7 +56,8 @@ def utc_now() -> str:
 
 def event(node: str, type_: str, reason: str, *, message_id: str | None = None, **fields: object) -> dict:
     """An event. ``reason`` is a short code (``sop_class``, ``spool_full``…); ``detail`` is prose
-    written by edged (never copied from a dataset)."""
+    written by edged; it may quote coded attribute values (modality, body part, view,
+    photometric) but never an identifying one."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_}")
     payload: dict = {

@@ -1,7 +1,7 @@
 """Outbox operations: what the ingest side commits and what the publisher drains.
 
 Writers (the C-STORE handler, the result writer) only ever INSERT/UPDATE inside one
-transaction per image. The single publisher thread reads undelivered rows, publishes them
+transaction per image or per group of results. The single publisher thread reads undelivered rows, publishes them
 and marks a row delivered only on a successful PUBACK; rows whose PUBACK never came are sent
 again after ``resend_after`` seconds with the same ``message_id`` (at-least-once).
 """

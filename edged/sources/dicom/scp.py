@@ -117,7 +117,8 @@ class StorageSCP:
         log.info("DICOM SCP %s listening on %s:%d", self.cfg.ae_title, self.cfg.bind, self.port)
 
     def stop(self) -> None:
-        """Stop accepting associations; running ones finish their current C-STORE."""
+        """Stop accepting associations. Open ones are not cut: a C-STORE they still carry is
+        spooled durably as usual and processed at the next start."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
