@@ -249,6 +249,7 @@ class Pipeline:
     def _write(self, entries: list[tuple[_Item, str, Completion, dict]]) -> None:
         records: list[Record] = []
         finished: list[str] = []
+        energy: dict[tuple[float, float], float | None] = {}  # per batch window: integrate once
         for item, name, c, pre in entries:
             item.remaining.discard(name)
             last = not item.remaining
@@ -258,7 +259,9 @@ class Pipeline:
                 record = self._event_record(item.key, item.study, item.calling_ae, item.source, "error",
                                             "inference_failed", f"{name}: {c.error}", None, model=name)
             else:
-                record = self._result_record(item, name, c, pre)
+                if self.energy_mj is not None and c.window not in energy:
+                    energy[c.window] = self.energy_mj(*c.window)
+                record = self._result_record(item, name, c, pre, energy.get(c.window))
             if last:  # the ledger's final word goes with the last record of the instance
                 state = "failed" if item.failed else "done"
                 record = replace(record, ledger=(item.key, item.study, state, item.calling_ae, None))
@@ -271,7 +274,8 @@ class Pipeline:
             self._release(key)
         self.processed += len(finished)
 
-    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float]) -> Record:
+    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float],
+                       batch_energy_mj: float | None) -> Record:
         m = self.models[name]
         timings: dict[str, float | int] = {
             "queue": round(c.queue_ms, 3),
@@ -281,12 +285,11 @@ class Pipeline:
             "batch_size": c.batch_size,
             "total": messages.elapsed_ms(item.started),
         }
-        if self.energy_mj is not None:
-            energy = self.energy_mj(*c.window)
-            if energy is not None:
-                timings["energy_mj"] = round(energy / max(c.batch_size, 1), 3)
-                if self.on_energy is not None:
-                    self.on_energy(energy / max(c.batch_size, 1), 1)
+        if batch_energy_mj is not None:
+            per_image = batch_energy_mj / max(c.batch_size, 1)
+            timings["energy_mj"] = round(per_image, 3)
+            if self.on_energy is not None:
+                self.on_energy(per_image, 1)
         label_scores = scores(c.output, m.manifest)
         msg_id = self.pseudo.message_id("result", name, m.manifest.onnx.sha256, item.key)
         payload = result_message(
