@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def engines_context(args: argparse.Namespace):
     """TensorRT settings, cache dir and models from the main config for ``engines``/``selftest``."""
-    from edged.backends.factory import preprocess_file
+    from edged.preprocess.files import preprocess_file
     from edged.backends.tensorrt.cli import EnginesContext, ModelBuild
 
     cfg = load_config(args.config, args.sets)

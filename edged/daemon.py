@@ -1,9 +1,15 @@
 """The daemon: wires sources → spool → pipeline → outbox → MQTT and runs them until SIGTERM.
 
 Start order makes every promise true before it is made: state and outbox first, then models
-(loaded and warmed), then the publisher, then the pipeline (which recovers the spool), the
-DICOM listener, and only then READY=1 to systemd. Stop runs in reverse: no new associations,
-queued work finishes or stays in the spool, the outbox is flushed, ``offline`` is published.
+(loaded and warmed), then the publisher, then the pipeline and the DICOM source (which recovers
+the spool), the DICOM listener, and only then READY=1 to systemd. Stop runs in reverse: no new
+associations, queued work finishes or stays in the spool, the outbox is flushed, ``offline`` is
+published.
+
+A model whose backend fails to load is reported (log line, ``backend`` event ``load_failed``,
+``unavailable`` in the retained status) and the others are served; when none is left the daemon
+exits with status 2 (:class:`NoModelServed`), which the unit's ``RestartPreventExitStatus=2``
+treats as "fix the configuration", not as a crash to restart forever.
 """
 
 from __future__ import annotations
@@ -19,24 +25,31 @@ import time
 from pydicom import config as pydicom_config
 
 from edged import __version__
-from edged.backends.factory import make_backend
-from edged.batcher.dynamic import DynamicBatcher
+from edged.batcher.served import ServedModel
 from edged.config.schema import Config
-from edged.control import ControlServer
-from edged.daemon_control import control_handlers
-from edged.models.manifest import BatchingSpec, load_manifest
+from edged.control.handlers import control_handlers
+from edged.control.server import ControlServer
+from edged.models.loading import ModelLoader
+from edged.models.manifest import BatchingSpec
 from edged.mqtt import messages
 from edged.mqtt.publisher import Publisher
 from edged.outbox.db import Database
+from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
-from edged.pipeline import Pipeline, ServedModel
+from edged.outbox.writer import ResultWriter
+from edged.pipeline import Pipeline
 from edged.power.runtime import PowerRuntime
 from edged.privacy import Pseudonymizer, load_or_create_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
+from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool
 
 log = logging.getLogger("edged")
+
+
+class NoModelServed(RuntimeError):
+    """Every configured model failed to load: a configuration to fix, not a crash (exit 2)."""
 
 
 class Daemon:
@@ -45,9 +58,11 @@ class Daemon:
         self.topics = messages.Topics(cfg.mqtt.topic_prefix, cfg.node_id)
         self.models: dict[str, ServedModel] = {}
         self.base_batching: dict[str, BatchingSpec] = {}  # before power-mode adjustment
-        self.backend_reasons: dict[str, str] = {}
+        self.unavailable: dict[str, str] = {}  # model -> why it is not served
         self.publisher: Publisher | None = None
         self.pipeline: Pipeline | None = None
+        self.dicom: DicomSource | None = None
+        self.writer: ResultWriter | None = None
         self.scp: StorageSCP | None = None
         self.control: ControlServer | None = None
         self.power: PowerRuntime | None = None
@@ -64,89 +79,48 @@ class Daemon:
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
         self.outbox = Outbox(Database(cfg.db_path))
-        self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024))
-        # pynetdicom streams each received dataset into a NamedTemporaryFile it creates without a
-        # dir argument: pointing tempfile at the spool's filesystem is the only way to have the
-        # file renamed, not copied, into the spool. This process's other temp files go there too.
-        tempfile.tempdir = str(self.spool.incoming)
-        # Data elements are never "validated" on read: pydicom would log the offending value
-        # (a non-conformant UID is a patient's study UID), and the daemon does not fix datasets.
-        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-        # pynetdicom.utils logs every non-conformant UID it checks, value included (AE titles
-        # too); it has nothing else to say, so it stays quiet.
-        logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
+        # bookkeeping whose loss on power loss is harmless (one more re-send, one more attempt)
+        light = Outbox(Database(cfg.db_path, synchronous="NORMAL"))
+        self.events = EventEmitter(self.outbox, self.topics, self.wake_publisher)
+        self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024),
+                           quarantine_bytes=int(cfg.dicom.quarantine_mb * 1024 * 1024),
+                           quarantine_days=cfg.dicom.quarantine_days)
+        configure_dicom_libraries(self.spool)
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
-        self._load_models()
+        loader = ModelLoader(cfg, self.power, self.notifier, self.events)
+        self.models, self.unavailable = loader.load_all()
+        self.base_batching = loader.base_batching
+        if not self.models:
+            raise NoModelServed("no model could be loaded: " +
+                                "; ".join(f"{n}: {why}" for n, why in self.unavailable.items()))
         if cfg.mqtt.enabled:
-            # delivery marks may be lost on power loss (a re-send follows), so no fsync for them
-            delivery = Outbox(Database(cfg.db_path, synchronous="NORMAL"))
-            self.publisher = Publisher(cfg.mqtt, cfg.client_id, delivery, self.topics.status,
+            self.publisher = Publisher(cfg.mqtt, cfg.client_id, light, self.topics.status,
                                        birth=lambda: self.status_payload("online"),
                                        offline=lambda: self.status_payload("offline"))
             self.publisher.start()
         # energy metering and the Prometheus endpoint run with or without MQTT
         self.power.start(cfg.node_id, (lambda sample: self.publisher.offer(self.topics.telemetry, sample))
                          if self.publisher else None)
-        self.pipeline = Pipeline(self.models, self.spool, self.outbox, self.pseudo, self.topics,
-                                 self.wake_publisher, workers=cfg.pipeline.preprocess_workers,
-                                 backend_timeout_s=cfg.pipeline.backend_timeout_s,
-                                 energy_mj=self.power.energy_mj if self.power.meter.available else None,
-                                 on_energy=self.power.count_energy)
+        self.pipeline = Pipeline(self.models, workers=cfg.pipeline.preprocess_workers,
+                                 backend_timeout_s=cfg.pipeline.backend_timeout_s)
+        self.dicom = DicomSource(self.spool, self.outbox, self.events, self.pseudo,
+                                 [m.manifest for m in self.models.values()], self.pipeline,
+                                 max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
+                                 attempts=light)
+        self.writer = ResultWriter(self.outbox, self.events, self.pseudo, self.topics, self.dicom,
+                                   self.power.accounting)
+        self.dicom.attach(self.writer)
+        self.writer.start()
         self.pipeline.start()
+        self.dicom.start()
         self._start_control()
         if cfg.dicom.enabled:
-            self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo,
-                                  [m.manifest for m in self.models.values()], self.topics,
-                                  on_spooled=self.pipeline.submit, on_event=self.wake_publisher)
+            self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo, self.dicom, self.events)
             self.scp.start()
         self.watchdog = WatchdogPinger(self.notifier, self.healthy)
         self.watchdog.start()
         self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
-
-    def _load_models(self) -> None:
-        for i, entry in enumerate(self.cfg.models, 1):
-            self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
-            model = load_manifest(self.cfg.manifest_path(entry))
-            if model.name != entry.name:
-                raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
-            model.verify_onnx()
-            backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
-                                           progress=self._build_progress(model.name))
-            check_tensors(model.name, model.manifest, backend)
-            self.base_batching[model.name] = entry.batching or model.manifest.batching
-            spec = self.power.batching(self.base_batching[model.name])
-            backend.warmup(1)  # the first calls at a new shape allocate; do it before READY
-            backend.warmup(spec.max_batch_size)
-            warm_preprocessing(model.manifest)
-            batcher = DynamicBatcher(model.name, backend, spec)
-            self.models[model.name] = ServedModel(model, backend, batcher, backend.info)
-            self.backend_reasons[model.name] = reason
-            log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
-                     model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
-                     spec.max_batch_size, spec.max_queue_delay_ms)
-            if not model.manifest.clinical:
-                log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
-
-    def _backend_event(self, model: str):
-        """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
-        def emit(kind: str, fields: dict) -> None:
-            level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
-            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
-            detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
-            payload = messages.event(self.cfg.node_id, "backend", kind, model=model, detail=str(detail),
-                                     fields=fields)
-            self.outbox.add_message(self.topics.events, payload)
-            self.wake_publisher()
-        return emit
-
-    def _build_progress(self, model: str):
-        """Engine builds can take an hour on a Nano: tell systemd (and a technician) they progress."""
-        def progress(text: str, fraction: float | None) -> None:
-            pct = f", {fraction:.0%}" if fraction is not None else ""
-            self.notifier.status(f"building engine {model}: {text}{pct}")
-            self.notifier.extend_timeout(300_000_000)  # another 5 min from now, for as long as it progresses
-        return progress
 
     def _start_control(self) -> None:
         path = self.cfg.power.control_socket
@@ -158,20 +132,50 @@ class Daemon:
             log.warning("control socket %s unavailable (%s): edgectl cannot reach this daemon", path, exc)
             self.control = None
 
+    # -- what control handlers may use (edged.control.handlers.ControlTarget) --------------
+    def snapshot(self) -> dict:
+        payload = self.status_payload("online")
+        payload.update({
+            "healthy": self.healthy(),
+            "degraded": self.writer.stalled_reason if self.writer else None,
+            "spool_pending": len(self.spool.pending()) if self.spool else 0,
+            "quarantined": len(self.spool.quarantined()) if self.spool else 0,
+            "outbox_pending": self.outbox.pending_count(),
+            "processed": self.writer.settled_count if self.writer else 0,
+            "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
+            "dicom_port": self.scp.port if self.scp else None,
+            "batchers": {n: {"queue": m.batcher.depth(), **m.batcher.stats} for n, m in self.models.items()},
+        })
+        return payload
+
+    def refresh_power_mode(self) -> tuple[dict | None, dict | None]:
+        assert self.power is not None
+        return self.power.refresh_mode()
+
     def retune(self) -> dict[str, dict]:
         """Apply the current power mode's batching to every model and re-warm the backends."""
+        assert self.power is not None
         out = {}
         for name, m in self.models.items():
             spec = self.power.batching(self.base_batching[name])
             m.batcher.retune(spec.max_batch_size, spec.max_queue_delay_ms)
-            m.backend.warmup(spec.max_batch_size)
+            m.backend.warmup(spec.max_batch_size, m.sample_shape())
             out[name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}
         return out
 
+    def emit_event(self, type_: str, reason: str, **fields: object) -> None:
+        self.events.emit(type_, reason, **fields)
+
+    def republish_status(self) -> None:
+        if self.publisher is not None:
+            self.publisher.republish_status()
+
+    # -- health and status ---------------------------------------------------------------
     def healthy(self) -> bool:
-        """The watchdog's question: is the pipeline progressing and is the publisher alive?"""
-        return self.pipeline is not None and self.pipeline.healthy() and \
-            (self.publisher is None or self.publisher.is_alive())
+        """The watchdog's question: are the pipeline, the writer and the publisher alive and
+        progressing? A full disk is not a hang: the writer retries and the status says why."""
+        return (self.pipeline is not None and self.pipeline.healthy() and self.writer is not None
+                and self.writer.alive() and (self.publisher is None or self.publisher.is_alive()))
 
     def wake_publisher(self) -> None:
         if self.publisher is not None:
@@ -183,11 +187,12 @@ class Daemon:
             models.append({
                 "name": name, "version": m.manifest.version, "sha256": m.manifest.onnx.sha256,
                 "backend": m.info.backend, "precision": m.info.precision, "device": m.info.device,
-                "clinical": m.manifest.clinical, "backend_reason": self.backend_reasons.get(name, ""),
+                "clinical": m.manifest.clinical, "backend_reason": m.reason,
                 "max_batch_size": m.batcher.max_batch_size,
             })
         mode = self.power.mode if self.power else None
-        return messages.status(self.cfg.node_id, state, models, power_mode=mode)
+        unavailable = [{"name": n, "reason": messages.bounded(why)} for n, why in self.unavailable.items()]
+        return messages.status(self.cfg.node_id, state, models, power_mode=mode, unavailable=unavailable or None)
 
     # -- run / stop ----------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -218,8 +223,12 @@ class Daemon:
             self.scp.stop()
         if self.control is not None:
             self.control.stop()
+        if self.dicom is not None:
+            self.dicom.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
+        if self.writer is not None:
+            self.writer.stop(timeout=max(1.0, 0.3 * (deadline - time.monotonic())))
         if self.power is not None:
             self.power.stop()
         if self.publisher is not None:
@@ -230,39 +239,18 @@ class Daemon:
             log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
 
 
-def check_tensors(name: str, manifest, backend) -> None:
-    """The manifest must describe the network it names: a mismatch found here is one clear
-    start-up error instead of a failed inference for every image."""
-    spec = manifest.input
-    expected = (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else \
-        (spec.height, spec.width, spec.channels)
-    actual = backend.input_spec.shape[1:]
-    if len(actual) != 3 or any(a not in (-1, e) for a, e in zip(actual, expected)):
-        raise ValueError(f"model {name}: the network's input is {backend.input_spec.shape} but the manifest says "
-                         f"{spec.layout} {expected}")
-    outputs = backend.output_spec.shape[-1]
-    if outputs not in (-1, len(manifest.output.labels)):
-        raise ValueError(f"model {name}: the network has {outputs} outputs but the manifest lists "
-                         f"{len(manifest.output.labels)} labels")
-
-
-def warm_preprocessing(manifest) -> None:
-    """Run the pixel pipeline once on a synthetic image: the first call imports pixel handlers
-    and initialises OpenCV (~150 ms), which the first radiograph should not pay for."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    from edged.preprocess.pixels import prepare
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.Rows = ds.Columns = 256
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (np.arange(256 * 256, dtype=np.uint16) % 4096).tobytes()
-    prepare(ds, manifest.input, manifest.preprocess)
+def configure_dicom_libraries(spool: Spool) -> None:
+    """Process-wide settings of pydicom and pynetdicom that the daemon's promises depend on."""
+    # pynetdicom streams each received dataset into a NamedTemporaryFile it creates without a
+    # dir argument: pointing tempfile at the spool's filesystem is the only way to have the
+    # file renamed, not copied, into the spool. This process's other temp files go there too.
+    tempfile.tempdir = str(spool.incoming)
+    # Data elements are never "validated" on read: pydicom would log the offending value
+    # (a non-conformant UID is a patient's study UID), and the daemon does not fix datasets.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # pynetdicom.utils logs every non-conformant UID it checks, value included (AE titles
+    # too); it has nothing else to say, so it stays quiet.
+    logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

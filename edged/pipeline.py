@@ -1,10 +1,15 @@
-"""The ingest pipeline: spool → preprocess → batcher → backend → outbox.
+"""The middle of the data path: work items → preprocess → each model's batcher → the item's sink.
 
-Workers take spooled instances (newly received or left over from a previous run), decode and
-preprocess them, and hand tensors to each accepting model's batcher. Completions are written by
-one writer thread: result message + archive row + ledger in one transaction, and only then is
-the spool file removed. A crash anywhere before that commit leaves the spool file, so the
-instance is processed again on restart; deterministic message ids make that re-run harmless.
+Sources (the DICOM SCP, cameras) hand over :class:`~edged.sources.work.WorkItem` s; workers
+make each model's input tensor through the item's own ``prepare`` (models with the same input
+and pixel pipeline share one tensor), then queue it on every accepting model's batcher. What
+happens to results is the item's sink's business: the durable result writer for acknowledged
+images, the detection publisher for frames. Nothing here reads a file or knows a protocol.
+
+Every item gets an outcome. A failure while preparing is reported to the sink with a reason
+code (``decode_failed``…, ``internal_error`` for anything unexpected), never swallowed into a
+log line. Backpressure follows the item: an acknowledged image waits for room in its model's
+queue, a live frame is dropped (and the sink told) when there is none.
 """
 
 from __future__ import annotations
@@ -13,87 +18,34 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from pydicom import dcmread
-
-from edged.backends.base import Backend, BackendInfo
-from edged.batcher.dynamic import Completion, DynamicBatcher, QueueFull, Request
-from edged.models.manifest import LoadedModel
-from edged.mqtt import messages
-from edged.outbox.store import ArchiveRow, Outbox, Record
-from edged.preprocess.pixels import PixelError, prepare_timed
-from edged.privacy import Pseudonymizer
-from edged.results import result_message, scores
-from edged.sources.dicom.accept import route, source_info
-from edged.spool.spool import Spool
+from edged.batcher.dynamic import Completion, QueueFull, Request
+from edged.batcher.served import ServedModel
+from edged.preprocess.errors import PixelError
+from edged.sources.work import Prepared, WorkItem
 
 log = logging.getLogger("edged.pipeline")
 
 
 @dataclass
-class ServedModel:
-    loaded: LoadedModel
-    backend: Backend
-    batcher: DynamicBatcher
-    info: BackendInfo
-    inflight: threading.BoundedSemaphore = field(init=False)
+class _Progress:
+    """How many of an item's models still owe an outcome (guarded by the pipeline's lock)."""
 
-    def __post_init__(self) -> None:
-        # never more in flight than the batcher will queue (its spec may override the manifest's)
-        self.inflight = threading.BoundedSemaphore(self.batcher.max_queue_size)
-
-    @property
-    def manifest(self):
-        return self.loaded.manifest
-
-
-@dataclass
-class _Item:
-    """One instance on its way through the models that accepted it."""
-
-    key: str
-    study: str
-    calling_ae: str
-    source: dict
-    started: float
-    remaining: set[str]
-    failed: bool = False  # one model failed: the ledger says so whatever completes last
+    remaining: int
+    incomplete: bool = False
 
 
 class Pipeline:
-    def __init__(
-        self,
-        models: dict[str, ServedModel],
-        spool: Spool,
-        outbox: Outbox,
-        pseudo: Pseudonymizer,
-        topics: messages.Topics,
-        wake_publisher: Callable[[], None],
-        workers: int = 1,
-        backend_timeout_s: float = 60.0,
-        energy_mj: Callable[[float, float], float | None] | None = None,
-        on_energy: Callable[[float, int], None] | None = None,
-        rescan_s: float = 30.0,
-    ):
-        self.models, self.spool, self.outbox, self.pseudo = models, spool, outbox, pseudo
-        self.topics, self.wake_publisher = topics, wake_publisher
+    def __init__(self, models: dict[str, ServedModel], workers: int = 1, backend_timeout_s: float = 60.0):
+        self.models = models
         self.backend_timeout_s = backend_timeout_s
-        self.energy_mj = energy_mj
-        self.on_energy = on_energy
-        self._work: queue.Queue[str | None] = queue.Queue()
-        self._done: queue.Queue[tuple[_Item, str, Completion, dict] | None] = queue.Queue()
-        self._queued: set[str] = set()
+        self._work: queue.Queue[WorkItem | None] = queue.Queue()
         self._lock = threading.Lock()
         self._accepting = True
         self._workers = [threading.Thread(target=self._work_loop, name=f"preprocess-{i}", daemon=True)
                          for i in range(workers)]
-        self._writer = threading.Thread(target=self._write_loop, name="result-writer", daemon=True)
-        self._rescan = threading.Thread(target=self._rescan_loop, name="spool-rescan", daemon=True)
-        self._stopping = threading.Event()
-        self.rescan_s = rescan_s
-        self.processed = 0
+        self.submitted = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -101,31 +53,22 @@ class Pipeline:
             m.batcher.start()
         for t in self._workers:
             t.start()
-        self._writer.start()
-        left = self.spool.pending()
-        if left:
-            log.info("recovering %d instance(s) left in the spool", len(left))
-        for key in left:
-            self.submit(key)
-        self._rescan.start()
 
-    def _rescan_loop(self) -> None:
-        """Re-offer spooled instances that are in nobody's hands (a transient error while
-        processing or recording them): an acknowledged image is retried, not forgotten."""
-        while not self._stopping.wait(self.rescan_s):
-            for key in self.spool.pending():
-                self.submit(key)
-
-    def submit(self, key: str) -> None:
+    def submit(self, item: WorkItem) -> bool:
+        """Queue ``item`` for preprocessing; False once stopping (the source keeps it)."""
         with self._lock:
-            if not self._accepting or key in self._queued:
-                return
-            self._queued.add(key)
-        self._work.put(key)
+            if not self._accepting:
+                return False
+            self.submitted += 1
+        self._work.put(item)
+        return True
+
+    def pending(self) -> int:
+        return self._work.qsize()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is in the batchers within ``timeout`` s in all; whatever is still only
-        queued (or not finished in time) stays in the spool for the next start."""
+        """Finish what is in the batchers within ``timeout`` s in all. Items still only queued
+        are dropped here: their sources keep them (a spooled image stays in the spool)."""
         deadline = time.monotonic() + timeout
 
         def left() -> float:
@@ -133,8 +76,7 @@ class Pipeline:
 
         with self._lock:
             self._accepting = False
-        self._stopping.set()
-        while True:  # unqueued keys stay spooled for the next start
+        while True:
             try:
                 self._work.get_nowait()
             except queue.Empty:
@@ -145,179 +87,84 @@ class Pipeline:
             t.join(left())
         for m in self.models.values():
             m.batcher.stop(drain=True, timeout=left())
-        self._done.put(None)
-        self._writer.join(left())
 
     def healthy(self) -> bool:
-        """False when a batcher died or a backend call has hung: the watchdog stops pinging."""
+        """False when a batcher died, a backend call has hung, or a worker thread died."""
         now = time.monotonic()
         for m in self.models.values():
             busy = m.batcher.busy_since
             if not m.batcher.alive() or (busy is not None and now - busy > self.backend_timeout_s):
                 return False
-        return all(t.is_alive() for t in self._workers) and self._writer.is_alive()
+        return all(t.is_alive() for t in self._workers)
 
     # -- preprocessing -------------------------------------------------------------------
     def _work_loop(self) -> None:
-        while (key := self._work.get()) is not None:
-            handed_on = False
+        while (item := self._work.get()) is not None:
             try:
-                handed_on = self._process(key)
-            except Exception:
-                log.exception("instance %s: unexpected failure; it stays in the spool and is retried", key)
-            finally:
-                if not handed_on:  # otherwise it stays "queued" until the writer has recorded it
-                    self._release(key)
+                self._process(item)
+            except Exception:  # a sink bug: the item's source still holds it (rescan, retry)
+                log.exception("item %s: could not be handed on", item.key)
 
-    def _release(self, key: str) -> None:
-        with self._lock:
-            self._queued.discard(key)
-
-    def _process(self, key: str) -> bool:
-        """Preprocess and queue ``key``; True when it was handed to the batchers."""
-        started = time.monotonic()
-        state, calling = self.outbox.instance(key)
-        if state in ("done", "skipped", "failed"):
-            self.spool.remove(key)  # results were committed before a crash; only the file was left
-            return False
-        path = self.spool.path(key)
-        if not path.exists():
-            return False
-        calling = calling or "unknown"
+    def _prepare(self, item: WorkItem, models: list[ServedModel]) -> dict[tuple, Prepared] | None:
+        """Every model's tensor first, so an item that fails for one model fails before any is queued."""
+        tensors: dict[tuple, Prepared] = {}
         try:
-            ds = dcmread(path)
-        except Exception as exc:
-            self._fail(key, "", calling, {}, "unreadable", f"dataset does not parse ({type(exc).__name__})")
-            return False
-        study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
-        info = source_info(ds, calling).as_dict()
-        accepted, refused = route(ds, [m.manifest for m in self.models.values()])
-        if not accepted:
-            reason = "; ".join(f"{m}: {why}" for m, why in refused.items())
-            self._finish_event(key, study, calling, info, "skipped", "no_model", reason, "skipped")
-            return False
-        item = _Item(key, study, calling, info, started, set(accepted))
-        tensors: dict[tuple, tuple] = {}  # models with the same input share one preprocessing
-        try:  # every tensor first: an image that fails for one model is failed before any is queued
-            for name in accepted:
-                m = self.models[name]
+            for m in models:
                 spec = (m.manifest.input, m.manifest.preprocess)
                 if spec not in tensors:
-                    tensors[spec] = prepare_timed(ds, m.manifest.input, m.manifest.preprocess)
+                    tensors[spec] = item.prepare(m.manifest)
+            return tensors
         except PixelError as exc:
-            self._fail(key, study, calling, info, exc.reason, str(exc))
-            return False
-        del ds  # the decoded full-size image is no longer needed while the batch waits
-        for name in accepted:
-            m = self.models[name]
-            tensor, pre_timings = tensors[(m.manifest.input, m.manifest.preprocess)]
-            m.inflight.acquire()  # backpressure: never overflow the batcher's bounded queue
+            item.sink.failed(item, exc.reason, str(exc), False)
+        except MemoryError:
+            item.sink.failed(item, "out_of_memory", "not enough memory to decode the image", True)
+        except Exception as exc:
+            log.exception("item %s: unexpected failure while preparing it", item.key)
+            item.sink.failed(item, "internal_error", f"{type(exc).__name__} while preparing the image", False)
+        finally:
+            item.discard()  # the decoded full-size image is not needed while the batch waits
+        return None
+
+    def _process(self, item: WorkItem) -> None:
+        unknown = [name for name in item.models if name not in self.models]
+        if unknown:
+            item.sink.failed(item, "no_model", f"not served here: {', '.join(unknown)}", False)
+            return
+        models = [self.models[name] for name in item.models]
+        tensors = self._prepare(item, models)
+        if tensors is None:
+            return
+        progress = _Progress(len(models))
+        for m in models:
+            tensor, pre = tensors[(m.manifest.input, m.manifest.preprocess)]
+            if item.live:
+                if not m.try_reserve():
+                    item.sink.dropped(item, m)
+                    self._settle_unsent(item, progress)
+                    continue
+            else:
+                m.reserve()  # backpressure: never overflow the batcher's bounded queue
             try:
-                m.batcher.submit(Request(tensor, self._on_done, context=(item, name, pre_timings)))
-            except QueueFull:  # only while stopping: the instance stays in the spool for the next start
-                m.inflight.release()
-                raise
-        return True
+                m.batcher.submit(Request(tensor, self._on_done, context=(item, m, pre, progress)))
+            except QueueFull:  # only while stopping: the source keeps the item for later
+                m.release()
+                if item.live:
+                    item.sink.dropped(item, m)
+                self._settle_unsent(item, progress)
+
+    def _settle_unsent(self, item: WorkItem, progress: _Progress) -> None:
+        """A model that never got the item: nothing will complete for it."""
+        with self._lock:
+            progress.remaining -= 1
+            progress.incomplete = True
+            nothing_left = progress.remaining == 0
+        if nothing_left and not item.live:
+            item.sink.failed(item, "stopping", "the daemon stopped before the image was queued", True)
 
     def _on_done(self, c: Completion) -> None:
-        item, name, pre = c.request.context
-        self.models[name].inflight.release()
-        self._done.put((item, name, c, pre))
-
-    # -- writing results -----------------------------------------------------------------
-    def _write_loop(self) -> None:
-        """Commit completions in groups: one transaction (one fsync) for everything waiting."""
-        stopping = False
-        while not stopping:
-            entries = [self._done.get()]
-            while len(entries) < 64:
-                try:
-                    entries.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
-            if None in entries:
-                stopping = True
-                entries = [e for e in entries if e is not None]
-            try:
-                self._write(entries)
-            except Exception:
-                log.exception("could not record %d result(s); their instances stay in the spool and are retried",
-                              len(entries))
-                for item, *_ in entries:
-                    self._release(item.key)
-
-    def _write(self, entries: list[tuple[_Item, str, Completion, dict]]) -> None:
-        records: list[Record] = []
-        finished: list[str] = []
-        energy: dict[tuple[float, float], float | None] = {}  # per batch window: integrate once
-        for item, name, c, pre in entries:
-            item.remaining.discard(name)
-            last = not item.remaining
-            if c.error is not None or c.output is None:
-                log.error("instance %s: %s inference failed: %s", item.key, name, c.error)
-                item.failed = True
-                record = self._event_record(item.key, item.study, item.calling_ae, item.source, "error",
-                                            "inference_failed", f"{name}: {c.error}", None, model=name)
-            else:
-                if self.energy_mj is not None and c.window not in energy:
-                    energy[c.window] = self.energy_mj(*c.window)
-                record = self._result_record(item, name, c, pre, energy.get(c.window))
-            if last:  # the ledger's final word goes with the last record of the instance
-                state = "failed" if item.failed else "done"
-                record = replace(record, ledger=(item.key, item.study, state, item.calling_ae, None))
-                finished.append(item.key)
-            records.append(record)
-        self.outbox.add_messages(records)
-        self.wake_publisher()
-        for key in finished:
-            self.spool.remove(key)
-            self._release(key)
-        self.processed += len(finished)
-
-    def _result_record(self, item: _Item, name: str, c: Completion, pre: dict[str, float],
-                       batch_energy_mj: float | None) -> Record:
-        m = self.models[name]
-        timings: dict[str, float | int] = {
-            "queue": round(c.queue_ms, 3),
-            "decode": round(pre["decode_ms"], 3),
-            "preprocess": round(pre["decode_ms"] + pre["transform_ms"], 3),
-            "inference": round(c.compute_ms, 3),
-            "batch_size": c.batch_size,
-            "total": messages.elapsed_ms(item.started),
-        }
-        if batch_energy_mj is not None:
-            per_image = batch_energy_mj / max(c.batch_size, 1)
-            timings["energy_mj"] = round(per_image, 3)
-            if self.on_energy is not None:
-                self.on_energy(per_image, 1)
-        label_scores = scores(c.output, m.manifest)
-        msg_id = self.pseudo.message_id("result", name, m.manifest.onnx.sha256, item.key)
-        payload = result_message(
-            node=self.topics.node, message_id=msg_id, manifest=m.manifest, info=m.info, study=item.study,
-            instance=item.key, label_scores=label_scores, timings=timings, source=item.source,
-        )
-        archive = ArchiveRow(name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
-                             item.study, item.key, label_scores)
-        log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, name, timings["total"], c.batch_size)
-        return Record(self.topics.results(name), payload, archive=archive)
-
-    def _fail(self, key: str, study: str, calling: str, source: dict, reason: str, detail: str) -> None:
-        log.error("instance %s: %s", key, detail)
-        self._finish_event(key, study, calling, source, "error", reason, detail, "failed")
-
-    def _event_record(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
-                      detail: str, state: str | None, **fields: object) -> Record:
-        payload = messages.event(
-            self.topics.node, type_, reason,
-            message_id=self.pseudo.message_id(type_, reason, str(fields.get("model", "")), key),
-            instance=key, study=study or None, source=source or None, detail=detail, **fields,
-        )
-        ledger = (key, study, state, calling, f"{reason}: {detail}") if state else None
-        return Record(self.topics.events, payload, ledger)
-
-    def _finish_event(self, key: str, study: str, calling: str, source: dict, type_: str, reason: str,
-                      detail: str, state: str | None) -> None:
-        self.outbox.add_messages([self._event_record(key, study, calling, source, type_, reason, detail, state)])
-        self.wake_publisher()
-        if state:
-            self.spool.remove(key)
+        item, m, pre, progress = c.request.context
+        m.release()
+        with self._lock:
+            progress.remaining -= 1
+            last, incomplete = progress.remaining == 0, progress.incomplete
+        item.sink.completed(item, m, c, pre, last, incomplete)

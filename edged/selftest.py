@@ -23,8 +23,8 @@ from edged.backends.base import Backend
 from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.backends.tensorrt.engines import EngineManager, trt_available
-from edged.backends.tensorrt.gate import activate
-from edged.backends.tensorrt.selection import ort_worker, trt_worker
+from edged.backends.tensorrt.gate import decoded_columns
+from edged.backends.selection import ort_worker, trt_worker
 from edged.backends.worker import probe_python
 from edged.models.manifest import LoadedModel, load_manifest
 
@@ -64,12 +64,18 @@ def time_batches(backend: Backend, inputs: np.ndarray, max_batch: int, repeats: 
     return out
 
 
+def run_all(backend: Backend, inputs: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+    parts = [backend.infer(inputs[i:i + max_batch]) for i in range(0, len(inputs), max_batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def check(target: str, backend: Backend, reference: np.ndarray, inputs: np.ndarray, tolerance: float,
-          activation: str, max_batch: int, repeats: int) -> Row:
+          outputs: tuple, max_batch: int, repeats: int) -> Row:
+    """``reference`` holds the decoded columns of the FP32 run (:func:`decoded_columns`)."""
     try:
         backend.load()
-        got = np.concatenate([backend.infer(inputs[i:i + max_batch]) for i in range(0, len(inputs), max_batch)])
-        diff = float(np.abs(activate(got, activation) - activate(reference, activation)).max())
+        got, _ = decoded_columns(outputs, run_all(backend, inputs, max_batch))
+        diff = float(np.abs(got - reference).max())
         row = Row(target, "PASS" if diff <= tolerance else "FAIL", diff)
         if row.status == "FAIL":
             row.note = f"max abs diff {diff:.3g} > {tolerance:g}"
@@ -93,13 +99,13 @@ def run_selftest(cfg: TensorRTConfig, cache_dir: Path, *, model_dir: Path | None
     ref_backend.load()
     shape = ref_backend.input_spec.shape
     inputs = np.random.default_rng(0).standard_normal((max(2 * max_batch, 8), *shape[1:])).astype(np.float32)
-    reference = np.concatenate([ref_backend.infer(inputs[i:i + max_batch]) for i in range(0, len(inputs), max_batch)])
-    activation = model.manifest.output.activation
+    outputs = model.manifest.decoded_outputs
+    reference, _ = decoded_columns(outputs, run_all(ref_backend, inputs, max_batch))
     rows = [Row("onnxruntime in-process (reference)", "PASS", 0.0, time_batches(ref_backend, inputs, max_batch, repeats),
                 "FP32 reference")]
     ref_backend.close()
     rows.append(check("onnxruntime via worker", ort_worker(model.onnx_path, model.name, cfg, env=env), reference,
-                      inputs, WORKER_ORT_TOLERANCE, activation, max_batch, repeats))
+                      inputs, WORKER_ORT_TOLERANCE, outputs, max_batch, repeats))
 
     probe = probe_python(cfg.worker_python, cfg.probe_timeout_s, env=env)
     ok, why = trt_available(probe)
@@ -119,7 +125,7 @@ def run_selftest(cfg: TensorRTConfig, cache_dir: Path, *, model_dir: Path | None
                 continue
             tolerance = model.manifest.accuracy.max_abs_diff
             rows.append(check(name, trt_worker(engines, model.name, cfg, env=env), reference, inputs, tolerance,
-                              activation, max_batch, repeats))
+                              outputs, max_batch, repeats))
             if engines.placement:
                 rows[-1].note += f"; {engines.placement['gpu']} of {engines.placement['layers']} layers fell back to GPU"
 

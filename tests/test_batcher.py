@@ -27,14 +27,14 @@ class RecordingBackend(Backend):
 
     info = BackendInfo("test", "fp32", "cpu")
     input_spec = TensorSpec("x", (-1, 2), "float32")
-    output_spec = TensorSpec("y", (-1, 1), "float32")
+    output_specs = (TensorSpec("y", (-1, 1), "float32"), TensorSpec("n", (-1,), "int32"))
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.gate.wait(10)
         self.batches.append(len(batch))
         if self.fail:
             raise BackendError("device lost")
-        return batch.sum(axis=1, keepdims=True)
+        return {"y": batch.sum(axis=1, keepdims=True), "n": np.arange(len(batch), dtype=np.int32)}
 
 
 def run(batcher: DynamicBatcher, n: int, spacing: float = 0.0) -> list[Completion]:
@@ -60,7 +60,9 @@ def test_full_batches_leave_without_waiting_for_the_delay():
     done = run(b, 8)  # would take 10 s if full batches waited for the delay (run() gives up then)
     assert be.batches == [4, 4]
     assert sorted(c.request.context for c in done) == list(range(8))
-    assert all(float(c.output[0]) == c.request.context + 1 for c in done)  # each gets its own row
+    assert all(float(c.outputs["y"][0]) == c.request.context + 1 for c in done)  # each gets its own row
+    assert sorted(int(c.outputs["n"]) for c in done) == sorted([0, 1, 2, 3] * 2)  # of every output, in its own dtype
+    assert all(c.outputs["n"].dtype == np.int32 for c in done)
     assert all(c.batch_size == 4 and c.compute_ms >= 0 and c.window[1] >= c.window[0] for c in done)
     b.stop()
 
@@ -102,7 +104,7 @@ def test_backend_errors_fail_every_request_of_the_batch_and_the_batcher_survives
     b.start()
     be.fail = True
     failed = run(b, 3)
-    assert all(c.error == "device lost" and c.output is None for c in failed)
+    assert all(c.error == "device lost" and c.outputs is None for c in failed)
     be.fail = False
     ok = run(b, 2)
     assert all(c.error is None for c in ok) and b.alive()
@@ -138,5 +140,5 @@ def test_onnxruntime_batches_equal_single_inference(tiny_repo):
     assert ev.wait(10)
     assert {c.batch_size for c in done.values()} == {5}
     for i in range(5):
-        np.testing.assert_allclose(done[i].output, ort.infer(x[i:i + 1])[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(done[i].outputs["logits"], ort.infer(x[i:i + 1])["logits"][0], rtol=1e-5, atol=1e-5)
     b.stop()

@@ -71,10 +71,12 @@ def test_graph_passes_checker_and_has_the_served_interface(kind: str, chexnet_by
     model = onnx.load_from_string(chexnet_bytes) if kind == "densenet121" else build_model(kind)
     onnx.checker.check_model(model, full_check=True)
     size = KINDS[kind].image_size
-    (inp,), (out,) = model.graph.input, model.graph.output
+    (inp,), (out, *heads) = model.graph.input, model.graph.output
     assert inp.name == "image" and out.name == "logits"
     assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["N", 3, size, size]
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 14]
+    assert [(h.name, [d.dim_param or d.dim_value for d in h.type.tensor_type.shape.dim]) for h in heads] == \
+        [(name, ["N", len(labels)]) for name, _, labels in KINDS[kind].heads]
     assert model.opset_import[0].version == 17
     # The daemon applies the manifest's activation; a sigmoid in the graph would apply it twice.
     assert not {"Sigmoid", "Softmax"} & {n.op_type for n in model.graph.node}
@@ -104,9 +106,20 @@ def test_write_model_manifest_validates_and_pins_the_file(kind: str, tmp_path: P
     assert loaded.onnx_path == path.resolve()
     manifest = loaded.manifest
     assert manifest.clinical is False
-    assert manifest.output.labels == CHEXNET_LABELS and manifest.output.activation == "sigmoid"
+    first, *heads = manifest.decoded_outputs
+    assert first.labels == CHEXNET_LABELS and first.decode == "sigmoid"
+    assert [(h.name, h.decode, h.labels) for h in heads] == list(KINDS[kind].heads)
     assert (manifest.input.height, manifest.input.width) == (KINDS[kind].image_size,) * 2
     assert not list((tmp_path / kind).glob("*.tmp"))
+
+
+def test_two_head_model_shares_the_tiny_trunk_and_adds_a_softmax_head() -> None:
+    """The first head is the tiny model's classifier, bit for bit; the second is its own."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    logits, view = _session(build_model("tiny-2head")).run(None, {"image": x})
+    (tiny,) = _session(build_model("tiny")).run(None, {"image": x})
+    np.testing.assert_array_equal(logits, tiny)
+    assert view.shape == (2, 3) and np.ptp(view) > 1e-3
 
 
 def test_write_model_without_manifest(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.backends.base import Backend, BackendError
+from edged.backends.base import Backend, BackendError, check_outputs
 from edged.models.manifest import BatchingSpec
 
 log = logging.getLogger("edged.batcher")
@@ -40,7 +40,7 @@ class Request:
 @dataclass(frozen=True)
 class Completion:
     request: Request
-    output: np.ndarray | None  # raw outputs of this request (K,), or None on error
+    outputs: dict[str, np.ndarray] | None  # this request's row of every raw output, or None on error
     error: str | None
     queue_ms: float
     compute_ms: float
@@ -135,9 +135,8 @@ class DynamicBatcher:
         self.busy_since = start
         outputs, error = None, None
         try:
-            outputs = self.backend.infer(np.stack([r.tensor for r in batch]))
-            if outputs.shape[0] != len(batch):
-                raise BackendError(f"backend returned {outputs.shape[0]} rows for a batch of {len(batch)}")
+            outputs = check_outputs(self.backend.infer(np.stack([r.tensor for r in batch])),
+                                    self.backend.output_specs, len(batch))
         except BackendError as exc:
             error = str(exc)
         except Exception as exc:  # a backend bug must not kill the batcher thread
@@ -151,7 +150,7 @@ class DynamicBatcher:
             self.stats["failed"] += len(batch)
         compute_ms = (end - start) * 1000.0
         for i, req in enumerate(batch):
-            out = outputs[i] if outputs is not None and error is None else None
+            out = {k: v[i] for k, v in outputs.items()} if outputs is not None and error is None else None
             _complete(req, out, error, (start - req.enqueued_at) * 1000.0, compute_ms, (start, end), len(batch))
 
 

@@ -50,6 +50,8 @@ class DicomConfig(Strict):
     acse_timeout_s: float = Field(default=30, gt=0)
     dimse_timeout_s: float = Field(default=30, gt=0)
     network_timeout_s: float = Field(default=60, gt=0)
+    quarantine_mb: float = Field(default=512, ge=0, description="images that can never be inferred are kept this long")
+    quarantine_days: float = Field(default=30, ge=0)
 
     @field_validator("ae_title")
     @classmethod
@@ -124,6 +126,8 @@ class MqttConfig(Strict):
 class PipelineConfig(Strict):
     preprocess_workers: int = Field(default=1, ge=1, le=16)
     backend_timeout_s: float = Field(default=60, gt=0, description="a batch taking longer marks the pipeline unhealthy")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="processing attempts per image before it fails")
+    retry_backoff_s: float = Field(default=10, gt=0, description="first retry delay; doubles each attempt")
 
 
 class Config(Strict):

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edged.config.yamlsrc import load_yaml_file, validate
 
@@ -54,9 +54,36 @@ class PreprocessSpec(Strict):
 
 
 class OutputSpec(Strict):
-    name: str
-    activation: Literal["sigmoid", "softmax", "none"] = "sigmoid"
-    labels: tuple[str, ...] = Field(min_length=1)
+    """One decoded output: which raw tensors it reads and the decoder that makes them readable.
+
+    ``decode`` names a decoder of :mod:`edged.postprocess.decode` (``sigmoid``, ``softmax``,
+    ``none``; detection decoders too); ``activation`` is its older name. ``tensors`` defaults to
+    the tensor called ``name``. Score decoders need one label per value.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")
+    decode: str = Field(default="sigmoid", validation_alias=AliasChoices("decode", "activation"))
+    tensors: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    @field_validator("decode")
+    @classmethod
+    def _known_decoder(cls, v: str) -> str:
+        from edged.postprocess.decode import DECODERS
+
+        if v not in DECODERS:
+            raise ValueError(f"unknown decoder {v!r}; known: {', '.join(sorted(DECODERS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _labels(self) -> "OutputSpec":
+        from edged.postprocess.decode import kind_of
+
+        if kind_of(self) == "scores" and not self.labels:
+            raise ValueError(f"output {self.name}: decoder {self.decode} needs labels")
+        if kind_of(self) == "scores" and len(self.tensors) > 1:
+            raise ValueError(f"output {self.name}: decoder {self.decode} reads one tensor")
+        return self
 
 
 class MissingPolicy(Strict):
@@ -101,7 +128,8 @@ class ModelManifest(Strict):
     onnx: OnnxFile
     input: InputSpec
     preprocess: PreprocessSpec = PreprocessSpec()
-    output: OutputSpec
+    output: OutputSpec | None = Field(default=None, description="a model with one decoded output")
+    outputs: tuple[OutputSpec, ...] = Field(default=(), description="a model with several decoded outputs")
     accept: AcceptRules = AcceptRules()
     batching: BatchingSpec = BatchingSpec()
     accuracy: AccuracyGate = AccuracyGate()
@@ -116,7 +144,27 @@ class ModelManifest(Strict):
                 raise ValueError(f"preprocess.{key} needs 1 or {self.input.channels} values")
         if any(s <= 0 for s in self.preprocess.std):
             raise ValueError("preprocess.std values must be > 0")
+        if (self.output is None) == (not self.outputs):
+            raise ValueError("give either output (one) or outputs (a list), not both and not neither")
+        names = [o.name for o in self.decoded_outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output names must be unique: {', '.join(names)}")
         return self
+
+    @property
+    def decoded_outputs(self) -> tuple[OutputSpec, ...]:
+        """Every decoded output, in the manifest's order."""
+        return (self.output,) if self.output is not None else self.outputs
+
+    @property
+    def raw_tensors(self) -> tuple[str, ...]:
+        """The network outputs the decoders read (each once, in order)."""
+        from edged.postprocess.decode import tensors_of
+
+        seen: dict[str, None] = {}
+        for o in self.decoded_outputs:
+            seen.update(dict.fromkeys(tensors_of(o)))
+        return tuple(seen)
 
 
 class LoadedModel:

@@ -75,16 +75,21 @@ class DenseNetSpec:
     bn_size: int = 4
     compression: float = 0.5
     classes: int = len(CHEXNET_LABELS)
+    # extra classifier heads on the same pooled features: (output name, decoder, labels)
+    heads: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 KINDS: dict[str, DenseNetSpec] = {
     "densenet121": DenseNetSpec(growth=32, blocks=(6, 12, 24, 16), init_features=64, image_size=224),
     # Same family, ~1 ms per image: for tests that need a real graph but not real cost.
     "tiny": DenseNetSpec(growth=4, blocks=(2, 2), init_features=8, image_size=64),
+    # The tiny model with a second, softmax head: a two-output model for the multi-output seam.
+    "tiny-2head": DenseNetSpec(growth=4, blocks=(2, 2), init_features=8, image_size=64,
+                               heads=(("view", "softmax", ("PA", "AP", "LATERAL")),)),
 }
 
 # Manifest name per kind when write_model() writes a model.yaml next to the ONNX file.
-_MANIFEST_NAMES = {"densenet121": "chexnet", "tiny": "chexnet-tiny"}
+_MANIFEST_NAMES = {"densenet121": "chexnet", "tiny": "chexnet-tiny", "tiny-2head": "chexnet-2head"}
 
 
 class _GraphBuilder:
@@ -127,7 +132,7 @@ class _GraphBuilder:
         y = self.node("BatchNormalization", [x, *params], name, epsilon=_BN_EPS)
         return self.node("Relu", [y], relu_name)
 
-    def classifier(self, x: str, features: int, classes: int) -> str:
+    def classifier(self, x: str, features: int, classes: int, name: str = "classifier", output: str = "logits") -> str:
         """Gemm whose rows sum to zero, so the logits respond to which channels fire rather than to
         the overall level of the (non-negative) pooled features, which barely varies by image."""
         w = self._uniform((classes, features), np.sqrt(3.0 / features)).astype(np.float64)
@@ -136,8 +141,8 @@ class _GraphBuilder:
         w -= np.array([[math.fsum(row) / features] for row in w])
         w *= _LOGIT_STD
         b = self._uniform((classes,), _BIAS_LIMIT)
-        inputs = [x, self._init("classifier.weight", w), self._init("classifier.bias", b)]
-        return self.node("Gemm", inputs, "classifier", output="logits", transB=1)
+        inputs = [x, self._init(f"{name}.weight", w), self._init(f"{name}.bias", b)]
+        return self.node("Gemm", inputs, name, output=output, transB=1)
 
 
 def _densenet(spec: DenseNetSpec, seed: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -170,14 +175,16 @@ def _densenet(spec: DenseNetSpec, seed: int) -> tuple[list[onnx.NodeProto], list
     x = g.node("GlobalAveragePool", [x], "pool")
     x = g.node("Flatten", [x], "flatten", axis=1)
     g.classifier(x, channels, spec.classes)
+    for output, _, labels in spec.heads:
+        g.classifier(x, channels, len(labels), name=f"head_{output}", output=output)
     return g.nodes, g.inits
 
 
 def build_model(kind: str, seed: int = 0) -> onnx.ModelProto:
     """The ``kind`` DenseNet with seeded weights: input ``image`` (N,3,S,S), output ``logits``.
 
-    Raw logits, no sigmoid: the daemon applies the manifest's ``output.activation`` so that one
-    code path serves every model.
+    Raw logits, no sigmoid: the daemon decodes them as the manifest says (``decode: sigmoid``) so
+    that one code path serves every model. Extra heads (``spec.heads``) add one output each.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
@@ -188,7 +195,8 @@ def build_model(kind: str, seed: int = 0) -> onnx.ModelProto:
         nodes,
         f"{kind}_seed{seed}",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.classes])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.classes])]
+        + [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", len(labels)]) for out, _, labels in spec.heads],
         initializer=inits,
     )
     model = helper.make_model(
@@ -220,8 +228,15 @@ def _manifest(kind: str, seed: int, sha256: str) -> dict:
             "channels": 3,
             "dtype": "float32",
         },
-        "output": {"name": "logits", "activation": "sigmoid", "labels": list(CHEXNET_LABELS)},
+        **_outputs(spec),
     }
+
+
+def _outputs(spec: DenseNetSpec) -> dict:
+    first = {"name": "logits", "decode": "sigmoid", "labels": list(CHEXNET_LABELS)}
+    if not spec.heads:
+        return {"output": first}
+    return {"outputs": [first, *({"name": out, "decode": dec, "labels": list(labels)} for out, dec, labels in spec.heads)]}
 
 
 def write_model(kind: str, folder: Path, seed: int = 0, manifest: bool = True) -> Path:

@@ -5,6 +5,11 @@ while disconnected even though the message may be delivered later; so delivery i
 here, from PUBACKs (MQTT v5 reason code < 0x80) reported to ``on_publish``. Callbacks run on
 paho's network thread and only enqueue; all bookkeeping happens on this thread, which avoids
 the lock-ordering deadlocks reported against paho.
+
+Every outbox call happens inside the thread's retry loop, the start-up reset included: a full
+disk is a state this thread waits out (logging it once), not a reason to die. A connection
+that fails (refused, TLS certificate or host name wrong) is logged at once with its reason,
+again whenever the reason changes, and not again while it stays the same.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
-from collections import deque
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +57,7 @@ class Publisher(threading.Thread):
         self._volatile: deque[tuple[str, bytes]] = deque(maxlen=16)  # telemetry: newest wins, never stored
         self._wake = threading.Event()
         self.connected = threading.Event()
+        self._last_failure: str | None = None
         self._client = self._make_client(client_id)
 
     # -- paho setup ----------------------------------------------------------------------
@@ -74,6 +81,9 @@ class Publisher(threading.Thread):
         c.on_connect = lambda cl, ud, flags, rc, props: self._acks.put(("connect", rc))
         c.on_disconnect = lambda cl, ud, flags, rc, props: self._acks.put(("disconnect", rc))
         c.on_publish = lambda cl, ud, mid, rc, props: self._acks.put(("puback", (mid, rc)))
+        # paho calls this inside its ``except OSError`` around a failed (re)connect and keeps the
+        # exception to itself; it is still the one being handled, so its reason can be read here.
+        c.on_connect_fail = lambda cl, ud: self._acks.put(("connect_fail", _describe(sys.exc_info()[1])))
         return c
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -98,10 +108,14 @@ class Publisher(threading.Thread):
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                    clean_start=True, properties=props)
         self._client.loop_start()
-        self.outbox.reset_unacked()  # sent by an earlier run, never acknowledged: due again now
+        reset_done = False
         last_purge = 0.0
+        failing = False
         while not self._stopping.is_set():
             try:
+                if not reset_done:  # sent by an earlier run, never acknowledged: due again now
+                    self.outbox.reset_unacked()
+                    reset_done = True
                 self._drain_acks(timeout=0.05)
                 if self.connected.is_set():
                     self._forget_stale()
@@ -110,8 +124,13 @@ class Publisher(threading.Thread):
                 if time.monotonic() - last_purge > 600:
                     self.outbox.purge_delivered(self.cfg.delivered_retention_h * 3600)
                     last_purge = time.monotonic()
-            except Exception:  # e.g. SQLite "disk is full": keep the thread, retry shortly
-                log.exception("publisher iteration failed; retrying in 1 s")
+                if failing:
+                    log.warning("publisher works again")
+                    failing = False
+            except Exception as exc:  # e.g. SQLite "disk is full": keep the thread, retry shortly
+                if not failing:
+                    log.exception("publisher iteration failed (%s); retrying every second", exc)
+                failing = True
                 self._stopping.wait(1.0)
             self._wake.wait(0.2)
             self._wake.clear()
@@ -150,12 +169,23 @@ class Publisher(threading.Thread):
         self.outbox.mark_delivered(delivered)
 
     def _handle(self, kind: str, value: object, delivered: list[int]) -> None:
+        if kind == "connect_fail":
+            reason = str(value)
+            if reason != self._last_failure:
+                log.error("cannot connect to broker %s:%s: %s (retrying with backoff)", self.cfg.host, self.cfg.port,
+                          reason)
+                self._last_failure = reason
+            return
         if kind == "connect":
             rc = value
             if getattr(rc, "is_failure", False):
-                log.error("broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, rc)
+                reason = f"refused: {rc}"
+                if reason != self._last_failure:
+                    log.error("broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, rc)
+                    self._last_failure = reason
                 return
             log.info("connected to broker %s:%s", self.cfg.host, self.cfg.port)
+            self._last_failure = None
             self._client.publish(self.status_topic, encode(self.birth()), qos=1, retain=True)
             # In-flight rows stay in flight: paho re-sends its unacknowledged messages under the
             # same mids, so publishing them again would deliver each twice. _forget_stale() covers
@@ -208,6 +238,19 @@ class Publisher(threading.Thread):
         limit = time.monotonic() - max(30.0, 3 * self.cfg.resend_after_s)
         for mid in [mid for mid, (_, sent) in self._inflight.items() if sent < limit]:
             del self._inflight[mid]
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A connection failure in words: TLS verification and host name errors say so plainly."""
+    if exc is None:
+        return "connection failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running on that port?)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _read_secret(path: Path) -> str:

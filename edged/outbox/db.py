@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae   TEXT NOT NULL,
     received_at  REAL NOT NULL,
     updated_at   REAL NOT NULL,
-    reason       TEXT
+    reason       TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0  -- processing attempts started (crash-loop guard)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,8 +61,11 @@ class Database:
         self.synchronous = synchronous
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.connect() as conn:
-            conn.executescript(SCHEMA)
+        conn = self.connect()
+        conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
+        if "attempts" not in columns:  # a database written by an earlier version
+            conn.execute("ALTER TABLE instances ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

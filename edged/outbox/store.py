@@ -75,10 +75,26 @@ class Outbox:
                 "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at)"
                 " VALUES (?, ?, 'spooled', ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET state='spooled',"
                 " calling_ae=excluded.calling_ae, received_at=excluded.received_at,"
-                " updated_at=excluded.updated_at, reason=NULL"
+                " updated_at=excluded.updated_at, reason=NULL, attempts=0"
                 " WHERE state NOT IN ('done', 'skipped')",  # a late twin never reopens a finished instance
                 (instance, study, calling_ae, now, now),
             )
+
+    def begin_attempt(self, instance: str) -> int:
+        """Count a processing attempt before it starts; returns its number (1 for the first)."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO instances(instance, study, state, calling_ae, received_at, updated_at, attempts)"
+                " VALUES (?, '', 'spooled', 'unknown', ?, ?, 1) ON CONFLICT(instance) DO UPDATE SET"
+                " attempts=attempts+1, updated_at=excluded.updated_at", (instance, now, now))
+            row = conn.execute("SELECT attempts FROM instances WHERE instance=?", (instance,)).fetchone()
+        return int(row[0])
+
+    def undo_attempt(self, instance: str) -> None:
+        """An attempt that was interrupted (the daemon stopping) does not count."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE instances SET attempts=MAX(attempts-1, 0) WHERE instance=?", (instance,))
 
     def add_message(
         self,

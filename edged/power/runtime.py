@@ -16,6 +16,7 @@ from edged.models.manifest import BatchingSpec
 from edged.mqtt import messages
 from edged.power.config import PowerConfig, TelemetryConfig
 from edged.power.context import PowerContext, open_power
+from edged.power.accounting import EnergyAccounting
 from edged.power.energy import EnergyMeter
 from edged.power.prometheus import PrometheusExporter
 from edged.power.table import effective_batching
@@ -35,8 +36,7 @@ class PowerRuntime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._exporter: PrometheusExporter | None = None
-        self._energy = [0.0, 0]  # mJ and images since the last telemetry message
-        self._lock = threading.Lock()
+        self.accounting = EnergyAccounting(self.meter)
         reason = self.ctx.unavailable_reason()
         log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic",
                  self.mode and f"{self.mode['id']} {self.mode['name']}", self.sampler.power_source and
@@ -56,15 +56,6 @@ class PowerRuntime:
         old, self.mode = self.mode, self.ctx.current_mode()
         return old, self.mode
 
-    # -- energy --------------------------------------------------------------------------
-    def energy_mj(self, t0: float, t1: float) -> float | None:
-        return self.meter.energy_mj(t0, t1)
-
-    def count_energy(self, mj: float, images: int) -> None:
-        with self._lock:
-            self._energy[0] += mj
-            self._energy[1] += images
-
     # -- telemetry -----------------------------------------------------------------------
     def start(self, node: str, offer: Callable[[dict], None] | None) -> None:
         """Start energy metering, the optional Prometheus endpoint, and — when there is somewhere
@@ -81,14 +72,9 @@ class PowerRuntime:
 
     def telemetry(self, node: str) -> dict:
         sample = self.sampler.sample()
-        with self._lock:
-            mj, images = self._energy
-            self._energy = [0.0, 0]
-        payload = {"schema": messages.TELEMETRY_SCHEMA, "node": node, "time": messages.utc_now(), **sample}
-        payload["inference"] = {"images": images,
-                                "energy_mj_per_image": round(mj / images, 3) if images and mj else None}
-        self.last_sample = payload
-        return payload
+        images, per_image_mj = self.accounting.take()
+        self.last_sample = messages.telemetry(node, sample, images, per_image_mj)
+        return self.last_sample
 
     def _run(self, node: str, offer: Callable[[dict], None]) -> None:
         while not self._stop.is_set():

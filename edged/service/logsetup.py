@@ -13,21 +13,21 @@ Two filters protect the journal:
   the arguments) beyond ``burst`` per ``interval`` seconds are dropped and counted; the next
   one after the window reports "suppressed K similar messages". journald's own per-unit limit
   would otherwise drop *all* messages of the unit, including the one that explains the fault.
-* PHI redaction, as defence in depth. The rule is that code never logs PHI (log UIDs and
-  counts, not names); the filter catches obvious slips such as a DICOM person name
-  (``DOE^JOHN``), ``PatientID=...`` or a pydicom dataset dump of group 0010.
+* PHI redaction, as defence in depth (:mod:`edged.service.redact`): bounded, linear-time, in a
+  filter that runs before the handler's lock, after the rate limiter has seen the template.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
+
+from edged.service.redact import RedactingFilter, redact_phi  # noqa: F401  (redact_phi: API)
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -64,35 +64,6 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
         return False
 
 
-_PHI_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # DICOM UIDs (study/series/instance UIDs identify a patient's exam): a library that logs
-    # a value it validates must not put one in the journal. Five or more numeric components, or
-    # a UUID-derived 2.25.<big number>, so IP addresses and version numbers stay readable. The
-    # standard's own UIDs (1.2.840.10008.*: SOP classes, transfer syntaxes) identify nobody.
-    (re.compile(r"(?<![\w.])(?!1\.2\.840\.10008\.)(?:[0-2](?:\.\d+){4,}|2\.25\.\d{6,})(?![\w.])"),
-     "[redacted-UID]"),
-    # pydicom element reprs in group 0010 (patient module): "(0010,0010) Patient's Name  PN: ..."
-    (re.compile(r"\(0010,\s*[0-9A-Fa-f]{4}\)[^\n]*"), "(0010,xxxx) [redacted]"),
-    # keyword=value / keyword: value for identifying attributes (quoted or bare value).
-    (re.compile(r"\b(Patient(?:Name|ID|BirthDate|BirthTime|Address|TelephoneNumbers|MotherBirthName)"
-                r"|OtherPatient(?:IDs|Names)|AccessionNumber|ReferringPhysicianName"
-                r"|PerformingPhysicianName|InstitutionName|InstitutionAddress)"
-                r"(\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|[^\s,;)]+)"), r"\1\2[redacted]"),
-    # DICOM person names: FAMILY^GIVEN[^MIDDLE...]; quoted first so "VAN DER BERG^ANNA" goes
-    # whole. The caret has no other common use in log text.
-    (re.compile(r"'[^'\n]*\^[^'\n]*'|\"[^\"\n]*\^[^\"\n]*\""), "'[redacted-PN]'"),
-    # "~" is excluded so Python 3.11+ traceback markers (~~~~^^^^) stay readable.
-    (re.compile(r"[^\s'\"=:,;()\[\]{}<>^~]+(?:\^[^\s'\",;()\[\]{}<>^~]*)+"), "[redacted-PN]"),
-)
-
-
-def redact_phi(text: str) -> str:
-    """Replace obvious PHI shapes in ``text``; a safety net, not a de-identification."""
-    for pattern, repl in _PHI_PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
-
-
 class JournalFormatter(logging.Formatter):
     """``<3>edged.batcher: message``, every line of a traceback with the same prefix."""
 
@@ -101,7 +72,7 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{syslog_priority(record.levelno)}>"
-        text = redact_phi(super().format(record))
+        text = super().format(record)
         return "\n".join(prefix + line for line in text.splitlines() or [""])
 
 
@@ -112,8 +83,6 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__("%(asctime)s.%(msecs)03d %(levelname)-8s %(name)s: %(message)s",
                          datefmt="%Y-%m-%d %H:%M:%S")
 
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_phi(super().format(record))
 
 
 class RateLimitFilter(logging.Filter):
@@ -188,6 +157,20 @@ class _EdgedHandler(logging.StreamHandler):
         super().__init__(stream)
         self.limiter = limiter
         self.addFilter(limiter)
+        self._redactor = RedactingFilter()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filters (the rate limiter keys on the message template), then redaction — both
+        before the handler's lock — then emit under the lock."""
+        if not self.filter(record):
+            return False
+        self._redactor.filter(record)
+        self.acquire()
+        try:
+            self.emit(record)
+        finally:
+            self.release()
+        return True
 
     def close(self) -> None:
         try:

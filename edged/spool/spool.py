@@ -3,6 +3,11 @@
 Files are the exact bytes the modality sent (never decoded or re-encoded on the way in), so a
 spool file can be inspected or re-sent with DCMTK. A file disappears only after the results for
 it are committed to the outbox; whatever is here at start-up is work still to do.
+
+An image that can never be inferred (its pixels do not decode, every attempt failed) is moved
+to ``quarantine/`` after its ``error`` event is committed, not deleted: a technician can look at
+it or re-send it. The quarantine is bounded in bytes and age; the oldest files go first. Files
+there are not work: a restart does not pick them up again.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from edged.spool.durable import fsync_dir
@@ -23,11 +29,16 @@ class SpoolFull(Exception):
 
 
 class Spool:
-    def __init__(self, directory: Path, quota_bytes: int, reserve_free_bytes: int = 64 << 20):
+    def __init__(self, directory: Path, quota_bytes: int, reserve_free_bytes: int = 64 << 20,
+                 quarantine_bytes: int = 512 << 20, quarantine_days: float = 30.0):
         self.directory = directory
         self.quota_bytes = quota_bytes
         self.reserve_free_bytes = reserve_free_bytes
+        self.quarantine_bytes = quarantine_bytes
+        self.quarantine_days = quarantine_days
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.quarantine_dir = directory / "quarantine"
+        self.quarantine_dir.mkdir(mode=0o700, exist_ok=True)
         # Where associations stream incoming datasets (the daemon's tempfile dir): same
         # filesystem as the spool, emptied at start (half-received objects were never acknowledged).
         self.incoming = directory / ".incoming"
@@ -67,8 +78,10 @@ class Spool:
             used = sum(self._sizes.values())
             if used + size > self.quota_bytes:
                 raise SpoolFull(f"spool quota: {used + size} > {self.quota_bytes} bytes")
+            # The received file is already on this filesystem (streamed into .incoming): the rename
+            # takes no more space, so only the reserve itself is checked, not reserve + size.
             st = os.statvfs(self.directory)
-            if st.f_bavail * st.f_frsize - size < self.reserve_free_bytes:
+            if st.f_bavail * st.f_frsize < self.reserve_free_bytes:
                 raise SpoolFull("spool filesystem is nearly full")
             self._sizes[key] = size
             return True
@@ -103,3 +116,42 @@ class Spool:
         with self._lock:
             self._sizes.pop(key, None)
         self.path(key).unlink(missing_ok=True)
+
+    def quarantine(self, key: str) -> Path | None:
+        """Move a file that can never be inferred out of the spool (its event is committed).
+        Returns where it went, or None when there was no file."""
+        with self._lock:
+            self._sizes.pop(key, None)
+        src = self.path(key)
+        dst = self.quarantine_dir / src.name
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            return None
+        os.utime(dst)  # age counts from quarantine, not from reception
+        self.prune_quarantine()
+        return dst
+
+    def prune_quarantine(self) -> int:
+        """Drop quarantined files older than the retention, then the oldest beyond the byte cap."""
+        files = []
+        for p in self.quarantine_dir.glob("*.dcm"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        files.sort()
+        cutoff = time.time() - self.quarantine_days * 86400
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        for mtime, size, p in files:
+            if mtime >= cutoff and total <= self.quarantine_bytes:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed
+
+    def quarantined(self) -> list[str]:
+        return sorted(p.stem for p in self.quarantine_dir.glob("*.dcm"))

@@ -100,7 +100,7 @@ def test_authorize_policy():
 
 def test_membership_comes_from_the_group_database(monkeypatch):
     """Primary gid from passwd and members listed for the group count; nothing is read from /proc."""
-    from edged import control
+    from edged.control import server as control
 
     admin = grp.struct_group(("edged-admin-t", "x", 7777, ["alice"]))
     users = {
@@ -139,7 +139,7 @@ def _own_group() -> str:
 
 def test_chown_refused_by_a_filter_is_reported_as_such(sockdir, monkeypatch, caplog):
     """The daemon is in the group, yet chown() fails with EPERM: the warning must say filter, not membership."""
-    from edged import control
+    from edged.control import server as control
 
     def denied(path, uid, gid):
         raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
@@ -154,7 +154,7 @@ def test_chown_refused_by_a_filter_is_reported_as_such(sockdir, monkeypatch, cap
 
 
 def test_chown_refused_for_a_group_we_are_not_in(sockdir, monkeypatch, caplog):
-    from edged import control
+    from edged.control import server as control
 
     group = _own_group()
     monkeypatch.setattr(
@@ -170,7 +170,7 @@ def test_chown_refused_for_a_group_we_are_not_in(sockdir, monkeypatch, caplog):
 
 
 def test_other_chown_errors_are_logged_not_raised(sockdir, monkeypatch, caplog):
-    from edged import control
+    from edged.control import server as control
 
     monkeypatch.setattr(
         control.os, "chown", lambda p, u, g: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system"))

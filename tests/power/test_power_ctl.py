@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edged import ctl
+from edged.control import edgectl as ctl
 from edged.power.nvpmodel import Nvpmodel, NvpmodelError, parse_clocks_show, parse_query
 
 ALL_PROFILES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "power_profiles").glob("*.yaml"))
@@ -179,7 +179,7 @@ def test_clocks_on_off_status(jetson, run, daemon):
 def test_edgectl_runs_as_a_process(jetson, sockdir):
     jetson("orin-nano")
     proc = subprocess.run(
-        [sys.executable, "-m", "edged.ctl", "power", "list", "--socket", str(sockdir / "x.sock")],
+        [sys.executable, "-m", "edged.control.edgectl", "power", "list", "--socket", str(sockdir / "x.sock")],
         capture_output=True,
         text=True,
         timeout=30,

@@ -12,7 +12,7 @@ from helpers import cr_variants, storescu
 
 
 def edgectl(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from edged.ctl import main; raise SystemExit(main())", *argv],
+    return subprocess.run([sys.executable, "-c", "from edged.control.edgectl import main; raise SystemExit(main())", *argv],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -21,7 +21,7 @@ from edged.backends.tensorrt.config import TensorRTConfig
 from edged.backends.tensorrt.engines import EngineManager
 from edged.backends.tensorrt import lock as lock_module
 from edged.backends.tensorrt.lock import FileLock, LockTimeout
-from edged.backends.tensorrt.selection import load_trt
+from edged.backends.selection import load_trt
 from edged.models.manifest import load_manifest, sha256_file
 
 XAVIER = {"ok": True, "tensorrt": "8.5.2.2", "gpu": {"name": "Xavier", "compute_capability": "7.2"},

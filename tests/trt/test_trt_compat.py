@@ -54,7 +54,7 @@ def test_numpy2_daemon_and_numpy1_child_exchange_tensors(minor, compat_python, p
         assert backend.info.detail["worker_python_version"].startswith(minor)
         assert backend._worker.hello["numpy"] == JETPACK_NUMPY[minor], "run tools/setup-compat-pythons.sh"
         x = (np.random.default_rng(0).standard_normal((6, 3, 8, 8)) * 100).astype(np.float16)
-        np.testing.assert_array_equal(backend.infer(x), x.reshape(6, -1).astype(np.float32))
+        np.testing.assert_array_equal(backend.infer(x)["output"], x.reshape(6, -1).astype(np.float32))
     finally:
         backend.close()
 
@@ -81,7 +81,7 @@ def test_tensorrt_build_and_inference_under_the_jetson_python(minor, trt_version
         info = backend.info
         assert info.backend == "tensorrt" and info.detail["api"] == ("bindings" if trt_version == "8.2" else "tensor")
         x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
-        got = backend.infer(x)
+        got = backend.infer(x)["logits"]
         # The double's formula (no onnxruntime here): per-sample mean + 0.01 * k, rounded through float16.
         want = (x.reshape(3, -1).mean(axis=1, keepdims=True) + np.arange(14) * 0.01).astype(np.float16).astype(np.float32)
         np.testing.assert_allclose(got, want, atol=1e-3)

@@ -28,10 +28,10 @@ class Shifted(Backend):
 
     info = property(lambda self: BackendInfo("fake", "fp16", "gpu"))
     input_spec = property(lambda self: self.ref.input_spec)
-    output_spec = property(lambda self: TensorSpec("logits", (-1, 14), "float32"))
+    output_specs = property(lambda self: (TensorSpec("logits", (-1, 14), "float32"),))
 
     def infer(self, batch):
-        return self.ref.infer(batch) + self.shift
+        return {"logits": self.ref.infer(batch)["logits"] + self.shift}
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +83,15 @@ def test_small_drift_passes_and_one_label_over_the_limit_is_named(ref, make_inpu
 def test_auroc_drop_fails_even_when_scores_stay_close(ref, make_inputs):
     """Reordering scores inside a narrow band keeps diffs small but breaks ranking."""
     x = make_inputs(20)
-    raw = ref.infer(x)
+    raw = ref.infer(x)["logits"]
     labels = np.full((20, 14), np.nan)
     labels[:, 0] = (raw[:, 0] > np.median(raw[:, 0])).astype(float)  # label 0 perfectly ranked by the reference
 
     class Scrambled(Shifted):
         def infer(self, batch):
-            out = self.ref.infer(batch).copy()
+            out = self.ref.infer(batch)["logits"].copy()
             out[:, 0] = -out[:, 0] * 0.01  # tiny values, reversed order
-            return out
+            return {"logits": out}
 
     lenient = AccuracyGate(max_abs_diff=1.0, mean_abs_diff=1.0, max_auroc_drop=0.01)
     result = run_gate(Scrambled(ref, 0), ref, x, lenient, labels=labels)

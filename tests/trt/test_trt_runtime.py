@@ -52,15 +52,15 @@ def test_dynamic_engine_per_version(version, api, execute, trt, mods, tiny_model
                                     "dla_core": None, "precision": "fp32"})
     desc = host.describe()
     assert desc["input"] == {"name": "image", "shape": [-1, 3, 64, 64], "dtype": "float32"}
-    assert desc["output"]["shape"] == [-1, 14] and desc["info"]["detail"]["api"] == api
+    assert [o["shape"] for o in desc["outputs"]] == [[-1, 14]] and desc["info"]["detail"]["api"] == api
     del trt.calls[:]
     x = make_inputs(3)
-    np.testing.assert_allclose(host.infer(x), reference.infer(x), atol=1e-6)
+    np.testing.assert_allclose(dict(host.infer(x))["logits"], reference.infer(x)["logits"], atol=1e-6)
     assert [v for w, v in trt.calls if w == execute] == [(3, 3, 64, 64)]  # the shape set for this batch
     other = "context.execute_async_v2" if execute.endswith("v3") else "context.execute_async_v3"
     assert not [c for c in trt.calls if c[0] == other]
     x = make_inputs(10, seed=2)  # larger than the engine's max: split into 4 + 4 + 2
-    np.testing.assert_allclose(host.infer(x), reference.infer(x), atol=1e-6)
+    np.testing.assert_allclose(dict(host.infer(x))["logits"], reference.infer(x)["logits"], atol=1e-6)
     assert [v[0] for w, v in trt.calls if w == execute][-3:] == [4, 4, 2]
 
 
@@ -75,9 +75,9 @@ def test_dla_static_engines_pick_the_smallest_that_fits(trt, mods, tiny_model, t
     assert host.describe()["info"]["device"] == "dla0"
     del trt.calls[:]
     x = make_inputs(3)
-    got = host.infer(x)  # runs on the batch-4 engine with one zero row of padding
+    got = dict(host.infer(x))["logits"]  # runs on the batch-4 engine with one zero row of padding
     assert got.shape == (3, 14)
-    np.testing.assert_allclose(got, reference.infer(x), atol=2e-3)  # FP16 rounding of the double
+    np.testing.assert_allclose(got, reference.infer(x)["logits"], atol=2e-3)  # FP16 rounding of the double
     assert [v for w, v in trt.calls if w == "context.execute_async_v3"] == [None]  # static: no shape set
     assert [v for w, v in trt.calls if w == "context.executed_shape"] == [(4, 3, 64, 64)]
     del trt.calls[:]

@@ -11,7 +11,7 @@ import yaml
 
 from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.tensorrt.config import TensorRTConfig
-from edged.backends.tensorrt.selection import TensorRTUnavailable, select_backend
+from edged.backends.selection import TensorRTUnavailable, select_backend
 from edged.models.manifest import load_manifest
 
 CFG = TensorRTConfig(worker_python=sys.executable, restart_backoff_s=0.05)
@@ -21,7 +21,7 @@ def check_serves(backend, model_dir, make_inputs, atol):
     ref = OnnxRuntimeBackend(model_dir / "model.onnx")
     ref.load()
     x = make_inputs(3)
-    np.testing.assert_allclose(backend.infer(x), ref.infer(x), atol=atol)
+    np.testing.assert_allclose(backend.infer(x)["logits"], ref.infer(x)["logits"], atol=atol)
     ref.close()
 
 
@@ -134,7 +134,7 @@ def test_gate_that_cannot_run_stops_the_trt_worker_and_falls_back(model_copy, tm
                                                                   monkeypatch, make_inputs):
     """An exception inside the gate (here: a validation file the preprocessing rejects) must not
     escape select_backend, and the TensorRT worker started for the gate must not outlive it."""
-    from edged.backends.tensorrt import selection
+    from edged.backends import selection
 
     started = []
     real_load_trt = selection.load_trt

@@ -45,11 +45,11 @@ def test_shm_round_trip_equals_in_process_ort(tiny_model, reference, plain_env, 
     backend.load()
     try:
         assert backend.input_spec == reference.input_spec
-        assert backend.output_spec.shape == (-1, 14)
+        assert [o.shape for o in backend.output_specs] == [(-1, 14)]
         assert backend.info.backend == "onnxruntime" and backend.info.detail["worker_pid"] != os.getpid()
         for n in (1, 3, 8):
             x = make_inputs(n, seed=n)
-            np.testing.assert_array_equal(backend.infer(x), reference.infer(x))
+            np.testing.assert_equal(backend.infer(x), reference.infer(x))
         tensor_file = backend._worker.tensor_path
         assert tensor_file.exists() and str(tensor_file).startswith("/dev/shm")
     finally:
@@ -65,7 +65,7 @@ def test_echo_round_trip_is_exact_and_grows_the_tensor_file(plain_env, dtype):
         rng = np.random.default_rng(1)
         for n in (1, 40):  # 40 x 3 x 50 x 50 floats do not fit the initial 64 KiB file
             x = (rng.standard_normal((n, 3, 50, 50)) * 60).astype(dtype)
-            np.testing.assert_array_equal(backend.infer(x), x.reshape(n, -1).astype(np.float32))
+            np.testing.assert_array_equal(backend.infer(x)["output"], x.reshape(n, -1).astype(np.float32))
     finally:
         backend.close()
 
@@ -76,7 +76,8 @@ def test_output_larger_than_announced_is_fetched_after_growing(plain_env):
         worker.start("echo", {"input_shape": [-1, 1000]}, 30)
         x = np.arange(20000, dtype=np.float32).reshape(20, 1000)
         out = worker.infer(x, seq=1, out_bytes_hint=0, timeout=10)  # child answers need_space first
-        np.testing.assert_array_equal(out, x)
+        np.testing.assert_array_equal(out["output"], x)
+        np.testing.assert_array_equal(out["sum"], x.sum(axis=1))  # every output, in the input's dtype
     finally:
         worker.close()
 
@@ -124,7 +125,7 @@ def test_kill_9_between_batches_restarts_and_serves(tiny_model, reference, plain
         os.kill(first, signal.SIGKILL)
         time.sleep(0.2)
         x = make_inputs(4)
-        np.testing.assert_array_equal(backend.infer(x), reference.infer(x))
+        np.testing.assert_equal(backend.infer(x), reference.infer(x))
         assert backend.pid != first and backend.restarts == 1
         assert kinds(events) == ["worker_crashed", "worker_restarted"]
         crashed = events.got[0][1]
@@ -163,7 +164,7 @@ def test_kill_9_mid_batch_retries_on_a_new_worker(tiny_model, reference, plain_e
     try:
         killer = _kill_when_busy(backend, 1, 0.3)
         x = make_inputs(5)
-        np.testing.assert_array_equal(backend.infer(x), reference.infer(x))
+        np.testing.assert_equal(backend.infer(x), reference.infer(x))
         killer.join()
         assert kinds(events) == ["worker_crashed", "worker_restarted"]
         assert "SIGKILL" in events.got[0][1]["error"] and events.got[0][1]["batch_size"] == 5
@@ -184,7 +185,7 @@ def test_second_crash_fails_the_batch_cleanly_and_backoff_grows(tiny_model, refe
         # The daemon keeps serving: the next batch starts a worker after a longer back-off.
         t0 = time.monotonic()
         x = make_inputs(2, seed=3)
-        np.testing.assert_array_equal(backend.infer(x), reference.infer(x))
+        np.testing.assert_equal(backend.infer(x), reference.infer(x))
         restarts = [f for k, f in events.got if k == "worker_restarted"]
         assert [r["backoff_s"] for r in restarts] == [0.2, 0.4]
         assert time.monotonic() - t0 >= 0.3  # it really waited (0.4 s minus the time since the crash)
@@ -216,7 +217,7 @@ def test_hang_sigstop_times_out_and_restarts(tiny_model, reference, plain_env, e
         os.kill(stopped, signal.SIGSTOP)
         x = make_inputs(3)
         t0 = time.monotonic()
-        np.testing.assert_array_equal(backend.infer(x), reference.infer(x))
+        np.testing.assert_equal(backend.infer(x), reference.infer(x))
         assert 1.4 < time.monotonic() - t0 < 10
         assert kinds(events) == ["worker_timeout", "worker_restarted"]
         assert events.got[0][1]["pid"] == stopped and events.got[0][1]["timeout_s"] == 1.5
@@ -248,7 +249,7 @@ def test_library_output_on_stdout_cannot_corrupt_the_protocol(plain_env):
     backend.load()
     try:
         assert os.readlink(f"/proc/{backend.pid}/fd/1") == os.readlink(f"/proc/{backend.pid}/fd/2")
-        np.testing.assert_array_equal(backend.infer(np.ones((1, 2), np.float32)), np.ones((1, 2)))
+        np.testing.assert_array_equal(backend.infer(np.ones((1, 2), np.float32))["output"], np.ones((1, 2)))
     finally:
         backend.close()
 

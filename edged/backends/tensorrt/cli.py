@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edged.backends.selection import trt_worker
 from edged.backends.tensorrt.builder import EngineBuildError, Preprocess
 from edged.backends.tensorrt.cache import EngineCache
 from edged.backends.tensorrt.config import TensorRTConfig
-from edged.backends.tensorrt.engines import EngineManager, current_device_filter, trt_available
-from edged.backends.tensorrt.selection import gate_engine, trt_worker
+from edged.backends.tensorrt.engines import (
+    EngineManager,
+    current_device_filter,
+    trt_available,
+)
+from edged.backends.tensorrt.gate import gate_engine
 from edged.backends.worker import WorkerLoadError, probe_python
 from edged.models.manifest import LoadedModel, load_manifest
 

@@ -2,9 +2,10 @@
 
 Reduced precision can silently cost accuracy (INT8 with a bad calibration set, an FP16 overflow,
 a layer that fell back oddly). Before activation the candidate and ONNX Runtime FP32 run the same
-validation inputs; we compare per-label *scores* (after the manifest's activation, the numbers a
-consumer sees): max and mean absolute difference, and, when labels are given, the AUROC drop per
-label. Thresholds come from the model manifest (``accuracy:``). Without validation images the gate
+validation inputs; we compare the *decoded* outputs — the numbers a consumer sees, decoded by the
+same functions results use (:mod:`edged.postprocess.decode`): max and mean absolute difference
+per label of every score output, and, when labels are given, the AUROC drop per label. Outputs
+whose decoder has no dense form (detections) are compared on the raw tensors they read. Thresholds come from the model manifest (``accuracy:``). Without validation images the gate
 still runs on seeded synthetic inputs and says so: that checks numeric drift, not diagnostic
 accuracy.
 
@@ -15,6 +16,8 @@ manifest's labels), values 1/0, empty for unknown.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +25,11 @@ from typing import Callable
 import numpy as np
 
 from edged.backends.base import Backend
-from edged.models.manifest import AccuracyGate
+from edged.backends.onnxruntime import OnnxRuntimeBackend
+from edged.backends.tensorrt.builder import Preprocess, calibration_digest
+from edged.backends.tensorrt.engines import EngineManager, EngineSet, preprocess_fingerprint
+from edged.models.manifest import AccuracyGate, OutputSpec, sha256_file
+from edged.postprocess.decode import dense, tensors_of
 
 
 @dataclass
@@ -38,16 +45,6 @@ class GateResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def activate(raw: np.ndarray, activation: str) -> np.ndarray:
-    raw = raw.astype(np.float64)
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-raw))
-    if activation == "softmax":
-        e = np.exp(raw - raw.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    return raw
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -97,22 +94,57 @@ def validation_inputs(images: list[Path], preprocess: Callable[[Path], np.ndarra
     return rng.standard_normal((synthetic, *shape[1:])).astype(np.float32), "synthetic"
 
 
-def _run(backend: Backend, inputs: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([backend.infer(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+def _run(backend: Backend, inputs: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    parts = [backend.infer(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def decoded_columns(outputs: tuple[OutputSpec, ...], raw: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """(N, K) of every decoded score (and every raw value of outputs without a dense decoding),
+    with a name per column: the label, prefixed by the output when there are several."""
+    columns, names = [], []
+    for spec in outputs:
+        values = dense(spec, raw)
+        prefix = f"{spec.name}/" if len(outputs) > 1 else ""
+        if values is not None:
+            columns.append(values)
+            names += [prefix + label for label in spec.labels]
+            continue
+        for tensor in tensors_of(spec):
+            flat = np.asarray(raw[tensor], dtype=np.float64).reshape(len(raw[tensor]), -1)
+            columns.append(flat)
+            names += [f"{prefix}{tensor}#{k}" for k in range(flat.shape[1])]
+    return np.concatenate(columns, axis=1), names
+
+
+def default_outputs(backend: Backend, label_names: tuple[str, ...] = ()) -> tuple[OutputSpec, ...]:
+    """Sigmoid over each raw output, for callers without a manifest (tests, tools)."""
+    specs = backend.output_specs
+    out = []
+    for spec in specs:
+        k = int(np.prod([d for d in spec.shape[1:] if d > 0] or [1]))
+        labels = label_names if len(label_names) == k and len(specs) == 1 else tuple(f"#{i}" for i in range(k))
+        out.append(OutputSpec(name=spec.name, decode="sigmoid", labels=labels))
+    return tuple(out)
 
 
 def run_gate(candidate: Backend, reference: Backend, inputs: np.ndarray, gate: AccuracyGate, *,
-             activation: str = "sigmoid", label_names: tuple[str, ...] = (), labels: np.ndarray | None = None,
-             batch: int = 8, input_kind: str = "images") -> GateResult:
-    """Compare ``candidate`` with ``reference`` on ``inputs``; ``passed`` False names every breach."""
-    ref = activate(_run(reference, inputs, batch), activation)
-    cand = activate(_run(candidate, inputs, batch), activation)
+             outputs: tuple[OutputSpec, ...] | None = None, label_names: tuple[str, ...] = (),
+             labels: np.ndarray | None = None, batch: int = 8, input_kind: str = "images") -> GateResult:
+    """Compare ``candidate`` with ``reference`` on ``inputs``; ``passed`` False names every breach.
+    ``outputs`` are the manifest's decoded outputs; ``labels`` (N, K) align with their columns."""
+    outputs = outputs or default_outputs(reference, label_names)
+    try:
+        ref, names = decoded_columns(outputs, _run(reference, inputs, batch))
+        cand, _ = decoded_columns(outputs, _run(candidate, inputs, batch))
+    except (KeyError, ValueError) as exc:
+        return GateResult(False, f"outputs do not match the reference: {exc}", float("inf"), float("inf"), None,
+                          len(inputs), input_kind)
     if ref.shape != cand.shape:
         return GateResult(False, f"output shapes differ: {cand.shape} vs reference {ref.shape}", float("inf"),
                           float("inf"), None, len(inputs), input_kind)
     diff = np.abs(cand - ref)
     max_abs, mean_abs = float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0
-    names = label_names if len(label_names) == ref.shape[1] else tuple(f"#{k}" for k in range(ref.shape[1]))
     per_label = {n: float(diff[:, k].max(initial=0.0)) for k, n in enumerate(names)}
     problems = []
     if not np.all(np.isfinite(cand)):
@@ -125,7 +157,7 @@ def run_gate(candidate: Backend, reference: Backend, inputs: np.ndarray, gate: A
     drop = None
     if labels is not None:
         drops = []
-        for k in range(ref.shape[1]):
+        for k in range(min(ref.shape[1], labels.shape[1])):
             known = ~np.isnan(labels[:, k])
             a_ref, a_cand = auroc(ref[known, k], labels[known, k]), auroc(cand[known, k], labels[known, k])
             if a_ref is not None and a_cand is not None:
@@ -141,3 +173,46 @@ def run_gate(candidate: Backend, reference: Backend, inputs: np.ndarray, gate: A
     auroc_text = f", AUROC drop {drop:.4g}" if drop is not None else ""
     return GateResult(True, f"passed on {where}: max abs diff {max_abs:.3g}, mean {mean_abs:.3g}{auroc_text}",
                       max_abs, mean_abs, drop, len(inputs), input_kind, per_label)
+
+
+def gate_engine(manager: EngineManager, candidate: Backend, preprocess: Preprocess | None,
+                engines: EngineSet | None = None) -> GateResult:
+    """Run the manifest's accuracy gate: candidate vs FP32 ONNX Runtime in-process.
+
+    With ``engines`` the result is remembered in the first engine's metadata, keyed by every
+    engine's sha256, the thresholds and the validation data: the same engines on the same data
+    give the same answer, so a restart of the daemon does not pay for the gate again.
+    """
+    manifest = manager.model.manifest
+    images = manager.images_for_validation()
+    kind = "images" if images and preprocess is not None else "synthetic"
+    gate_key = hashlib.sha256(json.dumps({
+        "engines": [e.meta.get("engine_sha256") for _, e in engines.entries] if engines else None,
+        "accuracy": manifest.accuracy.model_dump(), "kind": kind,
+        "outputs": [o.model_dump() for o in manifest.decoded_outputs],
+        "data": calibration_digest(manager.model.sha256, images, preprocess_fingerprint(manager.model))
+        if kind == "images" else "seed0x16",
+        "labels": sha256_file(images[0].parent / "labels.csv") if images and (images[0].parent / "labels.csv").exists() else None,
+    }, sort_keys=True).encode()).hexdigest()
+    first = engines.entries[0][1] if engines else None
+    cached = (first.meta.get("gates") or {}).get(gate_key) if first else None
+    if cached:
+        result = GateResult(**cached)
+        result.reason = f"{result.reason} (remembered from an earlier run)"
+        return result
+    reference = OnnxRuntimeBackend(manager.model.onnx_path)
+    reference.load()
+    try:
+        inputs, kind = validation_inputs(images, preprocess, reference.input_spec.shape)
+        labels = None
+        if kind == "images" and images:
+            outputs = manifest.decoded_outputs
+            names = tuple((f"{o.name}/" if len(outputs) > 1 else "") + label for o in outputs for label in o.labels)
+            labels = read_labels(images[0].parent, images, names)
+        result = run_gate(candidate, reference, inputs, manifest.accuracy, outputs=manifest.decoded_outputs,
+                          labels=labels, batch=manager.max_batch, input_kind=kind)
+    finally:
+        reference.close()
+    if first is not None:
+        manager.cache.update_meta(first, gates={**(first.meta.get("gates") or {}), gate_key: result.as_dict()})
+    return result

@@ -9,6 +9,8 @@ API per version: TensorRT 8.5+ and 10.x use the tensor API (``num_io_tensors``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); 8.2 has only bindings
 (``num_bindings``, ``set_binding_shape``, ``execute_async_v2``); 10.x removed bindings.
 
+Outputs: every output tensor of the engine, by name, in the engine's order and dtype.
+
 Engines: one dynamic-batch engine (GPU), or one static-batch engine per batch size (DLA has no
 dynamic shapes); a batch goes to the smallest engine that fits, padded with zeros.
 """
@@ -62,25 +64,26 @@ class _Engine(object):
                            np.dtype(trt.nptype(engine.get_binding_dtype(i))), i))
         inputs = [t for t in io if t[1]]
         outputs = [t for t in io if not t[1]]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise HostError("load_error", "edged serves engines with one input and one output")
-        self.inp, self.out = inputs[0], outputs[0]
+        if len(inputs) != 1 or not outputs:
+            raise HostError("load_error", "edged serves engines with one input and at least one output")
+        self.inp, self.outs = inputs[0], outputs
         self.num_io = len(io)
         self.capacity = capacity
         self.context = engine.create_execution_context()
         in_shape = (capacity,) + self.inp[2][1:]
-        out_shape = (capacity,) + self.out[2][1:]
         self.host_in = cuda.pagelocked_empty(int(np.prod(in_shape)), self.inp[3])
-        self.host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), self.out[3])
         self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
-        self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
+        self.host_out, self.dev_out = [], []
+        for out in self.outs:
+            host = cuda.pagelocked_empty(int(np.prod((capacity,) + out[2][1:])), out[3])
+            self.host_out.append(host)
+            self.dev_out.append(cuda.mem_alloc(host.nbytes))
         self.stream = cuda.Stream()
 
     def run(self, x):
         n = x.shape[0]
         rows = self.capacity if self.static else n
         count_in = rows * int(np.prod(self.inp[2][1:]))
-        count_out = rows * int(np.prod(self.out[2][1:]))
         flat = x.astype(self.inp[3]).reshape(-1)
         self.host_in[:flat.size] = flat
         if rows > n:
@@ -92,20 +95,27 @@ class _Engine(object):
             if not self.static and not ctx.set_input_shape(self.inp[0], shape):
                 raise RuntimeError("set_input_shape%r rejected" % (shape,))
             ctx.set_tensor_address(self.inp[0], int(self.dev_in))
-            ctx.set_tensor_address(self.out[0], int(self.dev_out))
+            for out, dev in zip(self.outs, self.dev_out):
+                ctx.set_tensor_address(out[0], int(dev))
             ok = ctx.execute_async_v3(self.stream.handle)
         else:
             if not self.static and not ctx.set_binding_shape(self.inp[4], shape):
                 raise RuntimeError("set_binding_shape%r rejected" % (shape,))
             bindings = [0] * self.num_io
             bindings[self.inp[4]] = int(self.dev_in)
-            bindings[self.out[4]] = int(self.dev_out)
+            for out, dev in zip(self.outs, self.dev_out):
+                bindings[out[4]] = int(dev)
             ok = ctx.execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
         if not ok:
             raise RuntimeError("TensorRT execution failed")
-        cuda.memcpy_dtoh_async(self.host_out[:count_out], self.dev_out, self.stream)
+        counts = []
+        for out, host, dev in zip(self.outs, self.host_out, self.dev_out):
+            count = rows * int(np.prod(out[2][1:]))
+            counts.append(count)
+            cuda.memcpy_dtoh_async(host[:count], dev, self.stream)
         self.stream.synchronize()
-        return self.host_out[:count_out].reshape(rows, -1)[:n].astype(np.float32)
+        return [(out[0], host[:count].reshape((rows,) + tuple(out[2][1:]))[:n].copy())
+                for out, host, count in zip(self.outs, self.host_out, counts)]
 
 
 class TrtHost(object):
@@ -137,21 +147,25 @@ class TrtHost(object):
             return {"name": t[0], "shape": [-1] + [int(d) for d in t[2][1:]], "dtype": t[3].name}
 
         dla = self.params.get("dla_core")
-        return {"input": spec(eng.inp), "output": spec(eng.out),
+        return {"input": spec(eng.inp), "outputs": [spec(o) for o in eng.outs],
                 "info": {"backend": "tensorrt", "precision": self.params.get("precision", "fp32"),
                          "device": "gpu" if dla is None else "dla%d" % dla,
                          "detail": {"trt_version": self.trt.__version__, "engines": [e["path"] for e in self.params["engines"]],
                                     "api": "tensor" if eng.tensor_api else "bindings", "max_batch": self.max_batch}}}
 
     def infer(self, x):
-        outs = []
+        """Every output by name, in the engine's order; batches above the largest engine are
+        run in chunks and concatenated."""
+        chunks = []
         start = 0
         while start < x.shape[0]:
             chunk = x[start:start + self.max_batch]
             eng = next(e for e in self.engines if e.capacity >= chunk.shape[0])
-            outs.append(eng.run(chunk))
+            chunks.append(eng.run(chunk))
             start += chunk.shape[0]
-        return np.concatenate(outs, axis=0)
+        if len(chunks) == 1:
+            return chunks[0]
+        return [(name, np.concatenate([c[i][1] for c in chunks], axis=0)) for i, (name, _) in enumerate(chunks[0])]
 
     def close(self):
         self.engines = []

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edged.backends.base import Backend, BackendError, BackendInfo, TensorSpec
+from edged.backends.base import Backend, BackendError, BackendInfo, Outputs, TensorSpec, check_outputs
 from edged.backends.worker import child
 from edged.backends.worker.process import WorkerFailure, WorkerProcess, WorkerReplyError, sweep_stale_tensor_files
 
@@ -115,14 +115,14 @@ class WorkerBackend(Backend):
         return _spec(self._described()["input"])
 
     @property
-    def output_spec(self) -> TensorSpec:
-        return _spec(self._described()["output"])
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_spec(d) for d in self._described()["outputs"])
 
     @property
     def pid(self) -> int | None:
         return self._worker.pid if self._worker else None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray) -> Outputs:
         with self._lock:
             if self._closed or self._desc is None:
                 raise BackendError(f"{self.name}: backend {'closed' if self._closed else 'not loaded'}")
@@ -139,7 +139,7 @@ class WorkerBackend(Backend):
                 except (WorkerReplyError, child.TensorIOError) as exc:  # refused/unsendable batch: retry won't help
                     raise BackendError(f"{self.name}: {exc}") from exc
                 self._failures = 0
-                return out
+                return check_outputs(out, self.output_specs, batch.shape[0])
             raise BackendError(f"{self.name}: batch of {batch.shape[0]} failed twice: {last}") from last
 
     def close(self) -> None:
@@ -219,11 +219,12 @@ class WorkerBackend(Backend):
             self._emit("worker_crashed", fields)
         self._schedule_backoff()
 
-    def _infer_once(self, batch: np.ndarray) -> np.ndarray:
+    def _infer_once(self, batch: np.ndarray) -> Outputs:
         worker = self._worker
         assert worker is not None
         self._seq += 1
-        out_spec = self._described()["output"]["shape"]
-        per_sample = int(np.prod([d for d in out_spec[1:] if d > 0] or [1]))
-        hint = child.HEADER_SIZE + child.align(batch.shape[0] * per_sample * 4)
+        hint = 0
+        for spec in self._described()["outputs"]:  # a guess; the child asks for more if needed
+            per_sample = int(np.prod([d for d in spec["shape"][1:] if d > 0] or [1]))
+            hint += child.HEADER_SIZE + child.align(batch.shape[0] * per_sample * np.dtype(spec["dtype"]).itemsize)
         return worker.infer(batch, self._seq, hint, self.batch_timeout_s)

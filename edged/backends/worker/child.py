@@ -13,7 +13,9 @@ Protocol: JSON lines. Requests arrive on stdin, replies leave on the original st
 moved to a private descriptor at start-up; descriptor 1 is pointed at stderr so that a library
 printing to stdout (TensorRT, ONNX Runtime, pycuda) cannot corrupt the protocol. Tensors never
 travel in JSON: they live in one memory-mapped file (in /dev/shm) that the daemon creates, each
-tensor behind a fixed 128-byte header (see ``HEADER``). No pickles: numpy 2 pickles do not
+tensor behind a fixed 128-byte header (see ``HEADER``): the input batch at offset 0, then every
+output of the model, one after the other from ``out_offset``; the reply names each output and
+its offset. A host's ``infer(x)`` returns a list of ``(name, array)`` in the network's order. No pickles: numpy 2 pickles do not
 load in numpy 1.x, and a header is a contract both sides can check.
 """
 import json
@@ -29,7 +31,7 @@ import traceback
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: any number of named outputs per batch
 MAGIC = b"EDGDTNS1"
 TENSOR_VERSION = 1
 # magic, version, dtype code, ndim, seq, data offset (from file start), nbytes, shape[8]
@@ -128,7 +130,7 @@ def _spec(name, shape, dtype):
 
 
 class EchoHost(object):
-    """numpy-only host: returns each sample flattened as float32.
+    """numpy-only host: returns each sample flattened as float32, and its sum in the input dtype.
 
     Used for the IPC self-test under the Jetson Pythons, where ONNX Runtime is usually absent,
     so the shared-memory contract is checked on the very interpreters that will run TensorRT.
@@ -144,12 +146,13 @@ class EchoHost(object):
             features *= d
         return {
             "input": _spec("input", self.shape, self.dtype),
-            "output": _spec("output", [-1, features], "float32"),
+            "outputs": [_spec("output", [-1, features], "float32"), _spec("sum", [-1], self.dtype)],
             "info": {"backend": "echo", "precision": "fp32", "device": "cpu", "detail": {}},
         }
 
     def infer(self, x):
-        return x.reshape(x.shape[0], -1).astype("float32")
+        flat = x.reshape(x.shape[0], -1)
+        return [("output", flat.astype("float32")), ("sum", flat.sum(axis=1).astype(x.dtype))]
 
     def close(self):
         pass
@@ -158,7 +161,8 @@ class EchoHost(object):
 class OrtHost(object):
     """ONNX Runtime on the CPU, same settings as the in-process OnnxRuntimeBackend."""
 
-    _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+    _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
     def __init__(self, params):
         import onnxruntime as ort
@@ -168,16 +172,19 @@ class OrtHost(object):
         opts.intra_op_num_threads = int(params.get("threads", 0))
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(params["model"], sess_options=opts, providers=["CPUExecutionProvider"])
-        if len(self.session.get_inputs()) != 1 or len(self.session.get_outputs()) != 1:
-            raise HostError("load_error", "edged serves models with one input and one output")
+        if len(self.session.get_inputs()) != 1:
+            raise HostError("load_error", "edged serves models with one input")
         self.threads = int(params.get("threads", 0))
+        self.outputs = self.session.get_outputs()
 
     def describe(self):
-        i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        i = self.session.get_inputs()[0]
         return {
             "input": _spec(i.name, i.shape, self._TYPES.get(i.type, i.type)),
-            "output": _spec(o.name, o.shape, self._TYPES.get(o.type, o.type)),
+            "outputs": [_spec(o.name, o.shape, self._TYPES.get(o.type, o.type)) for o in self.outputs],
             "info": {"backend": "onnxruntime", "precision": "fp32", "device": "cpu",
                      "detail": {"ort_version": self.ort.__version__, "threads": self.threads}},
         }
@@ -185,8 +192,8 @@ class OrtHost(object):
     def infer(self, x):
         import numpy as np
 
-        out = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
-        return np.asarray(out, dtype=np.float32).reshape(x.shape[0], -1)
+        values = self.session.run(None, {self.session.get_inputs()[0].name: x})
+        return [(o.name, np.asarray(v)) for o, v in zip(self.outputs, values)]
 
     def close(self):
         self.session = None
@@ -243,13 +250,18 @@ class Server(object):
         seq = int(req["seq"])
         x, _ = read_tensor(self.mm, 0, expect_seq=seq)
         t0 = time.time()
-        y = self.host.infer(x)
+        ys = self.host.infer(x)
         ms = (time.time() - t0) * 1000.0
-        need = int(req["out_offset"]) + block_size(y.shape, y.dtype.name)
-        if need > len(self.mm):
-            return {"ok": False, "code": "need_space", "need": need, "error": "output needs %d bytes" % need}
-        write_tensor(self.mm, int(req["out_offset"]), y, seq)
-        return {"ms": ms}
+        offset = int(req["out_offset"])
+        placed = []
+        for name, y in ys:
+            placed.append({"name": name, "offset": offset})
+            offset = align(offset + block_size(y.shape, y.dtype.name))
+        if offset > len(self.mm):
+            return {"ok": False, "code": "need_space", "need": offset, "error": "outputs need %d bytes" % offset}
+        for (name, y), where in zip(ys, placed):
+            write_tensor(self.mm, where["offset"], y, seq)
+        return {"ms": ms, "outputs": placed}
 
     def op_ping(self, req):
         return {}

@@ -197,26 +197,32 @@ class WorkerProcess:
         self.hello = self._wait_reply(None, "start", timeout)
         return self.request({"op": "load", "host": host, "params": params, "shm": str(self.tensor_path)}, timeout)
 
-    def infer(self, batch, seq: int, out_bytes_hint: int, timeout: float):
-        """Write ``batch`` to the tensor file, run it, read the output tensor back."""
+    def infer(self, batch, seq: int, out_bytes_hint: int, timeout: float) -> dict:
+        """Write ``batch`` to the tensor file, run it, read every output tensor back by name."""
         out_offset = child.align(child.block_size(batch.shape, batch.dtype.name))
         self._resize(out_offset + max(out_bytes_hint, child.HEADER_SIZE))
         assert self._mm is not None
         child.write_tensor(self._mm, 0, batch, seq)
+        reply: dict = {}
         for _ in range(2):
             try:
-                self.request({"op": "infer", "seq": seq, "out_offset": out_offset}, timeout)
+                reply = self.request({"op": "infer", "seq": seq, "out_offset": out_offset}, timeout)
                 break
             except WorkerReplyError as exc:
                 if exc.code != "need_space":
                     raise
-                # Output larger than guessed: grow the file and ask again (input stays valid).
+                # Outputs larger than guessed: grow the file and ask again (input stays valid).
                 self._resize(int(exc.reply["need"]))
+        outputs = {}
         try:
-            out, _ = child.read_tensor(self._mm, out_offset, expect_seq=seq)
-        except child.TensorIOError as exc:  # the child said "done" but left no valid tensor: it is broken
+            for placed in reply.get("outputs") or []:
+                outputs[str(placed["name"])], _ = child.read_tensor(self._mm, int(placed["offset"]), expect_seq=seq)
+        except (child.TensorIOError, KeyError, TypeError, ValueError) as exc:
+            # the child said "done" but left no valid tensor: it is broken
             raise WorkerDied(f"worker {self.pid} returned an invalid output tensor: {exc}", {"pid": self.pid}) from exc
-        return out
+        if not outputs:
+            raise WorkerDied(f"worker {self.pid} returned no outputs", {"pid": self.pid})
+        return outputs
 
     def kill(self) -> None:
         """SIGKILL the whole process group: works on hung and on SIGSTOPped workers alike."""

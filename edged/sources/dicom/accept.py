@@ -5,6 +5,9 @@ SOP class, modality and photometric interpretation must match when present; Body
 and ViewPosition follow the manifest's ``when_missing`` policy when absent (default: accept,
 because many CR/DX devices leave them empty) and must match when present — a lateral view or
 a knee is never inferred by a frontal chest model.
+
+Every value read here goes through :mod:`edged.sources.dicom.vocab` first: routing decisions,
+refusal reasons and the payload's ``source`` block only ever see defined terms or a code.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from edged.models.manifest import ModelManifest
+from edged.sources.dicom import vocab
+
+SKIP_REASONS = ("sop_class", "modality", "body_part", "view_position", "photometric", "multi_frame")
 
 
 @dataclass(frozen=True)
@@ -35,67 +41,116 @@ class SourceInfo:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
 
-def _norm(value: object) -> str | None:
-    text = str(value).strip().upper() if value is not None else ""
-    return text or None
+def value(ds: Dataset, keyword: str) -> object:
+    """An element's value, or None when it is absent or cannot be read (a corrupted element must
+    not raise out of routing: the image is then described as ``invalid``, not lost)."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return vocab.UNREADABLE
 
 
-def sop_class_name(uid: str) -> str:
-    """The standard name of a SOP class; private and unknown classes stay anonymous (their UID
-    could name a vendor's product line, and the rule is simply: no UIDs leave the device)."""
-    name = UID(uid).name
-    return "private or unknown SOP class" if name == uid else name
+def _int(ds: Dataset, keyword: str, limit: int = 1 << 31) -> int | None:
+    v = value(ds, keyword)
+    try:
+        n = int(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if 0 <= n < limit else None
 
 
-def source_info(ds: Dataset, calling_ae: str) -> SourceInfo:
+def sop_class_name(uid: object) -> str:
+    """The standard name of a SOP class or transfer syntax; private and unknown ones stay
+    anonymous (their UID could name a vendor's product line, and the rule is simply: no UIDs
+    leave the device)."""
+    if uid is vocab.UNREADABLE:
+        return "private or unknown"
+    text = str(uid)[:vocab.MAX_RAW]
+    try:
+        name = UID(text).name
+    except Exception:
+        return "private or unknown"
+    return "private or unknown" if name == text or not name.isprintable() else name[:96]
+
+
+class Vocabulary:
+    """The coded values this device may repeat: DICOM's defined terms plus the terms the served
+    models' accept rules name."""
+
+    def __init__(self, manifests: list[ModelManifest]):
+        def extra(attr: str) -> frozenset[str]:
+            return frozenset(v.upper() for m in manifests for v in getattr(m.accept, attr))
+
+        self.modalities = vocab.MODALITIES | extra("modalities")
+        self.body_parts = vocab.BODY_PARTS | extra("body_parts")
+        self.views = vocab.VIEW_POSITIONS | extra("view_positions")
+        self.photometric = vocab.PHOTOMETRIC | extra("photometric")
+
+    def modality(self, ds: Dataset) -> str | None:
+        return vocab.coded(value(ds, "Modality"), self.modalities)
+
+    def body_part(self, ds: Dataset) -> str | None:
+        return vocab.coded(value(ds, "BodyPartExamined"), self.body_parts)
+
+    def view(self, ds: Dataset) -> str | None:
+        return vocab.coded(value(ds, "ViewPosition"), self.views)
+
+    def photometric_of(self, ds: Dataset) -> str | None:
+        return vocab.coded(value(ds, "PhotometricInterpretation"), self.photometric)
+
+
+def source_info(ds: Dataset, calling_ae: str, words: Vocabulary) -> SourceInfo:
     meta = getattr(ds, "file_meta", None)
-    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    sop = ds.get("SOPClassUID")
+    ts = value(meta, "TransferSyntaxUID") if meta is not None else None
+    sop = value(ds, "SOPClassUID")
     return SourceInfo(
-        calling_ae=calling_ae,
-        sop_class=sop_class_name(str(sop)) if sop else "unknown",
-        modality=_norm(ds.get("Modality")),
-        body_part=_norm(ds.get("BodyPartExamined")),
-        view_position=_norm(ds.get("ViewPosition")),
-        photometric=_norm(ds.get("PhotometricInterpretation")),
-        transfer_syntax=sop_class_name(str(ts)) if ts else None,
-        rows=int(ds.Rows) if ds.get("Rows") is not None else None,
-        columns=int(ds.Columns) if ds.get("Columns") is not None else None,
+        calling_ae=vocab.ae_title(calling_ae),
+        sop_class=sop_class_name(sop) if sop else "unknown",
+        modality=words.modality(ds),
+        body_part=words.body_part(ds),
+        view_position=words.view(ds),
+        photometric=words.photometric_of(ds),
+        transfer_syntax=sop_class_name(ts) if ts else None,
+        rows=_int(ds, "Rows", 1 << 16),
+        columns=_int(ds, "Columns", 1 << 16),
     )
 
 
-def refusal(ds: Dataset, m: ModelManifest) -> str | None:
-    """None if ``m`` accepts the image, else a short reason code with a PHI-free explanation."""
+def refusal(ds: Dataset, m: ModelManifest, words: Vocabulary) -> str | None:
+    """None if ``m`` accepts the image, else ``code: explanation`` (code from SKIP_REASONS; the
+    explanation quotes only vocabulary terms and codes)."""
     rules = m.accept
-    if str(ds.get("SOPClassUID", "")) not in rules.sop_classes:
+    if str(value(ds, "SOPClassUID") or "")[:vocab.MAX_RAW] not in rules.sop_classes:
         return "sop_class: not a storage class this model accepts"
-    modality = _norm(ds.get("Modality"))
+    modality = words.modality(ds)
     if modality not in rules.modalities:
         return f"modality: {modality or 'missing'} not in {'/'.join(rules.modalities)}"
-    body = _norm(ds.get("BodyPartExamined"))
+    body = words.body_part(ds)
     if body is None and rules.when_missing.body_part == "skip":
         return "body_part: BodyPartExamined missing"
     if body is not None and body not in rules.body_parts:
         return f"body_part: {body} not in {'/'.join(rules.body_parts)}"
-    view = _norm(ds.get("ViewPosition"))
+    view = words.view(ds)
     if view is None and rules.when_missing.view_position == "skip":
         return "view_position: ViewPosition missing"
     if view is not None and view not in rules.view_positions:
         return f"view_position: {view} not in {'/'.join(rules.view_positions)}"
-    photometric = _norm(ds.get("PhotometricInterpretation"))
+    photometric = words.photometric_of(ds)
     if photometric not in rules.photometric:
         return f"photometric: {photometric or 'missing'} not supported"
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int(ds, "NumberOfFrames") if value(ds, "NumberOfFrames") not in (None, "") else 1
+    if frames is None:
+        return "multi_frame: NumberOfFrames invalid"
     if frames > rules.max_frames:
         return f"multi_frame: {frames} frames"
     return None
 
 
-def route(ds: Dataset, manifests: list[ModelManifest]) -> tuple[list[str], dict[str, str]]:
+def route(ds: Dataset, manifests: list[ModelManifest], words: Vocabulary) -> tuple[list[str], dict[str, str]]:
     """Names of the models that accept ``ds``, and the refusal reason of each that does not."""
     accepted, refused = [], {}
     for m in manifests:
-        why = refusal(ds, m)
+        why = refusal(ds, m, words)
         if why is None:
             accepted.append(m.name)
         else:

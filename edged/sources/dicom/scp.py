@@ -3,20 +3,23 @@
 What the handler promises a modality when it answers 0x0000: the bytes it sent are fsynced in
 the spool (or, for images no model accepts, a ``skipped`` event is committed to the outbox).
 It never decodes pixels and never runs inference — a slow handler blocks the sender's
-association. Bad input gets the status PS3.4 prescribes plus an event:
+association. What an accepted instance becomes is :mod:`edged.sources.dicom.source`'s business.
+Bad input gets the status PS3.4 prescribes plus an event:
 
 =========  ==========================================================
 0xA700     out of resources: spool quota or disk full, write failure
 0xA900     dataset does not match the SOP class/instance of the request
-0xC000     cannot understand: unreadable, truncated, no pixel data
+0xC000     cannot understand: unreadable or truncated dataset, invalid header, no pixel data
 =========  ==========================================================
+
+A header that makes pydicom raise anything at all is "cannot understand" (0xC000), never "out of
+resources": 0xA7xx invites the sender to retry the same bytes forever.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
@@ -29,11 +32,12 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
 
 from edged.config.schema import DicomConfig
-from edged.models.manifest import ModelManifest
-from edged.mqtt import messages
+from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom.accept import route, sop_class_name, source_info
+from edged.sources.dicom import vocab
+from edged.sources.dicom.accept import sop_class_name, value
+from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool, SpoolFull
 
 log = logging.getLogger("edged.dicom")
@@ -68,20 +72,10 @@ class Rejected(Exception):
 
 
 class StorageSCP:
-    def __init__(
-        self,
-        cfg: DicomConfig,
-        spool: Spool,
-        outbox: Outbox,
-        pseudo: Pseudonymizer,
-        manifests: list[ModelManifest],
-        topics: messages.Topics,
-        on_spooled: Callable[[str], None],
-        on_event: Callable[[], None] = lambda: None,
-    ):
+    def __init__(self, cfg: DicomConfig, spool: Spool, outbox: Outbox, pseudo: Pseudonymizer, source: DicomSource,
+                 events: EventEmitter):
         self.cfg, self.spool, self.outbox, self.pseudo = cfg, spool, outbox, pseudo
-        self.manifests, self.topics = manifests, topics
-        self.on_spooled, self.on_event = on_spooled, on_event
+        self.source, self.events = source, events
         self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self._server = None
         self.port: int | None = None
@@ -135,38 +129,39 @@ class StorageSCP:
             reason, diag = "calling_ae_not_allowed", 0x03
         if reason is None:
             return
+        calling = vocab.ae_title(calling)
         log.warning("association from %s (AE %s) refused: %s", host, calling, reason)
         assoc.acse.send_reject(0x01, 0x01, diag)
-        self._event("rejected", reason, calling_ae=calling, peer=host,
-                    detail="association refused by the allow-list")
+        self.events.emit("rejected", reason, calling_ae=calling, peer=host,
+                         detail="association refused by the allow-list")
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Report presentation contexts we refused (e.g. a transfer syntax we cannot decode)."""
         refused = event.assoc.rejected_contexts
         if not refused:
             return
-        calling = event.assoc.requestor.ae_title.strip()
+        calling = vocab.ae_title(event.assoc.requestor.ae_title)
         names = sorted({sop_class_name(str(cx.abstract_syntax)) for cx in refused})
         log.warning("association from %s: %d presentation context(s) refused: %s", calling, len(refused),
                     ", ".join(names))
-        self._event("rejected", "presentation_context", calling_ae=calling,
-                    detail=f"refused {len(refused)} presentation context(s) (no decodable transfer syntax "
-                           f"offered or unknown SOP class): {', '.join(names)}")
+        self.events.emit("rejected", "presentation_context", calling_ae=calling,
+                         detail=f"refused {len(refused)} presentation context(s) (no decodable transfer syntax "
+                                f"offered or unknown SOP class): {', '.join(names)}")
 
     # -- C-STORE -------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:
-        calling = event.assoc.requestor.ae_title.strip()
+        calling = vocab.ae_title(event.assoc.requestor.ae_title)
         try:
             return self._store(event, calling)
         except Rejected as exc:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, exc.status, exc.reason)
-            self._event("rejected", exc.reason.split(":")[0], calling_ae=calling, status=exc.status,
-                        detail=exc.reason)
+            self.events.emit("rejected", exc.reason.split(":")[0], calling_ae=calling, status=exc.status,
+                             detail=exc.reason)
             return exc.status
         except Exception:  # never let pynetdicom answer 0xC211 with no trace
             log.exception("C-STORE from %s failed", calling)
-            self._event("rejected", "internal_error", calling_ae=calling, status=OUT_OF_RESOURCES,
-                        detail="internal error while storing; see the device log")
+            self.events.emit("rejected", "internal_error", calling_ae=calling, status=OUT_OF_RESOURCES,
+                             detail="internal error while storing; see the device log")
             return OUT_OF_RESOURCES
 
     def _store(self, event: evt.Event, calling: str) -> int:
@@ -178,21 +173,21 @@ class StorageSCP:
             return self._duplicate(key, calling, state)
         received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
         size = received.stat().st_size
-        ds = _parse(received)
-        _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
-        study = self.pseudo.pseudonym("study", str(ds.get("StudyInstanceUID", "")))
-        info = source_info(ds, calling)
-        accepted, refused = route(ds, self.manifests)
-        if not accepted:
-            reason = "; ".join(f"{m}: {why}" for m, why in refused.items())
-            payload = messages.event(
-                self.topics.node, "skipped", next(iter(refused.values())).split(":")[0],
-                message_id=self.pseudo.message_id("skipped", key), instance=key, study=study,
-                source=info.as_dict(), detail=reason,
-            )
-            self.outbox.add_message(self.topics.events, payload, ledger=(key, study, "skipped", calling, reason))
-            self.on_event()
-            log.info("instance %s from %s skipped: %s", key, calling, reason)
+        try:
+            ds = _parse(received)
+            _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
+            d = self.source.describe(ds, calling)
+        except Rejected:
+            raise
+        except Exception as exc:  # pydicom raising on a corrupted element: the header is not understood
+            raise Rejected(CANNOT_UNDERSTAND, f"unreadable: {type(exc).__name__} while reading the header") from None
+        if not d.accepted:
+            try:
+                self.events.commit([self.source.skipped_record(key, d, calling)])
+            except Exception as exc:
+                raise Rejected(OUT_OF_RESOURCES, f"spool_write: cannot record the instance ({type(exc).__name__})") \
+                    from None
+            log.info("instance %s from %s skipped: %s", key, calling, "; ".join(d.refused.values()))
             return SUCCESS
         try:
             if not self.spool.adopt(key, received):  # the same instance won a race on another association
@@ -201,9 +196,9 @@ class StorageSCP:
             raise Rejected(OUT_OF_RESOURCES, f"spool_full: {exc}") from None
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
-        self.outbox.mark_spooled(key, study, calling)
-        log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(accepted), size)
-        self.on_spooled(key)
+        self.outbox.mark_spooled(key, d.study, calling)
+        log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(d.accepted), size)
+        self.source.accept(key, d, calling)
         return SUCCESS
 
     def _duplicate(self, key: str, calling: str, state: str | None) -> int:
@@ -213,17 +208,10 @@ class StorageSCP:
         if state not in ("done", "skipped"):
             if state is None:  # the file made it into the spool but the ledger row did not
                 self.outbox.mark_spooled(key, "", calling)
-            self.on_spooled(key)
-        self._event("duplicate", "already_received", calling_ae=calling, instance=key,
-                    detail=f"instance already {state or 'spooled'}; stored and inferred once")
+            self.source.offer(key)
+        self.events.emit("duplicate", "already_received", calling_ae=calling, instance=key,
+                         detail=f"instance already {state or 'spooled'}; stored and inferred once")
         return SUCCESS
-
-    def _event(self, type_: str, reason: str, **fields: object) -> None:
-        try:
-            self.outbox.add_message(self.topics.events, messages.event(self.topics.node, type_, reason, **fields))
-            self.on_event()
-        except Exception:
-            log.exception("could not queue %s event", type_)
 
 
 def _in(host: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
@@ -244,7 +232,8 @@ def _parse(path: Path) -> Dataset:
 
 
 def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file_size: int) -> None:
-    """Reject what cannot be understood before promising anything."""
+    """Reject what cannot be understood before promising anything. Any exception other than
+    :class:`Rejected` raised here also means "cannot understand" (the caller maps it)."""
     if str(ds.get("SOPInstanceUID", "")) != req_instance or str(ds.get("SOPClassUID", "")) != req_class:
         raise Rejected(MISMATCH, "mismatch: dataset SOP class/instance differ from the request")
     if "PixelData" not in ds:
@@ -254,17 +243,20 @@ def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
-    except (AttributeError, TypeError, ValueError):
-        raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated missing or invalid") from None
-    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
-        raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated")
+        frames = int(value(ds, "NumberOfFrames") or 1)  # type: ignore[call-overload]
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated/NumberOfFrames missing "
+                                          "or invalid") from None
+    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or not 1 <= frames <= 1_000_000 or \
+            not 1 <= spp <= 4:
+        raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated, "
+                                          f"{spp} samples, {frames} frames")
     if rows * cols > max_pixels:
         raise Rejected(OUT_OF_RESOURCES, f"too_large: {rows}x{cols} exceeds {max_pixels} pixels")
     raw = ds.get_item("PixelData", keep_deferred=True)  # length and file offset, value unread
     declared = getattr(raw, "length", None)
     if declared is not None and declared != 0xFFFFFFFF:
         present = min(declared, file_size - getattr(raw, "value_tell", 0))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = rows * cols * spp * frames * bits // 8
         if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
             return  # offsets are into the inflated stream, not the file: decoding will tell

@@ -18,8 +18,10 @@ class ICudaEngine(object):
     def __init__(self, header, onnx_bytes):
         self.h, self.onnx = header, onnx_bytes
         name, shape = header["inputs"][0]
-        self.io = [(name, True, [-1 if header["dynamic"][0] else shape[0]] + shape[1:], _t.DataType.FLOAT),
-                   (header["outputs"][0][0], False, [-1 if header["dynamic"][0] else shape[0]] + header["outputs"][0][1][1:], _t.DataType.FLOAT)]
+        batch = -1 if header["dynamic"][0] else shape[0]
+        self.io = [(name, True, [batch] + shape[1:], _t.DataType.FLOAT)]
+        for oname, oshape in header["outputs"]:
+            self.io.append((oname, False, [batch] + oshape[1:], _t.DataType.FLOAT))
         if _t._major_minor() >= (8, 5):
             self.num_io_tensors = len(self.io)
         if _t._major_minor() < (10, 0):
@@ -75,7 +77,8 @@ class IExecutionContext(object):
     def _run(self):
         from pycuda.driver import MEMORY
 
-        (iname, _, ishape, _), (oname, _, oshape, _) = self.engine.io
+        iname, _, ishape, _ = self.engine.io[0]
+        outs = self.engine.io[1:]
         shape = self.shape or tuple(ishape)
         _t.record("context.executed_shape", shape)
         x = MEMORY[self.addr[iname]][:int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
@@ -83,14 +86,17 @@ class IExecutionContext(object):
             import onnxruntime as ort
 
             sess = ort.InferenceSession(self.engine.onnx, providers=["CPUExecutionProvider"])
-            y = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float32)
+            ys = [y.astype(np.float32) for y in sess.run(None, {sess.get_inputs()[0].name: x})]
         except ImportError:
-            y = np.repeat(x.reshape(shape[0], -1).mean(axis=1, keepdims=True), int(np.prod(oshape[1:])), axis=1)
-            y = y + np.arange(y.shape[1], dtype=np.float32) * 0.01
-        if self.engine.h["fp16"]:
-            y = y.astype(np.float16).astype(np.float32)
-        out = MEMORY[self.addr[oname]]
-        out[:y.nbytes] = np.ascontiguousarray(y, dtype=np.float32).reshape(-1).view(np.uint8)
+            ys = []
+            for _, _, oshape, _ in outs:
+                y = np.repeat(x.reshape(shape[0], -1).mean(axis=1, keepdims=True), int(np.prod(oshape[1:])), axis=1)
+                ys.append(y + np.arange(y.shape[1], dtype=np.float32) * 0.01)
+        for (oname, _, _, _), y in zip(outs, ys):
+            if self.engine.h["fp16"]:
+                y = y.astype(np.float16).astype(np.float32)
+            out = MEMORY[self.addr[oname]]
+            out[:y.nbytes] = np.ascontiguousarray(y, dtype=np.float32).reshape(-1).view(np.uint8)
         return True
 
 

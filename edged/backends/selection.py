@@ -1,4 +1,7 @@
-"""Backend selection per model: ``auto | tensorrt | onnxruntime``, always with a reason.
+"""Backend selection, in one place: which backend serves a configured model, and why.
+
+``backend: onnxruntime`` runs ONNX Runtime in the daemon's process (the lowest overhead on a
+machine without a GPU). ``auto`` and ``tensorrt`` go through the isolated worker, as follows.
 
 ``auto`` serves TensorRT when the worker Python imports tensorrt and sees a GPU, the engines
 build (or come from the cache) and pass the accuracy gate; otherwise ONNX Runtime through the
@@ -13,27 +16,42 @@ loading.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
 
 from edged.backends.base import Backend, BackendError
 from edged.backends.onnxruntime import OnnxRuntimeBackend
-from edged.backends.tensorrt.builder import Preprocess, Progress, calibration_digest
+from edged.backends.tensorrt.builder import Preprocess, Progress
 from edged.backends.tensorrt.config import TensorRTConfig
-from edged.backends.tensorrt.engines import EngineManager, EngineSet, EventCallback, preprocess_fingerprint, trt_available
-from edged.backends.tensorrt.gate import GateResult, read_labels, run_gate, validation_inputs
+from edged.backends.tensorrt.engines import EngineManager, EngineSet, EventCallback, trt_available
+from edged.backends.tensorrt.gate import gate_engine
 from edged.backends.worker import WorkerBackend, WorkerLoadError, probe_python
-from edged.models.manifest import sha256_file
+from edged.config.schema import Config, ModelEntry
+from edged.models.manifest import LoadedModel
+from edged.preprocess.files import preprocess_file
 
-TRT_HOST_MODULE = Path(__file__).with_name("trt_runtime.py").resolve()
+TRT_HOST_MODULE = (Path(__file__).parent / "tensorrt" / "trt_runtime.py").resolve()
 log = logging.getLogger("edged.backends")
 
 
 class TensorRTUnavailable(BackendError):
     """``backend: tensorrt`` was asked for where TensorRT cannot run; the message says why."""
+
+
+def make_backend(cfg: Config, entry: ModelEntry, model: LoadedModel, *, on_event: EventCallback | None = None,
+                 progress: Progress | None = None) -> tuple[Backend, str]:
+    """The configured model's *loaded* backend and a sentence saying why it was chosen."""
+    if entry.backend == "onnxruntime":
+        backend = OnnxRuntimeBackend(model.onnx_path, threads=entry.threads)
+        backend.load()
+        return backend, "backend: onnxruntime configured; ONNX Runtime (FP32, CPU) in the daemon's process"
+    batching = entry.batching or model.manifest.batching
+    return select_backend(
+        model, entry.backend, cfg.tensorrt, cfg.cache_dir, precision=entry.precision, dla_core=entry.dla_core,
+        max_batch=batching.max_batch_size, threads=entry.threads, preprocess=preprocess_file(model),
+        progress=progress, on_event=on_event,
+    )
 
 
 def ort_worker(model_path: Path, name: str, cfg: TensorRTConfig, *, threads: int = 0,
@@ -69,46 +87,6 @@ def load_trt(manager: EngineManager, cfg: TensorRTConfig, on_event: EventCallbac
             manager.invalidate(engines, str(exc))
             engines = manager.ensure()
     raise AssertionError("unreachable")
-
-
-def gate_engine(manager: EngineManager, candidate: Backend, preprocess: Preprocess | None,
-                engines: EngineSet | None = None) -> GateResult:
-    """Run the manifest's accuracy gate: candidate vs FP32 ONNX Runtime in-process.
-
-    With ``engines`` the result is remembered in the first engine's metadata, keyed by every
-    engine's sha256, the thresholds and the validation data: the same engines on the same data
-    give the same answer, so a restart of the daemon does not pay for the gate again.
-    """
-    manifest = manager.model.manifest
-    images = manager.images_for_validation()
-    kind = "images" if images and preprocess is not None else "synthetic"
-    gate_key = hashlib.sha256(json.dumps({
-        "engines": [e.meta.get("engine_sha256") for _, e in engines.entries] if engines else None,
-        "accuracy": manifest.accuracy.model_dump(), "activation": manifest.output.activation, "kind": kind,
-        "data": calibration_digest(manager.model.sha256, images, preprocess_fingerprint(manager.model))
-        if kind == "images" else "seed0x16",
-        "labels": sha256_file(images[0].parent / "labels.csv") if images and (images[0].parent / "labels.csv").exists() else None,
-    }, sort_keys=True).encode()).hexdigest()
-    first = engines.entries[0][1] if engines else None
-    cached = (first.meta.get("gates") or {}).get(gate_key) if first else None
-    if cached:
-        result = GateResult(**cached)
-        result.reason = f"{result.reason} (remembered from an earlier run)"
-        return result
-    reference = OnnxRuntimeBackend(manager.model.onnx_path)
-    reference.load()
-    try:
-        inputs, kind = validation_inputs(images, preprocess, reference.input_spec.shape)
-        labels = None
-        if kind == "images" and images:
-            labels = read_labels(images[0].parent, images, manifest.output.labels)
-        result = run_gate(candidate, reference, inputs, manifest.accuracy, activation=manifest.output.activation,
-                          label_names=manifest.output.labels, labels=labels, batch=manager.max_batch, input_kind=kind)
-    finally:
-        reference.close()
-    if first is not None:
-        manager.cache.update_meta(first, gates={**(first.meta.get("gates") or {}), gate_key: result.as_dict()})
-    return result
 
 
 def select_backend(model, choice: str, cfg: TensorRTConfig, cache_dir: Path, *, precision: str | None = None,

@@ -26,7 +26,7 @@ must allow ``@chown`` (systemd/edged.service re-allows it after ``~@privileged``
 fails, the warning names the errno and which rule refused, and the socket keeps the daemon's
 own group (root and the daemon user can still use it).
 
-What the commands can do is up to the handlers (edged/daemon_control.py); an admitted peer is
+What the commands can do is up to the handlers (edged/control/handlers.py); an admitted peer is
 trusted with them. ``power.changed`` in particular is a statement, not a query: any admitted
 peer (root, the daemon user, an ``edged-admin`` member) can send one with fields of its
 choosing, which makes the daemon re-read the mode, retune and re-warm every model when the
@@ -50,8 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edged.control.client import MAX_LINE, ControlError
+
 log = logging.getLogger("edged.control")
-MAX_LINE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,6 @@ class Peer:
 
 
 Handler = Callable[[dict, Peer], dict]
-
-
-class ControlError(RuntimeError):
-    def __init__(self, message: str, code: str = "error"):
-        super().__init__(message)
-        self.code = code
-
-
-class DaemonUnavailable(ControlError):
-    """Nothing is listening: the daemon is not running (read-only edgectl commands carry on without it)."""
 
 
 def _user(uid: int) -> str:
@@ -338,55 +329,3 @@ class ControlServer:
             self._reply(conn, req_id, error=("handler_error", f"{type(exc).__name__}: {exc}"))
             return
         self._reply(conn, req_id, result if isinstance(result, dict) else {"value": result})
-
-
-class ControlClient:
-    """Call the daemon. Raises :class:`DaemonUnavailable` when it is not running, :class:`ControlError` otherwise."""
-
-    def __init__(self, path: str | Path, timeout: float = 5.0):
-        self.path = Path(path)
-        self.timeout = timeout
-        self._next_id = 0
-
-    def call(self, cmd: str, args: dict | None = None) -> dict:
-        self._next_id += 1
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            try:
-                sock.connect(str(self.path))
-            except FileNotFoundError:
-                raise DaemonUnavailable(
-                    f"edged is not running (no control socket at {self.path})", "unavailable"
-                ) from None
-            except ConnectionRefusedError:
-                raise DaemonUnavailable(
-                    f"edged is not running (nothing listens on {self.path})", "unavailable"
-                ) from None
-            except PermissionError:
-                raise ControlError(
-                    f"permission denied on {self.path}: run edgectl with sudo or as a member of group edged-admin",
-                    "forbidden",
-                ) from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
-                    raise DaemonUnavailable(
-                        f"edged is not running ({self.path}: {exc.strerror})", "unavailable"
-                    ) from None
-                raise ControlError(f"cannot connect to {self.path}: {exc.strerror}") from None
-            request = {"id": self._next_id, "cmd": cmd, "args": args or {}}
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            line = sock.makefile("rb").readline(MAX_LINE + 1)
-        except TimeoutError:
-            raise ControlError(f"edged did not answer {cmd!r} within {self.timeout:g} s", "timeout") from None
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ControlError(f"edged closed the connection: {exc}", "closed") from None
-        finally:
-            sock.close()
-        if not line:
-            raise ControlError("edged closed the connection without answering", "closed")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            err = reply.get("error") or {}
-            raise ControlError(err.get("message", "request failed"), err.get("code", "error"))
-        return reply.get("result") or {}

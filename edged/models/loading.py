@@ -1,0 +1,131 @@
+"""From the config's model list to served models: manifest, backend, checks, warm-up, batcher.
+
+One model failing (a missing or altered ONNX file, a manifest that does not describe its network,
+a backend that will not load) does not stop the others: it is logged, published as a ``backend``
+event ``load_failed`` and listed as unavailable; the daemon decides what to do when none is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from edged.backends.base import Backend
+from edged.backends.selection import make_backend
+from edged.batcher.dynamic import DynamicBatcher
+from edged.batcher.served import ServedModel
+from edged.config.schema import Config, ModelEntry
+from edged.config.yamlsrc import ConfigError
+from edged.models.manifest import BatchingSpec, ModelManifest, load_manifest
+from edged.outbox.emitter import EventEmitter
+from edged.postprocess.decode import kind_of, tensors_of
+from edged.power.runtime import PowerRuntime
+from edged.service.sdnotify import Notifier
+
+log = logging.getLogger("edged")
+
+
+class ModelLoader:
+    def __init__(self, cfg: Config, power: PowerRuntime, notifier: Notifier, events: EventEmitter):
+        self.cfg, self.power, self.notifier, self.events = cfg, power, notifier, events
+        self.base_batching: dict[str, BatchingSpec] = {}
+
+    def load_all(self) -> tuple[dict[str, ServedModel], dict[str, str]]:
+        """Served models by name, and why each other configured model is not served."""
+        served: dict[str, ServedModel] = {}
+        unavailable: dict[str, str] = {}
+        for i, entry in enumerate(self.cfg.models, 1):
+            self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
+            try:
+                served[entry.name] = self.load(entry)
+            except Exception as exc:
+                why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else f"{exc}"
+                log.error("model %s is not served: %s", entry.name, why, exc_info=log.isEnabledFor(logging.DEBUG))
+                unavailable[entry.name] = why
+                self.events.emit("backend", "load_failed", model=entry.name, detail=why)
+        return served, unavailable
+
+    def load(self, entry: ModelEntry) -> ServedModel:
+        model = load_manifest(self.cfg.manifest_path(entry))
+        if model.name != entry.name:
+            raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
+        model.verify_onnx()
+        backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
+                                       progress=self._build_progress(model.name))
+        try:
+            check_tensors(model.name, model.manifest, backend)
+            self.base_batching[model.name] = entry.batching or model.manifest.batching
+            spec = self.power.batching(self.base_batching[model.name])
+            batcher = DynamicBatcher(model.name, backend, spec)
+            served = ServedModel(model, backend, batcher, backend.info, reason)
+            backend.warmup(1, served.sample_shape())  # the first calls at a new shape allocate; before READY
+            backend.warmup(spec.max_batch_size, served.sample_shape())
+            warm_preprocessing(model.manifest)
+        except BaseException:
+            backend.close()
+            raise
+        log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
+                 model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
+                 spec.max_batch_size, spec.max_queue_delay_ms)
+        if not model.manifest.clinical:
+            log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
+        return served
+
+    def _backend_event(self, model: str) -> Callable[[str, dict], None]:
+        """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
+        def emit(kind: str, fields: dict) -> None:
+            level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
+            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
+            detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
+            self.events.emit("backend", kind, model=model, detail=str(detail), fields=fields)
+        return emit
+
+    def _build_progress(self, model: str) -> Callable[[str, "float | None"], None]:
+        """Engine builds can take an hour on a Nano: tell systemd (and a technician) they progress."""
+        def progress(text: str, fraction: float | None) -> None:
+            pct = f", {fraction:.0%}" if fraction is not None else ""
+            self.notifier.status(f"building engine {model}: {text}{pct}")
+            self.notifier.extend_timeout(300_000_000)  # another 5 min from now, for as long as it progresses
+        return progress
+
+
+def check_tensors(name: str, manifest: ModelManifest, backend: Backend) -> None:
+    """The manifest must describe the network it names: a mismatch found here is one clear
+    start-up error instead of a failed inference for every image."""
+    spec = manifest.input
+    expected = (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else \
+        (spec.height, spec.width, spec.channels)
+    actual = backend.input_spec.shape[1:]
+    if len(actual) != 3 or any(a not in (-1, e) for a, e in zip(actual, expected)):
+        raise ValueError(f"model {name}: the network's input is {backend.input_spec.shape} but the manifest says "
+                         f"{spec.layout} {expected}")
+    outputs = {o.name: o for o in backend.output_specs}
+    for out in manifest.decoded_outputs:
+        missing = [t for t in tensors_of(out) if t not in outputs]
+        if missing:
+            raise ValueError(f"model {name}: output {out.name} reads {', '.join(missing)}, which the network does "
+                             f"not have (it has {', '.join(outputs)})")
+        if kind_of(out) == "scores":
+            width = outputs[tensors_of(out)[0]].shape[-1]
+            if width not in (-1, len(out.labels)):
+                raise ValueError(f"model {name}: the network has {width} outputs but the manifest lists "
+                                 f"{len(out.labels)} labels")
+
+
+def warm_preprocessing(manifest: ModelManifest) -> None:
+    """Run the pixel pipeline once on a synthetic image: the first call imports pixel handlers
+    and initialises OpenCV (~150 ms), which the first radiograph should not pay for."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from edged.preprocess.pixels import prepare
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows = ds.Columns = 256
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.arange(256 * 256, dtype=np.uint16) % 4096).tobytes()
+    prepare(ds, manifest.input, manifest.preprocess)

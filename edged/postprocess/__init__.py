@@ -1,0 +1,1 @@
+"""From raw output tensors to what a consumer sees: scores per label, detections (the decoders)."""
