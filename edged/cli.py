@@ -80,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edged.daemon import Daemon
-
+    from edged.daemon import Daemon, NoModelServed
     from edged.service.logsetup import setup_logging
 
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
     try:
         return Daemon(cfg).run()
-    except (OSError, ValueError, RuntimeError) as exc:  # missing model file, wrong sha256, port in use…
+    except NoModelServed as exc:  # a configuration to fix: exit 2 stops systemd's restart loop
+        logging.getLogger("edged").error("cannot start: %s", exc)
+        return 2
+    except (OSError, ValueError, RuntimeError) as exc:  # port in use, unwritable state dir…
         log = logging.getLogger("edged")
         log.error("cannot start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return 1

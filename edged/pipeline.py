@@ -115,7 +115,7 @@ class Pipeline:
                     tensors[spec] = item.prepare(m.manifest)
             return tensors
         except PixelError as exc:
-            item.sink.failed(item, exc.reason, str(exc), False)
+            item.sink.failed(item, exc.reason, exc.message, False)
         except MemoryError:
             item.sink.failed(item, "out_of_memory", "not enough memory to decode the image", True)
         except Exception as exc:

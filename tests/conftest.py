@@ -78,3 +78,24 @@ def daemon_factory(tmp_path: Path, broker: LocalBroker, tiny_repo: Path) -> Iter
     for d in started:
         if d.alive():
             d.kill9()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """``small_fs(bytes)`` → a directory on a fresh tmpfs of that size: a disk that really fills.
+    Skips (saying why) where this process may not mount."""
+    mounts: list[Path] = []
+
+    def make(size: int) -> Path:
+        where = tmp_path / f"small-fs-{len(mounts)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): a full disk needs one")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

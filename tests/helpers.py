@@ -170,3 +170,93 @@ def validate_message(topic: str, payload: dict) -> None:
     kind = "result" if "/results/" in topic else topic.rsplit("/", 1)[-1].rstrip("s")
     if (SCHEMAS / f"{kind}.schema.json").exists():
         schema_validator(kind).validate(payload)
+
+
+PHI = {  # planted in test datasets; none of it may ever reach a payload or a log line
+    "PatientName": "DOE^JANE^Q",
+    "PatientID": "PID4711SECRET",
+    "PatientBirthDate": "19610203",
+    "AccessionNumber": "ACC998877",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+    "InstitutionName": "ST ELSEWHERE HOSPITAL",
+}
+
+
+def phi_tokens(*uids: str) -> list[str]:
+    """Strings whose appearance anywhere outside the device is a leak."""
+    return ["DOE", "JANE", "PID4711SECRET", "19610203", "ACC998877", "HOUSE", "GREGORY", "ELSEWHERE", *uids]
+
+
+def small_cr(path: Path, rows: int = 256, columns: int = 256, **attrs) -> Path:
+    """A small, valid chest CR (MONOCHROME2, 12 of 16 bits) with planted PHI and fresh UIDs.
+    ``attrs`` override or add attributes (None deletes one)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    for key, value in PHI.items():
+        setattr(ds, key, value)
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    rng = np.random.default_rng(rows * columns)
+    ds.PixelData = rng.integers(0, 4096, (rows, columns), dtype=np.uint16).tobytes()
+    for key, value in attrs.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def patch_element(path: Path, tag: tuple[int, int], vr: bytes | None = None, length: int | None = None,
+                  pad: bytes = b"", value: bytes | None = None) -> Path:
+    """Corrupt one element of an explicit VR little endian file in place: its VR code, its
+    16-bit length (the following elements then shift or get swallowed), its value bytes (same
+    length) and ``pad`` bytes inserted after its value."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    head = struct.pack("<HH", *tag)
+    at = data.index(head, 132)  # after the preamble and DICM
+    old_len = struct.unpack("<H", data[at + 6:at + 8])[0]
+    if vr is not None:
+        data[at + 4:at + 6] = vr
+    if length is not None:
+        data[at + 6:at + 8] = struct.pack("<H", length)
+    end = at + 8 + old_len
+    if value is not None:
+        assert len(value) == old_len
+        data[at + 8:end] = value
+    data[end:end] = pad
+    path.write_bytes(bytes(data))
+    return path
+
+
+def send_file(port: int, path: Path, aet: str = "MODALITY", syntax: str | None = None) -> int | None:
+    """A pynetdicom SCU sending a file's bytes as they are (no re-encoding), like a router."""
+    from pydicom import dcmread
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=aet)
+    ds = dcmread(path, stop_before_pixels=True)
+    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, [syntax or ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()

@@ -65,3 +65,41 @@ def test_daemon_publishes_over_tls_with_credentials_from_files(tls_broker, tiny_
     finally:
         sub.kill()
         assert d.terminate() == 0
+
+
+@pytest.mark.parametrize("mistake", ["another CA", "wrong host name"])
+def test_tls_failures_are_logged_at_once_with_the_reason(tls_broker, tiny_repo, tmp_path, mistake):
+    """Defect (issue #8): a wrong CA or host name logged nothing for 12 s and more."""
+    import time
+
+    broker, pki = tls_broker
+    ca = pki / "ca.crt"
+    host = "127.0.0.1"
+    if mistake == "another CA":
+        other = tmp_path / "other"
+        other.mkdir()
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other-ca",
+                "-keyout", "ca.key", "-out", "ca.crt", cwd=other)
+        ca = other / "ca.crt"
+    else:
+        host = "localhost"  # the certificate names IP:127.0.0.1 only
+    (tmp_path / "user").write_text("edge-node\n")
+    (tmp_path / "pass").write_text("s3cret pass\n")
+    cfg = write_config(
+        tmp_path / "edged.yaml", node_id="tls-node", state_dir=str(tmp_path / "state"),
+        cache_dir=str(tmp_path / "cache"), model_repository=str(tiny_repo), models=[{"name": "chexnet-tiny"}],
+        dicom={"bind": "127.0.0.1", "port": free_port()},
+        mqtt={"host": host, "port": broker.tls_port, "username_file": str(tmp_path / "user"),
+              "password_file": str(tmp_path / "pass"), "tls": {"ca_file": str(ca)}},
+    )
+    d = DaemonProcess(cfg, tmp_path / "daemon.log").start()
+    try:
+        deadline = time.monotonic() + 5
+        while "TLS certificate not accepted" not in d.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = d.log.read_text()
+        assert "cannot connect to broker" in log and "TLS certificate not accepted" in log, log[-2000:]
+        assert ("hostname" if mistake == "wrong host name" else "certificate") in log.split("TLS certificate not accepted")[1][:200].lower()
+        assert log.count("TLS certificate not accepted") == 1, "the same reason is logged once, not every retry"
+    finally:
+        assert d.terminate() == 0

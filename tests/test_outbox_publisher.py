@@ -114,3 +114,38 @@ def test_messages_in_flight_across_a_broker_crash_are_delivered_once(tmp_path: P
     finally:
         pub.stop(flush_timeout=2)
         c.close()
+
+
+def test_publisher_survives_a_full_disk_at_start_and_delivers_once_there_is_room(tmp_path: Path, broker,
+                                                                                 small_fs, caplog):
+    """Defect (issue #8): with unacknowledged rows and a full disk at start-up, reset_unacked()
+    raised "database or disk is full" outside the retry loop and the thread died: the daemon
+    kept acknowledging and inferring but published nothing, and results written meanwhile
+    stayed stuck until a restart."""
+    disk = small_fs(4 << 20)
+    outbox = Outbox(Database(disk / "edged.db"))
+    for i in range(3):
+        outbox.add_message(TOPICS.events, messages.event("acl-node", "skipped", "sop_class", message_id=f"{i:032x}"))
+    outbox.mark_sent([1, 2, 3])  # sent by an earlier run, never acknowledged
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    collector = Collector(broker.port, topic=TOPICS.events)
+    pub = publisher(broker.port, Outbox(Database(disk / "edged.db", synchronous="NORMAL")))
+    pub.start()
+    try:
+        wait(lambda: "publisher iteration failed" in caplog.text)
+        time.sleep(1.5)
+        assert pub.is_alive()
+        filler.unlink()
+        wait(lambda: outbox.pending_count() == 0, timeout=30)
+        collector.wait_for(lambda c: len(c.messages) >= 3)
+        assert sorted(p["message_id"] for _, p, _ in collector.messages) == [f"{i:032x}" for i in range(3)]
+        assert "publisher works again" in caplog.text
+    finally:
+        pub.stop(flush_timeout=2)
+        collector.close()

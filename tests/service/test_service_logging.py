@@ -6,6 +6,8 @@ import io
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +171,55 @@ def test_dicom_uids_are_redacted_but_addresses_and_versions_are_not():
     assert redact_phi("value '1.2.840.0999.777.02.2' is odd") == "value '[redacted-UID]' is odd"
     assert redact_phi("study 2.25.329800735698586629295641978511506172918") == "study [redacted-UID]"
     assert redact_phi("peer 127.0.0.1, onnxruntime 1.32.0") == "peer 127.0.0.1, onnxruntime 1.32.0"
+
+
+def test_a_uid_glued_to_an_escaped_nul_is_redacted():
+    """Defect (issue #8): pydicom's repr of a value with a NUL puts '\\X00' right before the UID,
+    and the old lookbehind let it through."""
+    assert redact_phi("value 'CR\\X001.2.826.0.1.3680043.8.498.269858854' swallowed") == \
+        "value 'CR\\X[redacted-UID]' swallowed"
+
+
+@pytest.mark.parametrize("hostile", [
+    "A" * 1_000_000,  # one long token without a caret: every start position used to scan to the end
+    "1" * 1_000_000,
+    "1." * 500_000,
+    "'" + "x" * 1_000_000,
+    "PatientName=" + "x" * 1_000_000,
+    "(0010,0010)" + "^" * 1_000_000,
+    ("DOE^" * 250_000),
+])
+def test_redaction_is_linear_and_bounded(hostile: str):
+    """Defect (issue #8): a 64 KB BodyPartExamined stalled the daemon 44-52 s in the quadratic regex."""
+    started = time.perf_counter()
+    out = redact_phi(hostile)
+    assert time.perf_counter() - started < 1.0
+    assert len(out) < 9_000 and "more characters cut" in out
+
+
+def test_a_huge_line_on_one_thread_does_not_hold_up_logging_on_another(clean_root: None) -> None:
+    """Redaction runs before the handler lock, on a bounded prefix: a peer's 5 MB value logged by
+    one association never makes another thread's log call wait (it waited 77 s)."""
+    setup_logging("info", journald=True, stream=io.StringIO())
+    log = logging.getLogger("edged.dicom")
+    big = "BODYPART^" + "Z" * 5_000_000
+    started = threading.Event()
+    waited: list[float] = []
+
+    def noisy() -> None:
+        started.set()
+        for _ in range(3):
+            log.warning("odd value %s", big)
+
+    def quiet() -> None:
+        started.wait(5)
+        t0 = time.perf_counter()
+        log.warning("a normal line")
+        waited.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=noisy), threading.Thread(target=quiet)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert waited and waited[0] < 0.5, waited

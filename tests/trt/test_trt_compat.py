@@ -134,3 +134,34 @@ def test_setup_script_pins_the_jetpack_numpy_and_is_idempotent(tmp_path):
     second = run()
     assert second.returncode == 0 and second.stdout.count("already has numpy") == 2
     assert all(len((f / "pip-calls").read_text().splitlines()) == 1 for f in bins.values()), "nothing reinstalled"
+
+
+@pytest.mark.parametrize("minor,trt_version", JETSON)
+def test_a_two_output_engine_crosses_the_worker_under_the_jetson_python(minor, trt_version, compat_python,
+                                                                       doubles_env, tmp_path):
+    """Both named outputs, in order, through the TensorRT runtime and the worker IPC on Python
+    3.6 / numpy 1.13 (and 3.8 / 1.17): the multi-output seam holds on the device's interpreter."""
+    from edged.models import synth
+
+    exe = compat_python(minor)
+    folder = synth.write_model("tiny-2head", tmp_path / "model").parent
+    network = {"inputs": [["image", [-1, 3, 64, 64]]], "outputs": [["logits", [-1, 14]], ["view", [-1, 3]]],
+               "layers": [["conv0", "Conv"], ["gap", "GlobalAveragePool"], ["fc", "Gemm"], ["head", "Gemm"]]}
+    env = doubles_env(trt_version, EDGED_TRT_DOUBLE_NETWORK=json.dumps(network))
+    plan = tmp_path / "e.plan"
+    run_builder(folder / "model.onnx", plan, tmp_path / "build.log", BuildOptions("fp32", max_batch=4),
+                python_exe=exe, timing_cache=None, env=env)
+    backend = WorkerBackend("external", {"module": str(CHILD_PATH.parents[1] / "tensorrt" / "trt_runtime.py"),
+                                         "engines": [{"path": str(plan), "batch": None}], "max_batch": 4,
+                                         "dla_core": None, "precision": "fp32"}, python_exe=exe, env=env)
+    backend.load()
+    try:
+        assert [(s.name, s.shape) for s in backend.output_specs] == [("logits", (-1, 14)), ("view", (-1, 3))]
+        x = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
+        got = backend.infer(x)
+        mean = x.reshape(3, -1).mean(axis=1, keepdims=True)  # the double's formula, per output width
+        np.testing.assert_allclose(got["logits"], mean + np.arange(14) * 0.01, atol=1e-5)
+        np.testing.assert_allclose(got["view"], mean + np.arange(3) * 0.01, atol=1e-5)
+        assert backend._worker.hello["numpy"] == JETPACK_NUMPY[minor]
+    finally:
+        backend.close()

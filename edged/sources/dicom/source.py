@@ -122,9 +122,12 @@ class DicomSource:
             return
         try:
             self._offer(key)
-        except Exception:
-            log.exception("instance %s: could not be offered; the rescan tries again", key)
-            self._release(key)
+        except Exception as exc:  # e.g. the disk is full: try again soon, without counting an attempt
+            log.error("instance %s: could not be offered (%s); trying again in %.0f s", key, exc,
+                      self.retry_backoff_s)
+            with self._lock:
+                self._held.discard(key)
+                self._due[key] = time.monotonic() + self.retry_backoff_s
 
     def _offer(self, key: str) -> None:
         state, calling = self.outbox.instance(key)
