@@ -8,27 +8,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import MPEG2MPML, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from helpers import dicom_file, storescu
+from helpers import send_file as send
 
 CR = dicom_file("RG1_UNCR.dcm")
-
-
-def send(port: int, path: Path, syntaxes: list[str] | None = None, aet: str = "MODALITY") -> int | None:
-    """pynetdicom SCU sending a file *as is* (no re-encoding), like a PACS forwarding bytes."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    ae = AE(ae_title=aet)
-    ds = dcmread(path, stop_before_pixels=True)
-    ae.add_requested_context(ds.SOPClassUID, syntaxes or [ds.file_meta.TransferSyntaxUID])
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-        return int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
 
 
 def variant(tmp_path: Path, name: str, edit) -> Path:

@@ -5,7 +5,6 @@ real files; nothing here starts a daemon, so a failure points at one module."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
