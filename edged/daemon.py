@@ -39,6 +39,7 @@ from edged.outbox.store import Outbox
 from edged.outbox.writer import ResultWriter
 from edged.pipeline import Pipeline
 from edged.power.runtime import PowerRuntime
+from edged.preprocess.pool import DecodePool
 from edged.privacy import Pseudonymizer, load_or_create_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
@@ -63,6 +64,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.dicom: DicomSource | None = None
         self.writer: ResultWriter | None = None
+        self.decoders: DecodePool | None = None
         self.scp: StorageSCP | None = None
         self.control: ControlServer | None = None
         self.power: PowerRuntime | None = None
@@ -103,10 +105,13 @@ class Daemon:
                          if self.publisher else None)
         self.pipeline = Pipeline(self.models, workers=cfg.pipeline.preprocess_workers,
                                  backend_timeout_s=cfg.pipeline.backend_timeout_s)
+        if cfg.pipeline.decode_processes:
+            self.decoders = DecodePool(cfg.pipeline.decode_processes)
+            self.decoders.start()
         self.dicom = DicomSource(self.spool, self.outbox, self.events, self.pseudo,
                                  [m.manifest for m in self.models.values()], self.pipeline,
                                  max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
-                                 attempts=light)
+                                 attempts=light, decoders=self.decoders)
         self.writer = ResultWriter(self.outbox, self.events, self.pseudo, self.topics, self.dicom,
                                    self.power.accounting)
         self.dicom.attach(self.writer)
@@ -229,6 +234,8 @@ class Daemon:
             self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
         if self.writer is not None:
             self.writer.stop(timeout=max(1.0, 0.3 * (deadline - time.monotonic())))
+        if self.decoders is not None:
+            self.decoders.close()
         if self.power is not None:
             self.power.stop()
         if self.publisher is not None:
