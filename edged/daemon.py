@@ -87,6 +87,11 @@ class Daemon:
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024),
                            quarantine_bytes=int(cfg.dicom.quarantine_mb * 1024 * 1024),
                            quarantine_days=cfg.dicom.quarantine_days)
+        if cfg.pipeline.decode_processes:
+            # before tempfile is pointed at the spool: the forkserver's socket lives in the
+            # process's first temp dir, which must be a short, ordinary one (not .incoming)
+            self.decoders = DecodePool(cfg.pipeline.decode_processes)
+            self.decoders.start()
         configure_dicom_libraries(self.spool)
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
         loader = ModelLoader(cfg, self.power, self.notifier, self.events)
@@ -105,9 +110,6 @@ class Daemon:
                          if self.publisher else None)
         self.pipeline = Pipeline(self.models, workers=cfg.pipeline.preprocess_workers,
                                  backend_timeout_s=cfg.pipeline.backend_timeout_s)
-        if cfg.pipeline.decode_processes:
-            self.decoders = DecodePool(cfg.pipeline.decode_processes)
-            self.decoders.start()
         self.dicom = DicomSource(self.spool, self.outbox, self.events, self.pseudo,
                                  [m.manifest for m in self.models.values()], self.pipeline,
                                  max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
