@@ -74,7 +74,7 @@ def run_selftest(ctx: Any, opts: SelftestOptions, out: TextIO | None = None) -> 
 
             args = ["--kind", opts.kind, "--max-batch", str(opts.max_batch), "--repeats", str(opts.repeats),
                     *opts.child_args]
-            report.add(run_sandboxed(opts.service_user, args, cache_dir, ctx.cfg.build_timeout_s * 4))
+            report.add(run_sandboxed(opts.service_user, args, ctx.cfg.build_timeout_s * 4))
         else:
             report.add(Row("sandbox", "tensorrt as the service user", "SKIP", "--no-sandbox"))
     report.print_table(out)

@@ -123,7 +123,7 @@ def command(props: list[tuple[str, str]], user: str, child_args: list[str]) -> l
     return cmd + ["--", sys.executable, "-m", "edged", "selftest"] + child_args
 
 
-def run_sandboxed(user: str, child_args: list[str], cache_dir: Path, timeout_s: float) -> list[Row]:
+def run_sandboxed(user: str, child_args: list[str], timeout_s: float) -> list[Row]:
     why = skip_reason(user)
     if why:
         return [Row("sandbox", "tensorrt as the service user", "SKIP", why)]

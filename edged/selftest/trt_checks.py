@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -256,6 +257,9 @@ class TensorRTChecks:
         else:
             backend = ort_worker(self.ref.model.onnx_path, self.ref.model.name, self.ctx.cfg, env=env, on_event=on_event)
             what, tolerance = "ONNX Runtime worker (no TensorRT engine here)", WORKER_ORT_TOLERANCE
+        quiet = logging.getLogger("edged.worker")  # the crash and restart are this check's point, not news
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             backend.load()
             first = backend.pid
@@ -275,6 +279,7 @@ class TensorRTChecks:
             return Row(G, "worker killed mid-batch", "PASS", f"{what}: {crash.get('error')}; batch retried on pid "
                        f"{backend.pid} and correct", data)
         finally:
+            quiet.setLevel(level)
             backend.close()
 
 
