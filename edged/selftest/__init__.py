@@ -100,7 +100,8 @@ def tensorrt_rows(ctx: Any, opts: SelftestOptions, cache_dir: Path, out: TextIO)
         print(f"  {text}" + (f" ({fraction:.0%})" if fraction is not None else ""), file=out, flush=True)
 
     tctx = TrtContext(cfg, cache_dir, env=ctx.env, configured=tuple(getattr(ctx, "models", ()) or ()),
-                      progress=progress, require_tensorrt=opts.require_tensorrt)
+                      progress=progress, require_tensorrt=opts.require_tensorrt,
+                      preprocess_for=getattr(ctx, "preprocess_for", None))
     return [ref_row] + TensorRTChecks(tctx, ref).run()
 
 

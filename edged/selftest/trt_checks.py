@@ -55,6 +55,7 @@ class TrtContext:
     configured: tuple = ()  # edged.backends.tensorrt.cli.ModelBuild of the config's auto/tensorrt models
     progress: Progress | None = None
     require_tensorrt: bool = False
+    preprocess_for: Callable | None = None  # LoadedModel -> preprocess, for configured INT8 models' calibration
 
 
 @dataclass
@@ -208,8 +209,10 @@ class TensorRTChecks:
         backends, loaded = [], {}
         try:
             for model, precision, core, mb in wanted:
+                preprocess = self.ctx.preprocess_for(model) if self.ctx.preprocess_for else None
                 engines = EngineManager(model, self.probe, self.ctx.cfg, self.ctx.cache_dir, precision=precision,
-                                        dla_core=core, max_batch=mb, env=self.ctx.env, progress=self.ctx.progress).ensure()
+                                        dla_core=core, max_batch=mb, env=self.ctx.env, progress=self.ctx.progress,
+                                        preprocess=preprocess).ensure()
                 backend = trt_worker(engines, model.name, self.ctx.cfg, env=self.ctx.env)
                 backends.append(backend)
                 backend.load()

@@ -184,7 +184,8 @@ class EngineManager:
             log.info("%s: placement %s; on the GPU: %s", self.model.name, placement_summary(p),
                      [n for n, _ in p["gpu_layers"]][:10])
             self._emit("dla_placement", {k: v for k, v in p.items() if k not in ("layers_raw", "prediction")})
-            per_engine = int(p.get("dla_subgraphs") or 1)
+            loadables = sum(int((e.meta.get("placement") or {}).get("dla_subgraphs") or 1) for _, e in result.entries)
+            per_engine = -(-loadables // len(result.entries))  # the budget counts engines x subgraphs
             problems = budget_problems([DlaRequest(self.model.name, self.dla_core, len(result.entries), per_engine)],
                                        int(self.probe.get("dla_cores") or 0) or None)
             if problems:
