@@ -167,3 +167,17 @@ def test_the_unit_test_config_helper_is_valid(tiny_model, tmp_path):
     cfg = load_config(write_config(tmp_path, tiny_model, [{"name": "chexnet-tiny",
                                                            "manifest": str(tiny_model / "model.yaml")}]), [])
     assert cfg.tensorrt.dla_core == 0 and cfg.models[0].name == "chexnet-tiny"
+
+
+def test_budget_is_checked_again_with_the_inspectors_subgraph_count(tiny_model, tmp_path, doubles_env):
+    """6 engines pass the first check (one loadable each); built, each holds 3 DLA subgraphs: 18."""
+    network = {"inputs": [["image", [-1, 3, 64, 64]]], "outputs": [["logits", [-1, 14]]],
+               "layers": [["c0", "Conv"], ["r0", "Reshape"], ["c1", "Conv"], ["r1", "Reshape"], ["c2", "Conv"]]}
+    env = doubles_env("8.5", EDGED_TRT_DOUBLE_NETWORK=json.dumps(network))
+    probe = probe_python(sys.executable, env=env)
+    cfg = TensorRTConfig(worker_python=sys.executable)
+    manager = EngineManager(load_manifest(tiny_model), probe, cfg, tmp_path, precision="fp16", dla_core=0,
+                            max_batch=6, env=env)
+    with pytest.raises(EngineBuildError) as info:
+        manager.ensure()
+    assert "DLA core 0 would hold 18 loadables (chexnet-tiny: 6 engine(s) x 3 DLA subgraphs)" in str(info.value)
