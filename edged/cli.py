@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
 
-    from edged.backends.tensorrt.cli import add_engines_parser, add_selftest_parser
+    from edged.backends.tensorrt.cli import add_engines_parser
+    from edged.selftest.cli import add_selftest_parser
     from edged.service.install import add_install_parser
 
     add_engines_parser(sub, engines_context)
@@ -66,7 +67,8 @@ def engines_context(args: argparse.Namespace):
         ModelBuild(cfg.manifest_path(e), e.precision, e.dla_core, e.batching.max_batch_size if e.batching else None)
         for e in cfg.models if e.backend != "onnxruntime"
     )
-    return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models)
+    return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models,
+                          power=cfg.power)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from edged.backends.tensorrt.dla import budget_problems, requests_from_config
     from edged.models.manifest import load_manifest
 
     cfg = load_config(args.config, args.sets)
@@ -104,6 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if root is not None:
         print(f"checking as installed under {root} (absolute paths resolved there)")
     problems: list[str] = []
+    manifests = {}
     for entry in cfg.models:
         path = cfg.manifest_path(entry)
         if root is not None and path.is_absolute():
@@ -113,10 +117,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
+        manifests[entry.name] = model
         if model.name != entry.name:
             problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
         if not model.onnx_path.exists():
             print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
+    problems += [f"{args.config or 'config'}: models: {p}" for p in budget_problems(requests_from_config(cfg, manifests))]
     if problems:
         raise ConfigError(problems)
     print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")

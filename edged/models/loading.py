@@ -3,6 +3,9 @@
 One model failing (a missing or altered ONNX file, a manifest that does not describe its network,
 a backend that will not load) does not stop the others: it is logged, published as a ``backend``
 event ``load_failed`` and listed as unavailable; the daemon decides what to do when none is left.
+Configured DLA engines beyond a core's 16 loadables are a configuration error found before any
+model loads (``ConfigError``, exit status 2): which model would fail to load is arbitrary, and
+``edged check`` reports the same.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class ModelLoader:
 
     def load_all(self) -> tuple[dict[str, ServedModel], dict[str, str]]:
         """Served models by name, and why each other configured model is not served."""
+        check_dla_budget(self.cfg)
         served: dict[str, ServedModel] = {}
         unavailable: dict[str, str] = {}
         for i, entry in enumerate(self.cfg.models, 1):
@@ -87,6 +91,21 @@ class ModelLoader:
             self.notifier.status(f"building engine {model}: {text}{pct}")
             self.notifier.extend_timeout(300_000_000)  # another 5 min from now, for as long as it progresses
         return progress
+
+
+def check_dla_budget(cfg: Config) -> None:
+    """Raise ConfigError when the configured DLA engines exceed a core's loadables (see dla.py)."""
+    from edged.backends.tensorrt.dla import budget_problems, requests_from_config
+
+    manifests = {}
+    for entry in cfg.models:
+        try:
+            manifests[entry.name] = load_manifest(cfg.manifest_path(entry))
+        except Exception:  # reported with its reason when the model is loaded
+            continue
+    problems = budget_problems(requests_from_config(cfg, manifests))
+    if problems:
+        raise ConfigError([f"models: {p}" for p in problems])
 
 
 def check_tensors(name: str, manifest: ModelManifest, backend: Backend) -> None:
