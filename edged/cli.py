@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--root", type=Path, help="check a config of an image: resolve its absolute paths under "
                    "ROOT (default: inferred when the file is ROOT/etc/edged/edged.yaml)")
+    p.add_argument("--connect", action="store_true", help="also connect to the MQTT broker with the configured "
+                   "credentials and TLS")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
@@ -83,8 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon, NoModelServed
     from edged.service.logsetup import setup_logging
 
+    from edged.config.check import preflight
+
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
+    problems = preflight(cfg)  # what edged check finds in directories and credential/TLS files
+    if problems:
+        raise ConfigError(problems)
     try:
         return Daemon(cfg).run()
     except NoModelServed as exc:  # a configuration to fix: exit 2 stops systemd's restart loop
@@ -97,30 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edged.models.manifest import load_manifest
+    from edged.config.check import report
 
     cfg = load_config(args.config, args.sets)
-    root = args.root or image_root(args.config)
-    if root is not None:
-        print(f"checking as installed under {root} (absolute paths resolved there)")
-    problems: list[str] = []
-    for entry in cfg.models:
-        path = cfg.manifest_path(entry)
-        if root is not None and path.is_absolute():
-            path = root / path.relative_to("/")
-        try:
-            model = load_manifest(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if model.name != entry.name:
-            problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
-        if not model.onnx_path.exists():
-            print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
-    if problems:
-        raise ConfigError(problems)
-    print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")
-    return 0
+    return report(cfg, str(args.config or "defaults"), args.root or image_root(args.config), args.connect)
 
 
 def image_root(config: Path | None) -> Path | None:

@@ -14,6 +14,7 @@ from edged.backends.base import Backend
 from edged.backends.selection import make_backend
 from edged.batcher.dynamic import DynamicBatcher
 from edged.batcher.served import ServedModel
+from edged.config.hints import did_you_mean
 from edged.config.schema import Config, ModelEntry
 from edged.config.yamlsrc import ConfigError
 from edged.models.manifest import BatchingSpec, ModelManifest, load_manifest
@@ -46,7 +47,12 @@ class ModelLoader:
         return served, unavailable
 
     def load(self, entry: ModelEntry) -> ServedModel:
-        model = load_manifest(self.cfg.manifest_path(entry))
+        path = self.cfg.manifest_path(entry)
+        if entry.manifest is None and not path.exists():
+            have = sorted(p.parent.name for p in self.cfg.model_repository.glob("*/model.yaml"))
+            raise ValueError(f"no model {entry.name} in {self.cfg.model_repository}{did_you_mean(entry.name, have)}; "
+                             f"the repository has: {', '.join(have) or 'no models'}")
+        model = load_manifest(path)
         if model.name != entry.name:
             raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
         model.verify_onnx()
