@@ -72,6 +72,12 @@ def engines_context(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edged.service.console import guarded  # a closed pipe or Ctrl-C: an exit status, no traceback
+
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -165,6 +165,8 @@ class Daemon:
             "processed": self.writer.settled_count if self.writer else 0,
             "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
             "dicom_port": self.scp.port if self.scp else None,
+            "dicom_ae": self.cfg.dicom.ae_title,
+            "mqtt_broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}" if self.cfg.mqtt.enabled else None,
             "batchers": {n: {"queue": m.batcher.depth(), **m.batcher.stats} for n, m in self.models.items()},
         })
         return payload
