@@ -39,12 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", type=Path, help="DICOM file to send (default: pydicom-data's RG1_UNCR.dcm)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export-results", help="export the on-device results archive (pseudonymized)")
-    _config_args(p)
-    p.add_argument("--model", help="only this model")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    p.set_defaults(func=cmd_export)
+    from edged.outbox.export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub, _config_args)  # export-results, pseudonym
 
     from edged.backends.tensorrt.cli import add_engines_parser, add_selftest_parser
     from edged.service.install import add_install_parser
@@ -132,20 +129,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edged.demo import run_demo
 
     return run_demo(broker=args.broker, dicom_file=args.file)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from edged.outbox.archive import export_results
-
-    cfg = load_config(args.config, args.sets)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        n = export_results(cfg.db_path, out, fmt=args.format, model=args.model)
-    finally:
-        if args.output:
-            out.close()
-    print(f"exported {n} result(s)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
