@@ -79,6 +79,11 @@ def test_metrics_after_real_c_stores(daemon_factory, collector, tmp_path):
     status, body = health(port, "ready")
     assert status == 200 and body["reason"] == "serving chexnet-tiny"
     assert d.terminate() == 0
+    log = d.log.read_text()  # the journal at log_level info: no per-image library chatter, no reprs
+    assert "pynetdicom" not in log and "Received Store Request" not in log
+    for python in ("{'", "['", "=False", "=True", "mode None", "Source"):
+        assert python not in log, python
+    assert "clinical: false" in log and "power source unavailable (ina3221: " in log
 
 
 def test_ready_flips_when_a_model_fails_to_load(daemon_factory, collector, tmp_path, tiny_repo):

@@ -70,8 +70,8 @@ class ModelLoader:
         except BaseException:
             backend.close()
             raise
-        log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
-                 model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
+        log.info("model %s %s (sha256 %s…): %s; clinical: %s; batching %d / %.0f ms", model.name,
+                 model.manifest.version, model.sha256[:12], reason, str(model.manifest.clinical).lower(),
                  spec.max_batch_size, spec.max_queue_delay_ms)
         if not model.manifest.clinical:
             log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
@@ -81,7 +81,8 @@ class ModelLoader:
         """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
         def emit(kind: str, fields: dict) -> None:
             level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
-            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
+            shown = ", ".join(f"{k} {v}" for k, v in fields.items() if k not in ("stderr_tail", "model"))
+            log.log(level, "model %s: %s%s", model, kind.replace("_", " "), f" ({shown})" if shown else "")
             detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
             self.events.emit("backend", kind, model=model, detail=str(detail), fields=fields)
         return emit

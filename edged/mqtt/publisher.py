@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import sys
 import threading
@@ -257,7 +258,11 @@ def describe_failure(exc: BaseException | None) -> str:
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running on that port?)"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's host name ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "connection failed"
 
 
 def _read_secret(path: Path) -> str:

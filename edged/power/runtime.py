@@ -36,9 +36,11 @@ class PowerRuntime:
         self._thread: threading.Thread | None = None
         self.accounting = EnergyAccounting(self.meter)
         reason = self.ctx.unavailable_reason()
-        log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic",
-                 self.mode and f"{self.mode['id']} {self.mode['name']}", self.sampler.power_source and
-                 type(self.sampler.power_source).__name__ or f"unavailable {self.sampler.power_unavailable}")
+        source = self.sampler.power_source
+        why = "; ".join(f"{k}: {v}" for k, v in (self.sampler.power_unavailable or {}).items()) or "none found"
+        log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic Linux",
+                 f"{self.mode['id']} {self.mode['name']}" if self.mode else "none",
+                 getattr(source, "name", "unnamed") if source else f"unavailable ({why})")
         if reason:
             log.info("power modes unavailable: %s", reason)
         for warning in self.ctx.warnings:
