@@ -82,7 +82,7 @@ class ModelLoader:
         def emit(kind: str, fields: dict) -> None:
             level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
             shown = ", ".join(f"{k} {v}" for k, v in fields.items() if k not in ("stderr_tail", "model"))
-            log.log(level, "model %s: %s%s", model, kind.replace("_", " "), f" ({shown})" if shown else "")
+            log.log(level, "model %s: %s%s", model, kind, f" ({shown})" if shown else "")
             detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
             self.events.emit("backend", kind, model=model, detail=str(detail), fields=fields)
         return emit
