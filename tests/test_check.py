@@ -199,3 +199,14 @@ def test_check_of_an_image_runs_nothing_from_it(tmp_path, repo):
     assert run.returncode == 0, run.stderr
     assert f"checking as installed under {root}" in run.stdout
     assert "tensorrt.worker_python /usr/bin/python3 is not in the image" in run.stderr
+
+
+def test_a_shared_site_key_is_found_before_start(tmp_path, repo):
+    cfg = config(tmp_path, repo)
+    (tmp_path / "state").mkdir()
+    key = tmp_path / "state" / "site.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    run = edged("check", "-c", str(cfg))
+    assert run.returncode == 2 and f"{key}: the site key is readable by group or others (mode 644)" in run.stderr
+    assert edged("run", "-c", str(cfg)).returncode == 2  # was 1: restarted every 10 s

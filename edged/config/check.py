@@ -140,6 +140,12 @@ class Checker:
             problem = unwritable(path)
             if problem:
                 self.error(f"{key}: {path}: {problem}")
+        key = self.cfg.site_key_path
+        if key.is_file():  # created at first start; one that exists must be the daemon's secret, unshared
+            mode = key.stat().st_mode & 0o777
+            if mode & 0o077:
+                self.error(f"state_dir: {key}: the site key is readable by group or others (mode {mode:o}); "
+                           f"chmod 600 {key}")
 
     def files(self) -> None:
         m = self.cfg.mqtt
