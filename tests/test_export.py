@@ -8,7 +8,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 from pydicom import dcmread
 

@@ -27,7 +27,6 @@ images a model has seen; the compute histogram holds each image's batch executio
 from __future__ import annotations
 
 import platform
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -105,8 +104,6 @@ class Metrics:
              "node": node})
         if process:
             ProcessCollector(registry=r)
-        self._lock = threading.Lock()
-        self._versions: dict[str, str] = {}
 
     # -- scrape-time metrics -----------------------------------------------------------------
     def gauge_from(self, name: str, help_: str, labels: tuple[str, ...], read: Callable[[], Values]) -> None:
