@@ -42,6 +42,7 @@ from edged.outbox.writer import ResultWriter
 from edged.pipeline import Pipeline
 from edged.power.prometheus import PowerCollector
 from edged.power.runtime import PowerRuntime
+from edged.preprocess.pool import DecodePool
 from edged.privacy import Pseudonymizer, load_or_create_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
@@ -66,6 +67,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.dicom: DicomSource | None = None
         self.writer: ResultWriter | None = None
+        self.decoders: DecodePool | None = None
         self.scp: StorageSCP | None = None
         self.control: ControlServer | None = None
         self.power: PowerRuntime | None = None
@@ -92,6 +94,11 @@ class Daemon:
         self.spool = Spool(cfg.spool_dir, int(cfg.dicom.spool_quota_mb * 1024 * 1024),
                            quarantine_bytes=int(cfg.dicom.quarantine_mb * 1024 * 1024),
                            quarantine_days=cfg.dicom.quarantine_days)
+        if cfg.pipeline.decode_processes:
+            # before tempfile is pointed at the spool: the forkserver's socket lives in the
+            # process's first temp dir, which must be a short, ordinary one (not .incoming)
+            self.decoders = DecodePool(cfg.pipeline.decode_processes)
+            self.decoders.start()
         configure_dicom_libraries(self.spool)
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
         self._start_metrics()  # live (and not ready) while models load, as Triton's endpoints are
@@ -114,7 +121,7 @@ class Daemon:
         self.dicom = DicomSource(self.spool, self.outbox, self.events, self.pseudo,
                                  [m.manifest for m in self.models.values()], self.pipeline,
                                  max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
-                                 attempts=light)
+                                 attempts=light, decoders=self.decoders)
         self.writer = ResultWriter(self.outbox, self.events, self.pseudo, self.topics, self.dicom,
                                    self.power.accounting, observer=self.metrics)
         self.dicom.attach(self.writer)
@@ -253,6 +260,8 @@ class Daemon:
             self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
         if self.writer is not None:
             self.writer.stop(timeout=max(1.0, 0.3 * (deadline - time.monotonic())))
+        if self.decoders is not None:
+            self.decoders.close()
         if self.power is not None:
             self.power.stop()
         if self.publisher is not None:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from edged.batcher.dynamic import Completion, QueueFull, Request
 from edged.batcher.served import ServedModel
-from edged.preprocess.errors import PixelError
+from edged.preprocess.errors import PixelError, TransientError
 from edged.sources.work import Prepared, WorkItem
 
 log = logging.getLogger("edged.pipeline")
@@ -128,6 +128,8 @@ class Pipeline:
             return tensors
         except PixelError as exc:
             item.sink.failed(item, exc.reason, exc.message, False)
+        except TransientError as exc:
+            item.sink.failed(item, exc.reason, exc.message, True)
         except MemoryError:
             item.sink.failed(item, "out_of_memory", "not enough memory to decode the image", True)
         except Exception as exc:

@@ -66,6 +66,11 @@ def decodable_syntaxes() -> list[str]:
     return out
 
 
+# What this SCP serves; refusing anything else a peer merely proposes (FIND, MOVE, GET, worklist)
+# is normal and not reported.
+SERVED_CLASSES = frozenset({str(Verification)} | {str(cx.abstract_syntax) for cx in StoragePresentationContexts})
+
+
 class Rejected(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -172,18 +177,29 @@ class StorageSCP:
                          detail=f"more than {self.cfg.max_associations} associations at once")
 
     def handle_accepted(self, event: evt.Event) -> None:
-        """Report presentation contexts we refused (e.g. a transfer syntax we cannot decode)."""
+        """Report refused presentation contexts that leave a peer's store or echo unservable.
+
+        Peers propose more than they use: Orthanc's echo also proposes FIND/MOVE, routers propose
+        each SOP class in several transfer syntaxes. A refused context is a problem (warning and
+        a ``rejected`` event) only when it is for storage or verification *and* no other context
+        of the same SOP class was accepted; everything else is normal negotiation (debug)."""
         self.observer.association("accepted")
-        refused = event.assoc.rejected_contexts
+        assoc = event.assoc
+        refused = assoc.rejected_contexts
         if not refused:
             return
-        calling = vocab.ae_title(event.assoc.requestor.ae_title)
-        names = sorted({sop_class_name(str(cx.abstract_syntax)) for cx in refused})
-        log.warning("association from %s: %d presentation context(s) refused: %s", calling, len(refused),
-                    ", ".join(names))
+        calling = vocab.ae_title(assoc.requestor.ae_title)
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        unservable = sorted({sop_class_name(str(cx.abstract_syntax)) for cx in refused
+                             if str(cx.abstract_syntax) in SERVED_CLASSES and str(cx.abstract_syntax) not in accepted})
+        if not unservable:
+            log.debug("association from %s: %d proposed presentation context(s) not needed or not offered here",
+                      calling, len(refused))
+            return
+        log.warning("association from %s: cannot serve %s (no transfer syntax we can decode was offered)",
+                    calling, ", ".join(unservable))
         self.events.emit("rejected", "presentation_context", calling_ae=calling,
-                         detail=f"refused {len(refused)} presentation context(s) (no decodable transfer syntax "
-                                f"offered or unknown SOP class): {', '.join(names)}")
+                         detail=f"no decodable transfer syntax offered for: {', '.join(unservable)}")
 
     # -- C-STORE -------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:
