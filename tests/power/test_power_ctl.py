@@ -179,6 +179,7 @@ def test_status_with_and_without_daemon(jetson, run, daemon):
     assert data["power_mode"]["name"] == "MAXN" and data["telemetry"]["power"]["total_rail"] == "POM_5V_IN"
     rc, out, _ = run("status")
     assert rc == 0 and "daemon: edged is not running" in out and "power mode: 0 MAXN" in out
+    assert "hottest zone: AO-therm 38.5 C" in out  # not the Nano's PMIC-Die, which always reads 100 °C
 
 
 STORE = "var/lib/edged/jetson_clocks.conf"
