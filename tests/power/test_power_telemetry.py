@@ -85,7 +85,8 @@ def test_telemetry_on_each_fake_tree(jetson, kind):
     _, _, _, source, total_rail = CASES[kind]
     sample = TelemetrySampler(tree.root, mode_provider=lambda: {"id": 2, "name": "X"}).sample()
     power = sample["power"]
-    assert power["source"] == source and power["scope"] == "board"
+    assert power["source"] == source and power["scope"] == ("module-input" if total_rail else "rail-sum")
+    assert power["refresh_ms"] == (430.0 if source == "ina3221-hwmon" else None)
     assert set(power["rails"]) == set(tree.rails)  # NC channels and "sum of shunt voltages" are not rails
     for label, rail in power["rails"].items():
         assert rail["mw"] == pytest.approx(tree.rail_mw(label), abs=1.0)  # iio files hold integer mW
