@@ -131,7 +131,8 @@ class Nvpmodel:
     def path(self) -> str | None:
         return _resolve(self.binary)
 
-    def _run(self, args: list[str], timeout: float, stdin_text: str | None = None) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], timeout: float, stdin_text: str | None = None,
+             user: str | None = None) -> subprocess.CompletedProcess:
         path = self.path
         if path is None:
             raise NvpmodelError(f"nvpmodel not found ({self.binary}); is this a Jetson with L4T installed?")
@@ -144,6 +145,7 @@ class Nvpmodel:
                 text=True,
                 timeout=timeout,
                 env=_env(),
+                **({"user": user} if user is not None else {}),
             )
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -154,8 +156,9 @@ class Nvpmodel:
         except OSError as exc:
             raise NvpmodelError(f"cannot run {path}: {exc.strerror}") from None
 
-    def query(self) -> ModeQuery:
-        proc = self._run(["-q"], self.query_timeout_s)
+    def query(self, user: str | None = None) -> ModeQuery:
+        """``nvpmodel -q``; ``user`` runs it as another user (the caller must be root)."""
+        proc = self._run(["-q"], self.query_timeout_s, user=user)
         return parse_query(proc.stdout + "\n" + proc.stderr)
 
     def parse_conf(self) -> ParsedConf:
