@@ -3,7 +3,8 @@
 Who switches the mode (the root-privilege decision)
     The daemon never needs root. ``nvpmodel -m`` does, so **edgectl runs it**: a technician
     uses ``sudo edgectl power set MODE``; edgectl calls nvpmodel itself (stdin closed, timeout,
-    verified by a second ``nvpmodel -q``), then tells the daemon over the control socket::
+    verified on the board: online CPUs, clock caps, gating masks; jetson_clocks turned off around
+    the switch and on again in the new mode), then tells the daemon over the control socket::
 
         power.changed {"who", "via_sudo", "from": {id, name}, "to": {id, name}, "outcome", "reason"}
 
@@ -36,7 +37,8 @@ Under sudo (the sudoers rule)
     ``SUDO_USER``; unset it there to test against a fake tree.
 
 Read-only commands (``status``, ``power list``, ``power get``, ``power clocks status``) work
-without root and without the daemon. Exit status: 0 done (or nothing to do), 1 failed,
+without root and without the daemon (``clocks status`` reads sysfs: jetson_clocks refuses
+``--show`` without root). Exit status: 0 done (or nothing to do), 1 failed,
 2 bad usage or unknown MODE, 3 pending reboot (nothing changed), 4 refused (not root, or the
 reboot was not confirmed), 5 no power modes on this host. ``--root``/``EDGED_SYSROOT`` point
 every /proc, /sys and /etc read at a fake tree; ``--nvpmodel`` picks another nvpmodel binary
