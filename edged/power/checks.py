@@ -272,7 +272,8 @@ def _energy_windows(source: PowerSource, windows: tuple[float, ...] = WINDOWS_S)
             independent = sum(mw * (b - a) for (a, mw), (b, _) in zip(raw, raw[1:] + [(t1, 0.0)])) if raw else None
             tolerance = TOLERANCE_LONG if source.refresh_s is None or w >= source.refresh_s else TOLERANCE_SHORT
             diff = None if metered is None or not independent else abs(metered - independent) / independent
-            results.append({"window_ms": round(w * 1000), "meter_mj": metered, "independent_mj": independent,
+            results.append({"window_ms": round(w * 1000), "duration_ms": round((t1 - t0) * 1000, 3),
+                            "meter_mj": metered, "independent_mj": independent,
                             "raw_reads": len(raw), "rel_diff": diff, "tolerance": tolerance})
             if diff is None or diff > tolerance:
                 failed.append(f"{w * 1000:g} ms: meter {metered}, raw {independent}")

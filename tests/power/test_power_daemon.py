@@ -20,7 +20,7 @@ def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_
     tree = jetson("xavier-nx")  # default 5 MODE_10W_DESKTOP (batch 2); "max" = 8 MODE_20W_6CORE (batch 8)
     sock = sockdir / "control.sock"
     d = daemon_factory(power={"sysroot": str(tree.root), "control_socket": str(sock)},
-                       telemetry={"interval_s": 1}).start()
+                       telemetry={"interval_s": 1, "energy_max_wait_s": 5}).start()  # CI may sample late
     collector.wait_for(lambda c: any(s["state"] == "online" for s in c.of("status")))
     birth = [s for s in collector.of("status") if s["state"] == "online"][-1]
     assert birth["power_mode"]["id"] == 5 and birth["models"][0]["max_batch_size"] == 2

@@ -62,20 +62,20 @@ def test_a_window_needs_a_sample_on_each_side():
 
 
 def test_the_batch_waits_for_the_sample_that_closes_its_window():
-    """Power jumps when the batch starts; integrating at once would use the idle value before it."""
+    """Power jumps when the batch starts; integrating at once would hold the idle value before it."""
     source = FakeSource(1000.0)
-    meter = EnergyMeter(source, interval_s=0.05, max_wait_s=2.0).start()
+    meter = EnergyMeter(source, interval_s=0.05, max_wait_s=2.0)
+    meter.sample_once()  # the last sample before the batch: idle
+    source.mw = 5000.0
+    t0 = time.monotonic()
+    time.sleep(0.01)
+    t1 = time.monotonic()
+    assert meter.energy_mj(t0, t1) is None  # no sample after t1 yet: no guess (not 1000 mW x dt)
+    meter.start()  # the sampler's next reading closes the window
     try:
-        assert meter.wait_for(time.monotonic())  # the sampler runs
-        source.mw = 5000.0
-        t0 = time.monotonic()
-        time.sleep(0.01)
-        t1 = time.monotonic()
-        at_once = meter.energy_mj(t0, t1)
         waited = meter.wait_energy_mj(t0, t1)
     finally:
         meter.stop()
-    assert at_once is None  # no sample after t1 yet: no guess
     assert waited is not None and waited > 1000.0 * (t1 - t0) * 1.2  # the new, higher power is in
 
 
