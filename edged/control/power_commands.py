@@ -160,7 +160,8 @@ def cmd_power_set(args: argparse.Namespace, ctx: PowerContext) -> int:
             if answer.strip().lower() != "reboot":
                 declined.append("reboot not confirmed")
                 return False
-        told.update(_notify(ctx.config, "power.changed", event("rebooting", before_mode, "rebooting into the new mode")))
+        rebooting = event("rebooting", before_mode, "rebooting into the new mode")
+        told.update(_notify(ctx.config, "power.changed", rebooting))
         return True
 
     clocks = ctx.clocks()
@@ -226,7 +227,8 @@ def _clocks_after_switch(clocks: JetsonClocks, result: SwitchResult, before: dic
     mode = {"id": target.id, "name": target.name} if result.outcome == "ok" else before
     try:
         _, how = clocks.on(mode)
-        return {**note, "on": how, "summary": f"{note['summary']}; on again in mode {mode['id'] if mode else '?'} ({how})"}
+        where = mode["id"] if mode else "?"
+        return {**note, "on": how, "summary": f"{note['summary']}; on again in mode {where} ({how})"}
     except NvpmodelError as exc:
         return {**note, "on": f"failed: {exc}", "summary": f"{note['summary']}; NOT on again: {exc}"}
 

@@ -115,9 +115,10 @@ def _present_cpus(ctx: PowerContext) -> dict:
     data = {"present": len(present), "conf_cores": conf_cores, "profile_cpus_total": expected}
     if not present:
         return _row("present CPUs", "SKIP", "no /sys/devices/system/cpu/present", **data)
-    bad = [f"{name} says {n}" for name, n in (("the profile", expected), ("the conf", conf_cores)) if n and n != len(present)]
-    return _row("present CPUs", "FAIL" if bad else "PASS",
-                (f"{len(present)} CPUs present, but " + ", ".join(bad)) if bad else f"{len(present)} CPUs present", **data)
+    sources = (("the profile", expected), ("the conf", conf_cores))
+    bad = [f"{name} says {n}" for name, n in sources if n and n != len(present)]
+    note = f"{len(present)} CPUs present" + (", but " + ", ".join(bad) if bad else "")
+    return _row("present CPUs", "FAIL" if bad else "PASS", note, **data)
 
 
 def _queries(ctx: PowerContext, service_user: str | None) -> list[dict]:
@@ -185,7 +186,8 @@ def _switch_row(ctx: PowerContext, current: int, mode_id: int) -> dict:
     prediction = ctx.table.reboot(current, mode_id) if current in ctx.table.modes else None
     result = ctx.nvpmodel.set_mode(mode_id, verifier=ctx.verifier())  # a reboot prompt is declined
     data = {"from": current, "to": mode_id, "outcome": result.outcome, "reboot_prompted": result.reboot_prompted,
-            "predicted": prediction.label if prediction else None, "prediction_why": prediction.why if prediction else None,
+            "predicted": prediction.label if prediction else None,
+            "prediction_why": prediction.why if prediction else None,
             "verification": result.verification.as_dict() if result.verification else None}
     said = f"predicted reboot {prediction.label if prediction else '?'}, nvpmodel " + (
         "asked for one" if result.reboot_prompted else "did not ask")

@@ -102,14 +102,15 @@ def read_clocks(root: str | Path = "/") -> ClocksStatus:
     cpus: dict[str, dict[str, int]] = {}
     for cpu in online:
         folder = under(root, f"/sys/devices/system/cpu/cpu{cpu}/cpufreq")
-        values = {k: _int(folder / f) for k, f in
-                  (("MinFreq", "scaling_min_freq"), ("MaxFreq", "scaling_max_freq"), ("CurrentFreq", "scaling_cur_freq"))}
+        files = (("MinFreq", "scaling_min_freq"), ("MaxFreq", "scaling_max_freq"), ("CurrentFreq", "scaling_cur_freq"))
+        values = {k: _int(folder / f) for k, f in files}
         if values["MinFreq"] is not None and values["MaxFreq"] is not None:
             cpus[f"cpu{cpu}"] = {"Online": 1, **{k: v for k, v in values.items() if v is not None}}
     gpu = None
     for dev in sorted(under(root, "/sys/class/devfreq").glob("*")):
         if _GPU_DEVFREQ.search(dev.name):
-            values = {k: _int(dev / f) for k, f in (("MinFreq", "min_freq"), ("MaxFreq", "max_freq"), ("CurrentFreq", "cur_freq"))}
+            files = (("MinFreq", "min_freq"), ("MaxFreq", "max_freq"), ("CurrentFreq", "cur_freq"))
+            values = {k: _int(dev / f) for k, f in files}
             gpu = {k: v for k, v in values.items() if v is not None} or None
             break
     return ClocksStatus(_pinned(cpus, gpu), cpus, gpu, None)
@@ -145,9 +146,8 @@ class JetsonClocks:
         except subprocess.TimeoutExpired:
             raise ClocksError(f"jetson_clocks {' '.join(args)} timed out after {self.timeout_s:g} s") from None
         if proc.returncode != 0:
-            raise ClocksError(
-                f"jetson_clocks {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:300]}"
-            )
+            said = (proc.stderr or proc.stdout).strip()[:300]
+            raise ClocksError(f"jetson_clocks {' '.join(args)} failed ({proc.returncode}): {said}")
         return proc.stdout
 
     def _need_root(self, action: str) -> None:

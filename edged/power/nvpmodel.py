@@ -206,10 +206,8 @@ class Nvpmodel:
         output = (proc.stdout + proc.stderr).strip()
         if REBOOT_RE.search(output):
             if on_reboot_required is None or not on_reboot_required():
-                result = self._after(
-                    "pending_reboot", mode_id, before, f"nvpmodel says mode {mode_id} needs a reboot; nothing was changed",
-                    output,
-                )
+                why = f"nvpmodel says mode {mode_id} needs a reboot; nothing was changed"
+                result = self._after("pending_reboot", mode_id, before, why, output)
                 result.reboot_prompted = True
                 return result
             try:
@@ -236,7 +234,8 @@ class Nvpmodel:
             result.verification = check = verifier.verify(mode_id, snapshot)
             if not check.ok:
                 result.outcome = "failed"
-                result.reason = f"nvpmodel reported success but the board does not run mode {mode_id}: {check.summary()}"
+                result.reason = (f"nvpmodel reported success but the board does not run mode {mode_id}: "
+                                 f"{check.summary()}")
             elif not check.verified:
                 result.reason = f"not verified: {check.summary()}" + (
                     f"; nvpmodel -q reports mode {result.after.id}" if result.after else "")

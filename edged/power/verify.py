@@ -164,7 +164,9 @@ class ModeVerifier:
             hardware = _int(self._read(f"{folder}/cpuinfo_max_freq"))
         uncapped = cap is None or cap <= 0 or cap >= 2**31 - 1
         expected_value = hardware if uncapped else cap
-        expected = ("hardware maximum" if uncapped else str(cap)) + (f" ({expected_value})" if uncapped and hardware else "")
+        expected = str(cap)
+        if uncapped:
+            expected = "hardware maximum" + (f" ({expected_value})" if hardware else "")
         if expected_value is None:
             return Check(what, expected, str(actual), None, path, "hardware maximum unknown")
         if actual > expected_value * (1 + TOLERANCE):

@@ -34,7 +34,9 @@ def _m_calls(tree) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "kind", [f"profile:{m}" for m in ALL_PROFILES] + ["nano", "agx-xavier", "xavier-nx", "agx-orin", "orin-nx"]
+    "kind",
+    [f"profile:{m}" for m in ALL_PROFILES]
+    + ["nano", "agx-xavier", "agx-xavier-industrial", "xavier-nx", "agx-orin", "agx-orin-64gb", "orin-nx"],
 )
 def test_power_list_on_each_simulated_module(jetson, run, kind):
     tree = jetson(kind)
