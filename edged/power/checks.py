@@ -256,8 +256,9 @@ def _rails_and_energy(ctx: PowerContext) -> list[dict]:
     return rows
 
 
-def _energy_windows(source: PowerSource, windows: tuple[float, ...] = WINDOWS_S) -> dict:
+def _energy_windows(source: PowerSource, windows: tuple[float, ...] | None = None) -> dict:
     """Meter (centred, interpolated samples) against raw readings integrated as fast as they come."""
+    windows = WINDOWS_S if windows is None else windows
     meter = EnergyMeter(source, interval_s=0.01, max_wait_s=max(2.0, 3 * (source.refresh_s or 0.0))).start()
     results, failed = [], []
     try:

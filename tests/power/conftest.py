@@ -386,7 +386,7 @@ def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bindir.mkdir()
     for tool in ("nvpmodel", "jetson_clocks"):
         text = (STANDINS / tool).read_text().split("\n", 1)[1]
-        (bindir / tool).write_text(f"#!{sys.executable}\n{text}")
+        (bindir / tool).write_text(f"#!{sys.executable} -IS\n{text}")  # stdlib only: start fast
         (bindir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     for knob in (

@@ -29,6 +29,14 @@ def fast_rails(tree) -> None:
         f.write_text("20\n")
 
 
+@pytest.fixture
+def short_windows(monkeypatch):
+    """Tests about other rows skip the 1 s energy window (the full set runs in the Orin NX test)."""
+    from edged.power import checks
+
+    monkeypatch.setattr(checks, "WINDOWS_S", (0.01,))
+
+
 def test_every_row_has_the_interface_shape_and_is_json(tmp_path):
     rows = power_checks(PowerConfig(sysroot=tmp_path))
     assert rows and all(set(r) == {"group", "target", "status", "note", "data"} for r in rows)
@@ -76,7 +84,7 @@ def test_a_fake_orin_nx_passes_every_check(jetson):
     assert all(w["meter_mj"] == pytest.approx(6048.0 * w["duration_ms"] / 1000, rel=0.01) for w in windows)
 
 
-def test_a_wrong_reboot_prediction_is_reported(jetson, monkeypatch):
+def test_a_wrong_reboot_prediction_is_reported(jetson, monkeypatch, short_windows):
     """Xavier NX predicts no reboot anywhere; a conf/version that prompts for every switch is caught."""
     tree = jetson("xavier-nx")
     fast_rails(tree)
@@ -88,7 +96,7 @@ def test_a_wrong_reboot_prediction_is_reported(jetson, monkeypatch):
     assert switches[-1]["note"] == "already in this mode"
 
 
-def test_a_conf_that_disagrees_with_the_profile_and_a_bad_rail_fail(jetson, make_conf):
+def test_a_conf_that_disagrees_with_the_profile_and_a_bad_rail_fail(jetson, short_windows):
     tree = jetson("orin-nano")
     conf = next((tree.root / "etc/nvpmodel").iterdir())
     conf.write_text(conf.read_text().replace("NAME=7W", "NAME=7W_NEW"))
@@ -101,7 +109,7 @@ def test_a_conf_that_disagrees_with_the_profile_and_a_bad_rail_fail(jetson, make
     assert rows["VDD_IN >= each rail"]["status"] == "FAIL" and "VDD_CPU_GPU_CV above VDD_IN" in rows["VDD_IN >= each rail"]["note"]
 
 
-def test_agx_boards_have_no_input_rail_to_compare(jetson):
+def test_agx_boards_have_no_input_rail_to_compare(jetson, short_windows):
     tree = jetson("agx-orin")
     fast_rails(tree)
     rows = rows_by_target(power_checks(PowerConfig(sysroot=tree.root)))
@@ -121,7 +129,7 @@ def test_energy_windows_catch_a_meter_that_disagrees(jetson, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run nvpmodel as another user")
-def test_nvpmodel_query_as_the_service_user(build_tree_fn, monkeypatch):
+def test_nvpmodel_query_as_the_service_user(build_tree_fn, monkeypatch, short_windows):
     """Really as another user (nobody): the stand-in then prints the emc_iso_cap errors a non-root -q gets."""
     base = Path(tempfile.mkdtemp(prefix="edged-checks-", dir="/tmp"))
     try:
@@ -130,7 +138,7 @@ def test_nvpmodel_query_as_the_service_user(build_tree_fn, monkeypatch):
         bindir = base / "bin"
         bindir.mkdir()
         text = (STANDINS / "nvpmodel").read_text().split("\n", 1)[1]
-        (bindir / "nvpmodel").write_text(f"#!{shutil.which('python3', path='/usr/bin:/bin')}\n{text}")
+        (bindir / "nvpmodel").write_text(f"#!{shutil.which('python3', path='/usr/bin:/bin')} -IS\n{text}")
         (bindir / "nvpmodel").chmod(0o755)
         (tree.root / "var/log").mkdir(exist_ok=True)
         (tree.root / "var/log/fake-nvpmodel.log").touch()
