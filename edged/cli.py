@@ -102,6 +102,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     if root is not None:
         print(f"checking as installed under {root} (absolute paths resolved there)")
     problems: list[str] = []
+    if cfg.dicom.enabled:
+        from edged.sources.dicom.transport import UnsupportedPynetdicom, check_pynetdicom
+
+        try:
+            check_pynetdicom()
+        except UnsupportedPynetdicom as exc:
+            problems.append(f"dicom: {exc}")
     for entry in cfg.models:
         path = cfg.manifest_path(entry)
         if root is not None and path.is_absolute():

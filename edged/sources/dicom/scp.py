@@ -14,6 +14,12 @@ Bad input gets the status PS3.4 prescribes plus an event:
 
 A header that makes pydicom raise anything at all is "cannot understand" (0xC000), never "out of
 resources": 0xA7xx invites the sender to retry the same bytes forever.
+
+Who may connect, how many at once, how large and how slow their PDUs may be, TLS, and where a
+streamed dataset may grow are the transport's business (:mod:`edged.sources.dicom.transport`,
+:mod:`~edged.sources.dicom.receive`): by the time a handler here runs, the peer's host is
+allowed and the dataset is on disk within the spool's quota — or
+:func:`~edged.sources.dicom.incoming.stream_failure` says why it is not (0xA700, ``spool_full``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ from edged.config.schema import DicomConfig
 from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom import vocab
+from edged.sources.dicom import tls, transport, vocab
 from edged.sources.dicom.accept import sop_class_name, value
+from edged.sources.dicom.incoming import stream_failure
+from edged.sources.dicom.inflate import TooLarge, check_inflated_size
+from edged.sources.dicom.limits import TransportLimits
+from edged.sources.dicom.refusals import Refusals
 from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool, SpoolFull
 
@@ -76,9 +86,17 @@ class StorageSCP:
                  events: EventEmitter):
         self.cfg, self.spool, self.outbox, self.pseudo = cfg, spool, outbox, pseudo
         self.source, self.events = source, events
-        self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self._server = None
+        self.refusals = Refusals(events.emit)
         self.port: int | None = None
+
+    def limits(self) -> TransportLimits:
+        c = self.cfg
+        return TransportLimits(
+            max_associations=c.max_associations, max_per_host=c.max_associations_per_host, max_pdu=c.max_pdu_size,
+            max_associate_rq=c.max_associate_rq_bytes, min_bytes_per_s=c.min_transfer_bytes_per_s,
+            window_s=c.transfer_window_s,
+            allowed=tuple(ipaddress.ip_network(h, strict=False) for h in c.allowed_hosts))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -87,8 +105,11 @@ class StorageSCP:
         # pynetdicom writes it with tempfile, so the daemon points tempfile at the spool's
         # filesystem (Daemon.start). This setting is process-wide; the daemon owns the process.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        transport.check_pynetdicom()
         ae = AE(ae_title=self.cfg.ae_title)
-        ae.maximum_associations = self.cfg.max_associations
+        # The transport's slots enforce max_associations at connect; pynetdicom's own count (threads
+        # alive at A-ASSOCIATE-RQ time) also sees threads that released their slot and are exiting.
+        ae.maximum_associations = self.cfg.max_associations + 2
         ae.maximum_pdu_size = self.cfg.max_pdu_size
         ae.acse_timeout = self.cfg.acse_timeout_s
         ae.dimse_timeout = self.cfg.dimse_timeout_s
@@ -106,9 +127,15 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
         ]
-        self._server = ae.start_server((self.cfg.bind, self.cfg.port), block=False, evt_handlers=handlers)
+        t = self.cfg.tls
+        guard = transport.Guard(
+            self.limits(), self.refusals.start(), self.spool, send_timeout_s=self.cfg.network_timeout_s,
+            tls=tls.server_context(t.cert_file, t.key_file, t.ca_file, t.require_client_cert) if t else None,
+            handshake_timeout_s=t.handshake_timeout_s if t else 0.0)
+        self._server = transport.serve(ae, (self.cfg.bind, self.cfg.port), handlers, guard)
         self.port = self._server.server_address[1]
-        log.info("DICOM SCP %s listening on %s:%d", self.cfg.ae_title, self.cfg.bind, self.port)
+        log.info("DICOM SCP %s listening on %s:%d%s", self.cfg.ae_title, self.cfg.bind, self.port,
+                 " (TLS" + (", client certificates required)" if t.require_client_cert else ")") if t else "")
 
     def stop(self) -> None:
         """Stop accepting associations. Open ones are not cut: a C-STORE they still carry is
@@ -116,24 +143,18 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.refusals.stop()
 
     # -- association policy --------------------------------------------------------------
     def handle_requested(self, event: evt.Event) -> None:
+        """Calling AE allow-list (hosts were checked at connect, by the transport)."""
         assoc = event.assoc
-        host = assoc.requestor.address
         calling = assoc.requestor.primitive.calling_ae_title.strip() if assoc.requestor.primitive else ""
-        reason = None
-        if self._networks and not any(_in(host, n) for n in self._networks):
-            reason, diag = "host_not_allowed", 0x01
-        elif self.cfg.allowed_calling_aes and calling not in self.cfg.allowed_calling_aes:
-            reason, diag = "calling_ae_not_allowed", 0x03
-        if reason is None:
+        if not self.cfg.allowed_calling_aes or calling in self.cfg.allowed_calling_aes:
             return
-        calling = vocab.ae_title(calling)
-        log.warning("association from %s (AE %s) refused: %s", host, calling, reason)
-        assoc.acse.send_reject(0x01, 0x01, diag)
-        self.events.emit("rejected", reason, calling_ae=calling, peer=host,
-                         detail="association refused by the allow-list")
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        self.refusals.refuse(assoc.requestor.address, "calling_ae_not_allowed",
+                             "association refused by the allow-list", calling_ae=vocab.ae_title(calling))
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Report presentation contexts we refused (e.g. a transfer syntax we cannot decode)."""
@@ -171,8 +192,13 @@ class StorageSCP:
         state, _ = self.outbox.instance(key)
         if state in ("spooled", "done", "skipped") or key in self.spool:
             return self._duplicate(key, calling, state)
+        failure = stream_failure(event)
+        if failure is not None:  # quota or disk ran out while the dataset streamed in
+            raise Rejected(OUT_OF_RESOURCES, failure)
         received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
         size = received.stat().st_size
+        if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            _check_inflated(received, self.cfg.max_inflated_mb)
         try:
             ds = _parse(received)
             _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
@@ -214,11 +240,15 @@ class StorageSCP:
         return SUCCESS
 
 
-def _in(host: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _check_inflated(path: Path, limit_mb: float) -> None:
+    """pydicom inflates a deflated dataset whole in memory: bound what it would inflate first."""
     try:
-        return ipaddress.ip_address(host) in net
-    except ValueError:
-        return False
+        check_inflated_size(path, int(limit_mb * 1024 * 1024))
+    except TooLarge as exc:
+        raise Rejected(OUT_OF_RESOURCES, f"too_large: {exc} (dicom.max_inflated_mb)") from None
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable: deflated dataset does not inflate ({type(exc).__name__})") \
+            from None
 
 
 def _parse(path: Path) -> Dataset:
