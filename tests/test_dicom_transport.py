@@ -207,6 +207,10 @@ def test_a_refused_host_is_dropped_unread_and_locks_nobody_out(daemon_factory, c
     log = d.log.read_text()
     assert "refused: host_not_allowed" in log
     assert "INTRUDER_X9" not in log, "the refused host's A-ASSOCIATE-RQ was read"
+    # pynetdicom's own A-ASSOCIATE-RJ (another called AE title) is reported as well
+    assert storescu(d.port, CR, aec="NOT_EDGED").returncode != 0
+    collector.wait_for(lambda c: "called_ae_not_recognized" in reasons(c))
+    assert "refused: called_ae_not_recognized" in d.log.read_text()
     assert d.terminate() == 0
 
 

@@ -90,7 +90,7 @@ def test_refusal_events_are_folded_per_peer_and_reason_then_summarised():
     assert len(emitted) == 4
 
 
-def test_unverified_pynetdicom_fails_loudly(monkeypatch, tmp_path):
+def test_unverified_pynetdicom_fails_loudly(monkeypatch, tmp_path, capsys):
     transport.check_pynetdicom()  # the installed one is verified
     with pytest.raises(transport.UnsupportedPynetdicom, match=r"pynetdicom 3\.1\.0 is installed.*3\.0\.4"):
         transport.check_pynetdicom("3.1.0")
@@ -99,6 +99,7 @@ def test_unverified_pynetdicom_fails_loudly(monkeypatch, tmp_path):
     from edged.cli import main
 
     assert main(["check", "--set", f"state_dir={tmp_path}"]) == 2
+    assert "error: dicom: pynetdicom 3.0.99 is installed" in capsys.readouterr().err
     # ... and the daemon refuses to start before loading any model or touching its state
     from edged.daemon import Daemon
 

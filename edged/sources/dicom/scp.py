@@ -75,6 +75,12 @@ def decodable_syntaxes() -> list[str]:
     return out
 
 
+_REJECTS = {
+    (0x01, 0x07): ("called_ae_not_recognized", "association addressed to another AE title (dicom.require_called_ae)"),
+    (0x03, 0x02): ("too_many_associations", "A-ASSOCIATE-RJ local limit exceeded"),
+}
+
+
 class Rejected(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -126,6 +132,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, self.handle_rejected),
         ]
         t = self.cfg.tls
         guard = transport.Guard(
@@ -155,6 +162,15 @@ class StorageSCP:
         assoc.acse.send_reject(0x01, 0x01, 0x03)
         self.refusals.refuse(assoc.requestor.address, "calling_ae_not_allowed",
                              "association refused by the allow-list", calling_ae=vocab.ae_title(calling))
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        """pynetdicom's own A-ASSOCIATE-RJ (called AE title, its association count): say so too."""
+        rj = event.assoc.acceptor.primitive
+        code = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        reason, detail = _REJECTS.get(code, ("association_rejected", f"A-ASSOCIATE-RJ source {code[0]} reason {code[1]}"))
+        primitive = event.assoc.requestor.primitive
+        self.refusals.refuse(event.assoc.requestor.address, reason, detail,
+                             calling_ae=vocab.ae_title(primitive.calling_ae_title) if primitive else None)
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Report presentation contexts we refused (e.g. a transfer syntax we cannot decode)."""
