@@ -247,23 +247,40 @@ def test_partial_uploads_count_against_the_quota_and_go_with_their_association(d
     assert d.terminate() == 0
 
 
-@pytest.fixture
-def tiny_spool_fs(tmp_path: Path):
-    """The spool on an 80 MB tmpfs (needs root, as on this project's CI machines)."""
+@pytest.fixture(params=["space", "inodes"])
+def full_spool_fs(request, tmp_path: Path):
+    """The spool on an 80 MB tmpfs (needs root, as on this project's CI machines), then filled:
+    ``space`` leaves 3 MB free (less than a CR), ``inodes`` leaves no inode (no file can be made)."""
     spool = tmp_path / "state" / "spool"
     spool.mkdir(parents=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(spool)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m,nr_inodes=64", "tmpfs", str(spool)],
+                       capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()}): needs root")
-    yield spool
+    fillers = spool / "fill"
+
+    def fill() -> None:
+        fillers.mkdir()
+        if request.param == "space":
+            (fillers / "0").write_bytes(b"\0" * (77 << 20))
+            return
+        for i in range(64):
+            try:
+                (fillers / str(i)).touch()
+            except OSError:
+                return
+
+    yield fill, lambda: subprocess.run(["rm", "-rf", str(fillers)], check=True)
     subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
-def test_disk_filling_while_streaming_answers_out_of_resources(daemon_factory, collector, tiny_spool_fs):
-    """Item 7: the spool's disk has 3 MB left and a 7 MB CR streams in: 0xA700 and a
-    ``spool_full`` event, the association carries on (upstream: write error, A-ABORT, no event)."""
+def test_disk_filling_while_streaming_answers_out_of_resources(daemon_factory, collector, full_spool_fs, tmp_path):
+    """Item 7: the spool's filesystem runs out (of space while a 7 MB CR streams in, or of
+    inodes for its file): 0xA700 and a ``spool_full`` event, and the association carries on
+    (upstream: an exception in pynetdicom's state machine, A-ABORT, no event)."""
+    fill, empty = full_spool_fs
     d = daemon_factory().start()
-    (tiny_spool_fs / "filler").write_bytes(b"\0" * (77 << 20))
+    fill()
     ae = AE(ae_title="MODALITY")
     ds = dcmread(CR, stop_before_pixels=True)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
@@ -274,8 +291,9 @@ def test_disk_filling_while_streaming_answers_out_of_resources(daemon_factory, c
     assert assoc.send_c_echo().Status == 0x0000, "the association did not survive"
     assoc.release()
     collector.wait_for(lambda c: "spool_full" in reasons(c))
-    assert not list((tiny_spool_fs / ".incoming").iterdir())
-    (tiny_spool_fs / "filler").unlink()
+    assert not list((tmp_path / "state" / "spool" / ".incoming").iterdir())
+    empty()
     assert storescu(d.port, CR).returncode == 0
     collector.wait_for(lambda c: len(c.results()) == 1)
+    assert "Traceback" not in d.log.read_text()
     assert d.terminate() == 0

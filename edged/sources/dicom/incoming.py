@@ -34,6 +34,7 @@ class GuardedFile:
         self.spool, self._ntf, self.name = spool, ntf, name
         self.failure: str | None = None
         self.written = 0
+        self.closed = False
         if ntf is not None:
             try:
                 head = ntf.tell()  # preamble and file meta, written before we got the file
@@ -71,6 +72,7 @@ class GuardedFile:
                 if self.failure is None:
                     self._fail(exc)
             self._ntf = None
+        self.closed = True
         self.spool.drop_incoming(self.name)
 
     def discard(self) -> int | None:

@@ -145,7 +145,7 @@ class GuardedDUL(DULServiceProvider):
     def refuse(self, reason: str, detail: str, abort_reason: int = ABORT_UNSPECIFIED) -> None:
         """A-ABORT (service provider), close the connection, tell the operator. The state machine
         sees the close (Evt17) and ends the association as for any lost connection."""
-        self.guard.refusals.refuse(self.assoc.peer, reason, detail, calling_ae=self._calling_ae())  # type: ignore[attr-defined]
+        self.guard.refusals.refuse(self.assoc.peer, reason, detail, calling_ae=self._calling_ae())
         sock = self.socket
         if sock is None or sock.socket is None:
             return
@@ -263,7 +263,9 @@ class GuardedDIMSE(DIMSEServiceProvider):
             try:
                 super().receive_primitive(one)
             except OSError as exc:  # NamedTemporaryFile() itself failed: no room for the file
-                self._stream_failed(exc)
+                if not self._stream_failed(exc):
+                    dul.refuse("invalid_dimse", f"DIMSE message cannot be received ({exc.strerror})")
+                    return
             except Exception as exc:  # a command set that does not decode: upstream's DUL thread died
                 dul.refuse("invalid_dimse", f"DIMSE message does not decode ({type(exc).__name__})")
                 return
@@ -293,12 +295,15 @@ class GuardedDIMSE(DIMSEServiceProvider):
         if f is not None and not isinstance(f, GuardedFile):
             g = GuardedFile(self.spool, f, f.name)
             msg._data_set_file = g  # type: ignore[assignment]
+            # closed ones were handled (adopted or deleted by pynetdicom after the C-STORE)
+            self.files = [h for h in self.files if not h.closed]
             self.files.append(g)
 
-    def _stream_failed(self, exc: OSError) -> None:
+    def _stream_failed(self, exc: OSError) -> bool:
+        """The dataset's file could not even be created: the message goes on, its data dropped."""
         msg = self.message
         if msg is None:
-            raise exc
+            return False
         f = msg._data_set_file
         name = f.name if f is not None else os.path.join(str(self.spool.incoming), f".failed-{id(msg)}.dcm")
         g = GuardedFile(self.spool, f, name)
@@ -306,6 +311,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
         msg._data_set_file = g  # type: ignore[assignment]
         msg._data_set_path = Path(name)
         self.files.append(g)
+        return True
 
     def discard_partials(self) -> tuple[int, int]:
         """Delete the files of this association's transfers that never became a spooled

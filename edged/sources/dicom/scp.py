@@ -167,7 +167,8 @@ class StorageSCP:
         """pynetdicom's own A-ASSOCIATE-RJ (called AE title, its association count): say so too."""
         rj = event.assoc.acceptor.primitive
         code = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
-        reason, detail = _REJECTS.get(code, ("association_rejected", f"A-ASSOCIATE-RJ source {code[0]} reason {code[1]}"))
+        reason, detail = _REJECTS.get(code, ("association_rejected",
+                                             f"A-ASSOCIATE-RJ source {code[0]} reason {code[1]}"))
         primitive = event.assoc.requestor.primitive
         self.refusals.refuse(event.assoc.requestor.address, reason, detail,
                              calling_ae=vocab.ae_title(primitive.calling_ae_title) if primitive else None)

@@ -120,8 +120,8 @@ class GuardedAssociation(Association):
             tls_socket = dicom_tls.handshake(ctx, sock.socket, self.guard.handshake_timeout_s)
         except dicom_tls.HandshakeFailed as exc:
             quiet = exc.code == "tls_closed"
-            self.guard.refusals.refuse(self.peer, exc.code, exc.reason, level=logging.INFO if quiet else logging.WARNING,
-                                       event=not quiet)
+            self.guard.refusals.refuse(self.peer, exc.code, exc.reason, event=not quiet,
+                                       level=logging.INFO if quiet else logging.WARNING)
             sock._shutdown_socket()
             sock.socket = None
             return False
