@@ -113,3 +113,40 @@ def test_dicom_tls_with_client_certificates(daemon_factory, collector, certs):
     log = d.log.read_text()
     assert "Traceback" not in log and "edged-test" not in log
     assert d.terminate() == 0
+
+
+def test_client_certificates_optional_with_a_ca(certs):
+    """ca_file without require_client_cert: a client without a certificate is served, one with a
+    certificate the CA did not sign is not."""
+    import socket
+    import threading
+
+    from edged.sources.dicom.tls import HandshakeFailed, handshake, server_context
+
+    ctx = server_context(certs / "server.pem", certs / "server.key", certs / "ca.pem", require_client_cert=False)
+
+    def attempt(client: ssl.SSLContext) -> str | None:
+        a, b = socket.socketpair()
+        outcome: list[str | None] = []
+
+        def serve() -> None:
+            try:
+                handshake(ctx, a, 3).close()
+                outcome.append(None)
+            except HandshakeFailed as exc:
+                outcome.append(exc.reason)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        try:
+            with client.wrap_socket(b, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"x")  # TLS 1.3: the server's verdict on a client certificate comes after
+        except (ssl.SSLError, OSError):
+            pass
+        t.join(5)
+        return outcome[0]
+
+    assert attempt(client_context(certs, None)) is None
+    assert attempt(client_context(certs, "client")) is None
+    assert "client certificate rejected" in (attempt(client_context(certs, "rogue")) or "")
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
