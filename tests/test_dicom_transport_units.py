@@ -124,6 +124,13 @@ def test_incoming_bytes_count_against_the_quota(tmp_path):
     spool.grow_incoming(str(spool.incoming / "c.dcm"), 500)
     spool.drop_incoming(str(spool.incoming / "c.dcm"))
     assert spool.incoming_bytes() == 0
+    # a quarantined file leaves the quota too
+    Path(a).write_bytes(b"x" * 900)
+    assert spool.adopt("q" * 32, Path(a))
+    with pytest.raises(SpoolFull):
+        spool.grow_incoming(str(spool.incoming / "d.dcm"), 200)
+    assert spool.quarantine("q" * 32) is not None
+    spool.grow_incoming(str(spool.incoming / "d.dcm"), 900)
 
 
 @pytest.fixture
@@ -143,6 +150,7 @@ class RacedSpool(Spool):
     def grow_incoming(self, path: str, nbytes: int) -> None:
         with self._lock:
             self._incoming[path] = self._incoming.get(path, 0) + nbytes
+            self._incoming_total += nbytes
 
 
 def test_a_write_that_meets_a_full_disk_ends_the_stream_not_the_association(full_fs):

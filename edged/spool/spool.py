@@ -29,6 +29,7 @@ from pathlib import Path
 from edged.spool.durable import fsync_dir
 
 _NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
+_FREE_SPACE_EVERY = 1 << 20
 
 
 class SpoolFull(Exception):
@@ -53,7 +54,10 @@ class Spool:
         self.incoming.mkdir(mode=0o700)
         self._lock = threading.Lock()
         self._incoming: dict[str, int] = {}  # path in .incoming -> bytes written so far
+        self._incoming_total = 0
+        self._unchecked = 0  # incoming bytes since the disk's free space was last looked at
         self._sizes = {p.stem: p.stat().st_size for p in directory.iterdir() if _NAME.match(p.name)}
+        self._spooled_total = sum(self._sizes.values())
         for stale in directory.glob(".*.tmp"):  # half-written by a crashed process: never acknowledged
             stale.unlink(missing_ok=True)
 
@@ -80,25 +84,30 @@ class Spool:
     def grow_incoming(self, path: str, nbytes: int) -> None:
         """Count ``nbytes`` more of a dataset being streamed to ``path`` (in :attr:`incoming`)
         against the quota and the disk's reserve, *before* they are written. Raises
-        :class:`SpoolFull` (nothing counted) when they do not fit."""
+        :class:`SpoolFull` (nothing counted) when they do not fit. Called for every PDU a peer
+        sends, so it is O(1): the disk's free space is looked at once per MB received."""
         with self._lock:
-            used = sum(self._sizes.values()) + sum(self._incoming.values())
+            used = self._spooled_total + self._incoming_total
             if used + nbytes > self.quota_bytes:
                 raise SpoolFull(f"spool quota: {used + nbytes} > {self.quota_bytes} bytes "
                                 f"(with the transfers in progress)")
-            st = os.statvfs(self.directory)
-            if st.f_bavail * st.f_frsize - nbytes < self.reserve_free_bytes:
-                raise SpoolFull("spool filesystem is nearly full")
+            if self._unchecked + nbytes >= _FREE_SPACE_EVERY or path not in self._incoming:
+                st = os.statvfs(self.directory)
+                if st.f_bavail * st.f_frsize - nbytes < self.reserve_free_bytes:
+                    raise SpoolFull("spool filesystem is nearly full")
+                self._unchecked = 0
+            self._unchecked += nbytes
             self._incoming[path] = self._incoming.get(path, 0) + nbytes
+            self._incoming_total += nbytes
 
     def drop_incoming(self, path: str) -> None:
         """``path`` no longer holds a transfer (adopted, deleted, or given up)."""
         with self._lock:
-            self._incoming.pop(path, None)
+            self._incoming_total -= self._incoming.pop(path, 0)
 
     def incoming_bytes(self) -> int:
         with self._lock:
-            return sum(self._incoming.values())
+            return self._incoming_total
 
     def _reserve(self, key: str, size: int, received: str = "") -> bool:
         """Count ``size`` against the quota before the slow write, so concurrent stores see it.
@@ -107,7 +116,7 @@ class Spool:
         with self._lock:
             if key in self._sizes:
                 return False
-            used = sum(self._sizes.values()) + sum(n for p, n in self._incoming.items() if p != received)
+            used = self._spooled_total + self._incoming_total - self._incoming.get(received, 0)
             if used + size > self.quota_bytes:
                 raise SpoolFull(f"spool quota: {used + size} > {self.quota_bytes} bytes")
             # The received file is already on this filesystem (streamed into .incoming): the rename
@@ -116,7 +125,8 @@ class Spool:
             if st.f_bavail * st.f_frsize < self.reserve_free_bytes:
                 raise SpoolFull("spool filesystem is nearly full")
             self._sizes[key] = size
-            self._incoming.pop(received, None)
+            self._spooled_total += size
+            self._incoming_total -= self._incoming.pop(received, 0)
             return True
 
     def adopt(self, key: str, received: Path) -> bool:
@@ -139,7 +149,7 @@ class Spool:
             fsync_dir(self.directory)
         except BaseException:
             with self._lock:
-                self._sizes.pop(key, None)
+                self._spooled_total -= self._sizes.pop(key, 0)
             raise
         return True
 
@@ -147,14 +157,14 @@ class Spool:
         """Delete a processed file. No directory fsync: the ledger is authoritative, and a file
         that reappears after a crash is recognised as done and removed again at start-up."""
         with self._lock:
-            self._sizes.pop(key, None)
+            self._spooled_total -= self._sizes.pop(key, 0)
         self.path(key).unlink(missing_ok=True)
 
     def quarantine(self, key: str) -> Path | None:
         """Move a file that can never be inferred out of the spool (its event is committed).
         Returns where it went, or None when there was no file."""
         with self._lock:
-            self._sizes.pop(key, None)
+            self._spooled_total -= self._sizes.pop(key, 0)
         src = self.path(key)
         dst = self.quarantine_dir / src.name
         try:
