@@ -132,6 +132,8 @@ class ProgressMeter:
         self.idle()
 
     def idle(self) -> None:
+        if getattr(self, "clock", None) == 0.0 and self.total == 0:
+            return  # already idle (called on every turn of an idle association's loop)
         self.clock = 0.0   # seconds waited in this transfer
         self.total = 0     # bytes received in this transfer
         self._samples: deque[tuple[float, int]] = deque([(0.0, 0)])

@@ -78,24 +78,31 @@ class GuardedSocket(AssociationSocket):
         sock = self.socket
         assert sock is not None
         out = bytearray()
-        meter, idle = self.meter, self.assoc.dul._idle_timer
+        meter, clock = self.meter, time.monotonic
+        then, progressed = clock(), False
         while len(out) < nr_bytes:
-            t0 = time.monotonic()
             try:
                 chunk = sock.recv(min(READ_SIZE, nr_bytes - len(out)))
             except TimeoutError:  # socket.timeout, also for an SSLSocket
-                meter.waited(time.monotonic() - t0)
+                now = clock()
+                meter.waited(now - then)
+                then = now
+                if progressed:  # a long PDU arriving is progress, not idleness (network_timeout)
+                    self.assoc.dul._idle_timer.restart()
+                    progressed = False
                 if self.assoc._kill:
                     raise ConnectionAbortedError("association ended while reading") from None
                 if meter.too_slow():
                     raise PeerTooSlow from None
                 continue
-            meter.waited(time.monotonic() - t0)
+            now = clock()
+            meter.waited(now - then)
+            then = now
             if not chunk:
                 return out
             out += chunk
             meter.received(len(chunk))
-            idle.restart()  # bytes arriving are progress, not idleness (network_timeout)
+            progressed = True
             if meter.too_slow():
                 raise PeerTooSlow
         return out
