@@ -150,3 +150,35 @@ def test_client_certificates_optional_with_a_ca(certs):
     assert attempt(client_context(certs, "client")) is None
     assert "client certificate rejected" in (attempt(client_context(certs, "rogue")) or "")
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_a_dribbled_handshake_is_cut_at_its_deadline(certs):
+    """A client that sends its ClientHello a byte every 0.3 s: a socket timeout (per wait) would
+    never fire; the handshake's deadline is for the whole of it."""
+    import socket
+    import threading
+
+    from edged.sources.dicom.tls import HandshakeFailed, handshake, server_context
+
+    ctx = server_context(certs / "server.pem", certs / "server.key")
+    a, b = socket.socketpair()
+    stop = threading.Event()
+
+    def dribble() -> None:
+        data = b"\x16\x03\x01\x02\x00" + b"\x01" * 512  # a TLS record header, then its body slowly
+        for byte in data:
+            if stop.wait(0.3):
+                return
+            try:
+                b.send(bytes([byte]))
+            except OSError:
+                return
+
+    threading.Thread(target=dribble, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(HandshakeFailed) as err:
+        handshake(ctx, a, 1.0)
+    stop.set()
+    assert err.value.code == "tls_handshake_timeout"
+    assert time.monotonic() - start < 2.0
+    b.close()

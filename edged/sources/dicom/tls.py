@@ -48,8 +48,10 @@ def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None,
 
 
 def handshake(ctx: ssl.SSLContext, raw: socket.socket, timeout: float) -> ssl.SSLSocket:
-    """Wrap ``raw`` and complete the server handshake within ``timeout`` seconds, or raise
-    :class:`HandshakeFailed` (the caller closes the socket)."""
+    """Wrap ``raw`` and complete the server handshake within ``timeout`` seconds in all, or
+    raise :class:`HandshakeFailed` (the socket is closed). Since Python 3.5 a socket's timeout is
+    "the maximum total duration of the handshake" (``SSLSocket.do_handshake``), so a client
+    dribbling its ClientHello a byte at a time does not stretch it."""
     raw.settimeout(timeout)
     try:
         tls = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
