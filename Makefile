@@ -5,7 +5,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := mosquitto mosquitto-clients dcmtk systemd python3-venv
+APT_PKGS := mosquitto mosquitto-clients dcmtk systemd python3-venv openssl
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-deps models bench clean
@@ -29,6 +29,7 @@ system-deps:
 	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
