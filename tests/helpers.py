@@ -38,6 +38,7 @@ class Collector:
         self.messages: list[tuple[str, dict, bool]] = []
         self.invalid: list[tuple[str, str]] = []
         self.sizes: list[tuple[str, int]] = []  # (topic, bytes) of every message
+        self.received: list[tuple[float, str]] = []  # (monotonic arrival, topic) of every message
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{os.getpid()}-{port}",
                                   protocol=mqtt.MQTTv5)
@@ -56,6 +57,7 @@ class Collector:
 
     def _on_message(self, client, userdata, msg) -> None:
         self.sizes.append((msg.topic, len(msg.payload)))
+        self.received.append((time.monotonic(), msg.topic))
         if msg.topic.endswith("/availability"):  # plain text, as availability topics are by convention
             payload = msg.payload.decode("utf-8", "replace")
             if payload not in ("online", "offline"):
@@ -86,6 +88,11 @@ class Collector:
                     topics = [t for t, _, _ in self.messages]
                     raise AssertionError(f"timed out; got {len(topics)} messages: {topics[-20:]}")
                 self._cond.wait(min(left, 0.5))
+
+    def timed(self, topic_part: str) -> list[tuple[float, object]]:
+        """(arrival time, payload) of every message whose topic contains ``topic_part``."""
+        with self._cond:
+            return [(t, p) for (t, _), (topic, p, _) in zip(self.received, self.messages) if topic_part in topic]
 
     def results(self) -> list[dict]:
         return self.of("results/")

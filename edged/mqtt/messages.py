@@ -185,7 +185,7 @@ def encode_capped(kind: str, payload: dict | str) -> bytes:
 def camera_state(node: str, camera: str, *, state: str, enabled: bool, source: str, decoder: str | None,
                  resolution: tuple[int, int] | None, fps: dict, frames: dict, drops: dict, last_frame_age_s: float | None,
                  reconnects: int, restarts: int, attempts: int, last_error: str | None, last_attempt: float | None,
-                 next_attempt: float | None, models: list[str]) -> dict:
+                 next_attempt: float | None, backoff_s: float | None, models: list[str]) -> dict:
     """A camera's retained state: what it is doing, how fast, what it drops and why."""
     return {
         "schema": CAMERA_STATE_SCHEMA, "node": node, "camera": camera, "time": utc_now(), "state": state,
@@ -193,7 +193,8 @@ def camera_state(node: str, camera: str, *, state: str, enabled: bool, source: s
         "resolution": {"width": resolution[0], "height": resolution[1]} if resolution else None,
         "fps": fps, "frames": frames, "drops": drops, "last_frame_age_s": last_frame_age_s,
         "reconnects": reconnects, "restarts": restarts, "attempts": attempts, "last_error": last_error,
-        "last_attempt": iso_time(last_attempt), "next_attempt": iso_time(next_attempt), "models": models,
+        "last_attempt": iso_time(last_attempt), "next_attempt": iso_time(next_attempt), "backoff_s": backoff_s,
+        "models": models,
     }
 
 

@@ -72,7 +72,7 @@ class Counters:
     drops: dict[str, int] = field(default_factory=lambda: {"reader": 0, "busy": 0, "queue": 0, "failed": 0})
     reconnects: int = 0
     restarts: int = 0
-    attempts: int = 0  # helper starts since the last frame
+    attempts: int = 0  # failed helper runs since the last frame
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, jitter: float, rng: random.Random) -> float:
@@ -97,6 +97,7 @@ class Capture:
         self.last_error: str | None = None  # a reason code
         self.last_attempt: float | None = None  # wall clock
         self.next_attempt: float | None = None
+        self.backoff_s: float | None = None  # the delay chosen before next_attempt
         self._lock = threading.Lock()
         self._latest: Frame | None = None
         self._taken = 0  # seq of the last frame handed out
@@ -147,16 +148,16 @@ class Capture:
     # -- the supervisor ------------------------------------------------------------------
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            self.counters.attempts += 1
-            self.last_attempt, self.next_attempt = time.time(), None
+            self.last_attempt, self.next_attempt, self.backoff_s = time.time(), None, None
             self._set_state("connecting")
             cause, detail = self._run_once()
             if self._stopping.is_set():
                 break
             self._lost(cause, detail)
+            self.counters.attempts += 1
             delay = backoff_delay(self.counters.attempts, self.cam.backoff.initial_s, self.cam.backoff.max_s,
                                   self.cam.backoff.jitter, self.rng)
-            self.next_attempt = time.time() + delay
+            self.backoff_s, self.next_attempt = round(delay, 3), time.time() + delay
             self._set_state("stalled" if cause == "stall" else "backoff")
             self._stopping.wait(delay)
         self._set_state("stopped")

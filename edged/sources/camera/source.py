@@ -149,7 +149,7 @@ class CameraSource:
             frames={"in": latest.frames_in, "inferred": inferred, "age_ms": rt.age_ms()}, drops=drops,
             last_frame_age_s=c.frame_age_s(), reconnects=latest.reconnects, restarts=latest.restarts,
             attempts=latest.attempts, last_error=c.last_error, last_attempt=c.last_attempt,
-            next_attempt=c.next_attempt)
+            next_attempt=c.next_attempt, backoff_s=c.backoff_s)
 
     def _publish_state(self, rt: CameraRuntime) -> None:
         try:
