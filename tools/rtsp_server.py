@@ -45,14 +45,16 @@ def main(argv):
             "! rtph264pay name=pay0 pt=96 config-interval=1 )" % (args.pattern, args.width, args.height, args.fps, args.fps))
         factory.set_shared(True)
         if args.user:
-            factory.add_role_from_structure(Gst.Structure.from_string(
-                "camera, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
+            permissions = GstRtspServer.RTSPPermissions()
+            permissions.add_permission_for_role("camera", "media.factory.access", True)
+            permissions.add_permission_for_role("camera", "media.factory.construct", True)
+            factory.set_permissions(permissions)
         mounts.add_factory("/cam%d" % i, factory)
     if args.user:
         with open(args.password_file) as f:
             password = f.read().strip()
         auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken.new_empty()
+        token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", "camera")
         auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, password), token)
         server.set_auth(auth)

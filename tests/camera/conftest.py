@@ -58,13 +58,15 @@ def pictures() -> Path:
 
 @pytest.fixture(scope="session")
 def camera_repo(tmp_path_factory: pytest.TempPathFactory, chexnet_ready: Path) -> Path:
-    """chexnet-tiny (DICOM), detector-tiny (cameras, ~1 ms) and the real CenterFace."""
+    """chexnet-tiny (DICOM), detector-tiny (cameras, ~1 ms), the seeded detector of realistic cost
+    (~120 ms per frame here) and the real CenterFace."""
     from edged.models.synth import write_model
 
     repo = tmp_path_factory.mktemp("camera-engines")
     write_model("tiny", repo / "chexnet-tiny")
     write_model("detector-tiny", repo / "detector-tiny")
-    (repo / "centerface").mkdir()
-    for name in ("model.yaml", "model.onnx"):
-        os.symlink(chexnet_ready / "centerface" / name, repo / "centerface" / name)
+    for model in ("centerface", "detector"):
+        (repo / model).mkdir()
+        for name in ("model.yaml", "model.onnx"):
+            os.symlink(chexnet_ready / model / name, repo / model / name)
     return repo
