@@ -118,6 +118,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         if model.name != entry.name:
             problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
+        for cam in cfg.cameras:  # what `run` would refuse when loading the model for cameras
+            if entry.name in cam.models and "camera" not in model.manifest.sources:
+                problems.append(f"cameras: {cam.name} names model {entry.name}, whose manifest serves "
+                                f"{', '.join(model.manifest.sources)} only (sources: in {path})")
         if not model.onnx_path.exists():
             print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
     if problems:
