@@ -51,7 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     from edged.service.install import add_install_parser
 
     add_engines_parser(sub, engines_context)
-    add_selftest_parser(sub, engines_context)
+    selftest = add_selftest_parser(sub, engines_context)
+    engines_selftest = selftest.get_default("func")
+
+    def selftest_and_cameras(args: argparse.Namespace) -> int:
+        """The engine self-test, then every configured camera opened by the real capture helper."""
+        from edged.sources.camera.check import report
+
+        code = engines_selftest(args)
+        return max(code, report(load_config(args.config, args.sets)))
+
+    selftest.set_defaults(func=selftest_and_cameras)
     add_install_parser(sub)
     return parser
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +268,30 @@ def test_the_example_pipeline_strings_carry_no_secret(tmp_path):
     pw.write_text("hunter2")
     c = cam("rtsp://10.0.0.7/s1", username_file=user, password_file=pw)
     assert "hunter2" not in describe(c) and "admin" not in describe(c)
+
+
+def test_selftest_lists_the_cameras_it_can_open(tmp_path, pictures):
+    """A test pattern and a picture open; a V4L2 device and a CSI sensor do not exist here."""
+    from edged.sources.camera.check import report
+
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"""models: [{{name: detector}}]
+cameras:
+  - {{name: pattern, uri: "test://ball", models: [detector], width: 160, height: 90}}
+  - {{name: picture, uri: "file://{pictures}/coffee.png", models: [detector]}}
+  - {{name: usb0, uri: "v4l2:///dev/video9", models: [detector]}}
+  - {{name: csi0, uri: "csi://0", models: [detector]}}
+""")
+    lines: list[str] = []
+    assert report(load_config(cfg), lines.append) == 1
+    table = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert table == {"pattern": "PASS", "picture": "PASS", "usb0": "FAIL", "csi0": "FAIL"}, lines
+    assert "160x90" in lines[1] and "600x400" in lines[2] and "nvarguscamerasrc" in lines[4]
+
+
+def test_check_refuses_a_camera_naming_a_dicom_model(tmp_path):
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text("models: [{name: chexnet}]\ncameras: [{name: c, uri: 'test://ball', models: [chexnet]}]\n")
+    r = subprocess.run([sys.executable, "-m", "edged", "check", "-c", str(cfg)], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 2 and "cameras: c names model chexnet, whose manifest serves dicom only" in r.stderr
