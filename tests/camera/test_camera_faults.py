@@ -62,6 +62,16 @@ def test_stall_crash_and_outage_of_an_rtsp_camera(daemon_factory, collector, rts
     wait_until(lambda: len(camera_events("reconnected")) >= 2, 20, "frames after the restart")
     assert helper_pids(d.proc.pid) and helper_pids(d.proc.pid) != [pid]
 
+    # 2b. a helper that hangs (stopped: it can say nothing itself) is found by the daemon's watchdog
+    (pid,) = helper_pids(d.proc.pid)
+    before = len(camera_events("stalled"))
+    t2 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    hung = wait_until(lambda: camera_events("stalled")[before:], STALL + 5, "the hung helper found")
+    assert hung[0][0] - t2 <= STALL + 2.0
+    wait_until(lambda: len(camera_events("reconnected")) >= 3, 20, "frames after the hung helper")
+    assert pid not in helper_pids(d.proc.pid)
+
     # 3. the server goes away: offline at once; back 10 s later: recovers with the configured backoff
     t1 = time.monotonic()
     server.kill()
@@ -89,6 +99,6 @@ def test_stall_crash_and_outage_of_an_rtsp_camera(daemon_factory, collector, rts
     assert gaps == sorted(gaps) or max(gaps) >= BACKOFF["max_s"] * (1 - BACKOFF["jitter"]), gaps
 
     state = collector.timed("/cameras/door/state")[-1][1]
-    assert state["reconnects"] >= 3 and state["restarts"] >= 1
+    assert state["reconnects"] >= 4 and state["restarts"] >= 1
     assert d.terminate() == 0
     assert last_availability() == "offline"
