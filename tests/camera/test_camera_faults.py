@@ -98,7 +98,8 @@ def test_stall_crash_and_outage_of_an_rtsp_camera(daemon_factory, collector, rts
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps == sorted(gaps) or max(gaps) >= BACKOFF["max_s"] * (1 - BACKOFF["jitter"]), gaps
 
-    state = collector.timed("/cameras/door/state")[-1][1]
-    assert state["reconnects"] >= 4 and state["restarts"] >= 1
+    state = wait_until(lambda: [s for _, s in collector.timed("/cameras/door/state") if s["reconnects"] >= 4], 5,
+                       "the state counting four reconnects")[-1]
+    assert state["restarts"] >= 1 and state["state"] == "streaming"
     assert d.terminate() == 0
     assert last_availability() == "offline"

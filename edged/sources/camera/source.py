@@ -66,6 +66,7 @@ class CameraSource:
         self._submit = submit
         self._availability: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # a state is offered in the order it was built
         self._stopping = threading.Event()
         self._state_thread = threading.Thread(target=self._state_loop, name="camera-state", daemon=True)
         self.scheduler: Scheduler | None = None
@@ -152,12 +153,15 @@ class CameraSource:
             next_attempt=c.next_attempt, backoff_s=c.backoff_s)
 
     def _publish_state(self, rt: CameraRuntime) -> None:
-        try:
-            data = messages.encode_capped("camera_state", self._state(rt))
-        except messages.PayloadTooLarge as exc:
-            log.error("camera %s: %s", rt.name, exc)
-            return
-        self.publish(self.topics.camera_state(rt.name), data, True)
+        """Built and offered under one lock: the periodic thread and a capture's transition must
+        not offer an older state after a newer one (the publisher keeps the last offered)."""
+        with self._state_lock:
+            try:
+                data = messages.encode_capped("camera_state", self._state(rt))
+            except messages.PayloadTooLarge as exc:
+                log.error("camera %s: %s", rt.name, exc)
+                return
+            self.publish(self.topics.camera_state(rt.name), data, True)
 
     def _state_loop(self) -> None:
         while not self._stopping.wait(self.cfg.capture.state_interval_s):
