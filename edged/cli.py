@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--root", type=Path, help="check a config of an image: resolve its absolute paths under "
                    "ROOT (default: inferred when the file is ROOT/etc/edged/edged.yaml)")
+    p.add_argument("--connect", action="store_true", help="also connect to the MQTT broker with the configured "
+                   "credentials and TLS")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
@@ -40,28 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="--camera: how long to show detections")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export-results", help="export the on-device results archive (pseudonymized)")
-    _config_args(p)
-    p.add_argument("--model", help="only this model")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    p.set_defaults(func=cmd_export)
+    from edged.outbox.export import add_parsers as add_export_parsers
 
-    from edged.backends.tensorrt.cli import add_engines_parser, add_selftest_parser
+    add_export_parsers(sub, _config_args)  # export-results, pseudonym
+
+    from edged.backends.tensorrt.cli import add_engines_parser
+    from edged.selftest.cli import add_selftest_parser
     from edged.service.install import add_install_parser
 
     add_engines_parser(sub, engines_context)
-    selftest = add_selftest_parser(sub, engines_context)
-    engines_selftest = selftest.get_default("func")
-
-    def selftest_and_cameras(args: argparse.Namespace) -> int:
-        """The engine self-test, then every configured camera opened by the real capture helper."""
-        from edged.sources.camera.check import report
-
-        code = engines_selftest(args)
-        return max(code, report(load_config(args.config, args.sets)))
-
-    selftest.set_defaults(func=selftest_and_cameras)
+    add_selftest_parser(sub, engines_context)
     add_install_parser(sub)
     return parser
 
@@ -79,10 +69,17 @@ def engines_context(args: argparse.Namespace):
         ModelBuild(cfg.manifest_path(e), e.precision, e.dla_core, e.batching.max_batch_size if e.batching else None)
         for e in cfg.models if e.backend != "onnxruntime"
     )
-    return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models)
+    return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models,
+                          power=cfg.power, config=cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edged.service.console import guarded  # a closed pipe or Ctrl-C: an exit status, no traceback
+
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -96,8 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon, NoModelServed
     from edged.service.logsetup import setup_logging
 
+    from edged.config.check import preflight
+
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
+    problems = preflight(cfg)  # what edged check finds in directories and credential/TLS files
+    if problems:
+        raise ConfigError(problems)
     try:
         return Daemon(cfg).run()
     except NoModelServed as exc:  # a configuration to fix: exit 2 stops systemd's restart loop
@@ -110,34 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edged.models.manifest import load_manifest
+    from edged.config.check import report
 
     cfg = load_config(args.config, args.sets)
-    root = args.root or image_root(args.config)
-    if root is not None:
-        print(f"checking as installed under {root} (absolute paths resolved there)")
-    problems: list[str] = []
-    for entry in cfg.models:
-        path = cfg.manifest_path(entry)
-        if root is not None and path.is_absolute():
-            path = root / path.relative_to("/")
-        try:
-            model = load_manifest(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if model.name != entry.name:
-            problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
-        for cam in cfg.cameras:  # what `run` would refuse when loading the model for cameras
-            if entry.name in cam.models and "camera" not in model.manifest.sources:
-                problems.append(f"cameras: {cam.name} names model {entry.name}, whose manifest serves "
-                                f"{', '.join(model.manifest.sources)} only (sources: in {path})")
-        if not model.onnx_path.exists():
-            print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
-    if problems:
-        raise ConfigError(problems)
-    print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")
-    return 0
+    return report(cfg, str(args.config or "defaults"), args.root or image_root(args.config), args.connect)
 
 
 def image_root(config: Path | None) -> Path | None:
@@ -160,20 +138,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edged.demo import run_demo
 
     return run_demo(broker=args.broker, dicom_file=args.file)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from edged.outbox.archive import export_results
-
-    cfg = load_config(args.config, args.sets)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        n = export_results(cfg.db_path, out, fmt=args.format, model=args.model)
-    finally:
-        if args.output:
-            out.close()
-    print(f"exported {n} result(s)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

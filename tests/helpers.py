@@ -269,7 +269,7 @@ def patch_element(path: Path, tag: tuple[int, int], vr: bytes | None = None, len
     return path
 
 
-def send_file(port: int, path: Path, aet: str = "MODALITY", syntax: str | None = None) -> int | None:
+def send_file(port: int, path: Path, syntaxes: list[str] | None = None, aet: str = "MODALITY") -> int | None:
     """A pynetdicom SCU sending a file's bytes as they are (no re-encoding), like a router."""
     from pydicom import dcmread
     from pynetdicom import AE, _config
@@ -277,7 +277,7 @@ def send_file(port: int, path: Path, aet: str = "MODALITY", syntax: str | None =
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=aet)
     ds = dcmread(path, stop_before_pixels=True)
-    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, [syntax or ds.file_meta.TransferSyntaxUID])
+    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, syntaxes or [ds.file_meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
     assert assoc.is_established
     try:

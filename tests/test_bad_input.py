@@ -8,27 +8,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import MPEG2MPML, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from helpers import dicom_file, storescu
+from helpers import send_file as send
 
 CR = dicom_file("RG1_UNCR.dcm")
-
-
-def send(port: int, path: Path, syntaxes: list[str] | None = None, aet: str = "MODALITY") -> int | None:
-    """pynetdicom SCU sending a file *as is* (no re-encoding), like a PACS forwarding bytes."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    ae = AE(ae_title=aet)
-    ds = dcmread(path, stop_before_pixels=True)
-    ae.add_requested_context(ds.SOPClassUID, syntaxes or [ds.file_meta.TransferSyntaxUID])
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-        return int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
 
 
 def variant(tmp_path: Path, name: str, edit) -> Path:
@@ -188,3 +174,29 @@ def test_deflated_and_nonconformant_uids_are_served_and_never_logged(daemon_fact
     assert d.terminate() == 0
     log = d.log.read_text()
     assert odd not in log, "a non-conformant UID was logged"
+
+
+def test_contexts_a_peer_merely_proposes_raise_no_alarm(daemon_factory, collector):
+    """Issue #15: Orthanc's C-ECHO also proposes FIND/MOVE; routers propose each SOP class in
+    several syntaxes. Refusing what is not needed is normal: no warning, no ``rejected`` event."""
+    import time
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom.sop_class import (ModalityWorklistInformationFind, StudyRootQueryRetrieveInformationModelFind,
+                                      StudyRootQueryRetrieveInformationModelMove)
+
+    d = daemon_factory().start()
+    ae = AE(ae_title="ORTHANC")
+    for cx in (Verification, StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove,
+               ModalityWorklistInformationFind):
+        ae.add_requested_context(cx)
+    ae.add_requested_context(ComputedRadiographyImageStorage, [MPEG2MPML])  # refused...
+    ae.add_requested_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian])  # ...but this one serves
+    assoc = ae.associate("127.0.0.1", d.port, ae_title="EDGED")
+    assert assoc.is_established and len(assoc.rejected_contexts) == 4
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    time.sleep(1.0)
+    assert d.terminate() == 0
+    assert not collector.events("rejected")
+    assert "presentation context" not in d.log.read_text() and "cannot serve" not in d.log.read_text()

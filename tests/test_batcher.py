@@ -57,8 +57,12 @@ def test_full_batches_leave_without_waiting_for_the_delay():
     be = RecordingBackend()
     b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=4, max_queue_delay_ms=10_000, max_queue_size=16))
     b.start()
+    be.gate.clear()
+    b.submit(Request(np.zeros(2, np.float32), lambda c: None))  # keeps the backend busy: the rest queue
+    time.sleep(0.05)
+    threading.Timer(0.1, be.gate.set).start()
     done = run(b, 8)  # would take 10 s if full batches waited for the delay (run() gives up then)
-    assert be.batches == [4, 4]
+    assert be.batches == [1, 4, 4]
     assert sorted(c.request.context for c in done) == list(range(8))
     assert all(float(c.outputs["y"][0]) == c.request.context + 1 for c in done)  # each gets its own row
     assert sorted(int(c.outputs["n"]) for c in done) == sorted([0, 1, 2, 3] * 2)  # of every output, in its own dtype
@@ -69,15 +73,54 @@ def test_full_batches_leave_without_waiting_for_the_delay():
 
 def test_delay_closes_a_partial_batch_and_zero_delay_sends_at_once():
     be = RecordingBackend()
+    be.gate.clear()  # the backend is busy with a first request while three more arrive
     b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=8, max_queue_delay_ms=200, max_queue_size=16))
     b.start()
-    done = run(b, 3)
-    assert be.batches == [3]
+    done: list[Completion] = []
+    b.submit(Request(np.zeros(2, np.float32), done.append, context="first"))
+    time.sleep(0.05)
+    for i in range(3):
+        b.submit(Request(np.array([i, 1], np.float32), done.append, context=i))
+    be.gate.set()
+    deadline = time.monotonic() + 5
+    while len(done) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert be.batches == [1, 3]  # requests queued under load wait for the batch to fill or the delay
     assert all(c.queue_ms >= 150 for c in done if c.request.context == 0)
     b.retune(max_queue_delay_ms=0)
     be.batches.clear()
     run(b, 2, spacing=0.05)
     assert be.batches == [1, 1]
+    b.stop()
+
+
+def test_a_lone_request_on_an_idle_backend_does_not_wait_for_the_delay():
+    """Issue #14: an image on an idle device waited the full max_queue_delay_ms for a batch of one."""
+    be = RecordingBackend()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=8, max_queue_delay_ms=500, max_queue_size=16))
+    b.start()
+    for _ in range(3):  # each alone, on an idle backend
+        (c,) = run(b, 1)
+        assert c.queue_ms <= 5.0 and c.batch_size == 1
+        time.sleep(0.05)
+    b.stop()
+
+
+def test_under_load_batches_still_form():
+    be = RecordingBackend()
+    be.gate.clear()
+    b = DynamicBatcher("m", be, BatchingSpec(max_batch_size=4, max_queue_delay_ms=50, max_queue_size=32))
+    b.start()
+    done: list[Completion] = []
+    for i in range(9):
+        b.submit(Request(np.array([i, 1], np.float32), done.append, context=i))
+        if i == 0:
+            time.sleep(0.05)  # the first is in the (blocked) backend; the rest queue behind it
+    be.gate.set()
+    deadline = time.monotonic() + 5
+    while len(done) < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert be.batches == [1, 4, 4]
     b.stop()
 
 

@@ -91,7 +91,7 @@ def test_two_models_each_publish_one_result_per_image(daemon_factory, collector,
     bad = daemon_factory(repo=repo, models=[{"name": "wrong"}])
     bad_run = subprocess.run([sys.executable, "-m", "edged", "run", "-c", str(bad.config)], capture_output=True,
                              text=True, timeout=120)
-    assert bad_run.returncode == 1
+    assert bad_run.returncode == 2  # nothing to serve: a configuration to fix, not a crash to restart
     assert "model wrong: the network's input is (-1, 3, 64, 64) but the manifest says NCHW (3, 96, 96)" in bad_run.stderr
     d = daemon_factory(repo=repo, models=[{"name": "chexnet-tiny"}, {"name": "second"}]).start()
     assert storescu(d.port, *cr_variants(tmp_path, 2)).returncode == 0

@@ -5,7 +5,6 @@ real files; nothing here starts a daemon, so a failure points at one module."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -378,3 +377,38 @@ def test_control_handlers_use_only_the_narrow_interface():
     assert (type_, reason) == ("power", "ok") and "tech switched the power mode 0 MAXN → 2 15W" in fields["detail"]
     handlers["power.clocks"]({"on": True}, peer)
     assert target.events[-1][1] == "clocks_on"
+
+
+# -- decode processes ---------------------------------------------------------------------
+def test_a_decoder_process_that_dies_fails_the_image_transiently_and_the_pool_recovers(tiny_repo, tmp_path):
+    """A decoder crashing on a hostile codestream takes its worker process down, not the daemon:
+    that image gets a transient failure (retried within its attempt limit), the next one works."""
+    import signal
+
+    from edged.preprocess.errors import TransientError
+    from edged.preprocess.pool import DecodePool
+    from helpers import dicom_file
+
+    manifest = load_manifest(tiny_repo / "chexnet-tiny").manifest
+    pool = DecodePool(1)
+    pool.start()
+    try:
+        got: list[BaseException] = []
+
+        def decode_j2k() -> None:
+            try:
+                pool.prepare(dicom_file("RG1_J2KR.dcm"), manifest.input, manifest.preprocess)
+            except BaseException as exc:  # noqa: BLE001
+                got.append(exc)
+
+        t = threading.Thread(target=decode_j2k)
+        t.start()
+        time.sleep(0.15)  # inside the ~0.5 s JPEG 2000 decode
+        for pid in list(pool._pool._processes):  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        assert len(got) == 1 and isinstance(got[0], TransientError) and got[0].reason == "decoder_crashed"
+        tensor, timings = pool.prepare(small_cr(tmp_path / "cr.dcm"), manifest.input, manifest.preprocess)
+        assert tensor.shape == (3, 64, 64) and pool.restarts == 1 and timings["decode_ms"] >= 0
+    finally:
+        pool.close()

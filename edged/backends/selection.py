@@ -24,7 +24,7 @@ from edged.backends.base import Backend, BackendError
 from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.tensorrt.builder import Preprocess, Progress
 from edged.backends.tensorrt.config import TensorRTConfig
-from edged.backends.tensorrt.engines import EngineManager, EngineSet, EventCallback, trt_available
+from edged.backends.tensorrt.engines import FROM_CONFIG, EngineManager, EngineSet, EventCallback, trt_available
 from edged.backends.tensorrt.gate import gate_engine
 from edged.backends.worker import WorkerBackend, WorkerLoadError, probe_python
 from edged.config.schema import Config, ModelEntry
@@ -121,7 +121,8 @@ def select_backend(model, choice: str, cfg: TensorRTConfig, cache_dir: Path, *, 
         if choice == "tensorrt":
             raise TensorRTUnavailable(f"{model.name}: backend tensorrt configured, but {why}")
         return ort(f"TensorRT not used: {why}")
-    manager = EngineManager(model, probe, cfg, cache_dir, precision=precision, dla_core=dla_core,
+    manager = EngineManager(model, probe, cfg, cache_dir, precision=precision,
+                            dla_core=FROM_CONFIG if dla_core is None else dla_core,  # None: the model sets none
                             max_batch=max_batch, preprocess=preprocess, progress=progress, on_event=on_event, env=env)
     try:
         backend, engines = load_trt(manager, cfg, on_event, env)

@@ -1,10 +1,16 @@
-"""A dynamic batcher per model, with Triton's semantics.
+"""A dynamic batcher per model, with Triton's semantics — minus the idle wait.
 
 A batch leaves when it holds ``max_batch_size`` requests, or when its oldest request has
-waited ``max_queue_delay_ms`` (0: send whatever is queued). The queue is bounded: a request
-that does not fit is refused at once with :class:`QueueFull` — cameras drop the frame, the
-DICOM path never gets here because it bounds its own in-flight work. Each completion carries
-its own queue time and the batch's compute time and window (for energy per inference).
+waited ``max_queue_delay_ms`` (0: send whatever is queued). One exception: a request that
+arrives while the backend is idle and nothing else is queued leaves at once. The delay exists
+to let a batch fill while requests keep coming; for a lone image on an idle device (tens of
+radiographs a day, a few at a time) it buys nothing but latency. Requests that arrive while a
+batch is in the backend queue and batch as Triton does.
+
+The queue is bounded: a request that does not fit is refused at once with :class:`QueueFull`
+— cameras drop the frame, the DICOM path never gets here because it bounds its own in-flight
+work. Each completion carries its own queue time and the batch's compute time and window (for
+energy per inference).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Request:
     on_done: Callable[["Completion"], None]
     context: Any = None
     enqueued_at: float = field(default_factory=time.monotonic)
+    immediate: bool = False  # set by submit(): it found the backend idle and the queue empty
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Completion:
     compute_ms: float
     batch_size: int
     window: tuple[float, float]  # monotonic start/end of the backend call
+    index: int = 0  # position in its batch (metrics count an execution once, at 0)
 
 
 class DynamicBatcher:
@@ -60,6 +68,7 @@ class DynamicBatcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self.busy_since: float | None = None  # monotonic start of the running backend call
+        self._busy = False  # a batch has left the queue and not yet completed (guarded by _cond)
         self.stats = {"requests": 0, "batches": 0, "rejected": 0, "failed": 0}
 
     def start(self) -> None:
@@ -86,6 +95,7 @@ class DynamicBatcher:
             if len(self._queue) >= self.max_queue_size:
                 self.stats["rejected"] += 1
                 raise QueueFull(f"{self.name}: exceeds maximum queue size ({self.max_queue_size})")
+            request.immediate = not self._busy and not self._queue
             self._queue.append(request)
             self._cond.notify_all()
 
@@ -113,7 +123,7 @@ class DynamicBatcher:
         with self._cond:
             while True:
                 if self._queue:
-                    if len(self._queue) >= self.max_batch_size or self._stopping:
+                    if len(self._queue) >= self.max_batch_size or self._stopping or self._queue[0].immediate:
                         break
                     wait = self._queue[0].enqueued_at + self.max_queue_delay_s - time.monotonic()
                     if wait <= 0:
@@ -124,11 +134,16 @@ class DynamicBatcher:
                 else:
                     self._cond.wait()
             n = min(self.max_batch_size, len(self._queue))
+            self._busy = True
             return [self._queue.popleft() for _ in range(n)]
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._infer(batch)
+            try:
+                self._infer(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
 
     def _infer(self, batch: list[Request]) -> None:
         start = time.monotonic()
@@ -151,11 +166,11 @@ class DynamicBatcher:
         compute_ms = (end - start) * 1000.0
         for i, req in enumerate(batch):
             out = {k: v[i] for k, v in outputs.items()} if outputs is not None and error is None else None
-            _complete(req, out, error, (start - req.enqueued_at) * 1000.0, compute_ms, (start, end), len(batch))
+            _complete(req, out, error, (start - req.enqueued_at) * 1000.0, compute_ms, (start, end), len(batch), i)
 
 
-def _complete(req: Request, out, error, queue_ms, compute_ms, window, batch_size: int = 0) -> None:
+def _complete(req: Request, out, error, queue_ms, compute_ms, window, batch_size: int = 0, index: int = 0) -> None:
     try:
-        req.on_done(Completion(req, out, error, queue_ms, compute_ms, batch_size, window))
+        req.on_done(Completion(req, out, error, queue_ms, compute_ms, batch_size, window, index))
     except Exception:
         log.exception("completion callback failed")

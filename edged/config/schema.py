@@ -126,6 +126,8 @@ class MqttConfig(Strict):
 
 class PipelineConfig(Strict):
     preprocess_workers: int = Field(default=1, ge=1, le=16)
+    decode_processes: int = Field(default=1, ge=0, le=16, description="images are decoded in this many worker "
+                                  "processes, off the receive path; 0: in the daemon's threads")
     backend_timeout_s: float = Field(default=60, gt=0, description="a batch taking longer marks the pipeline unhealthy")
     max_attempts: int = Field(default=3, ge=1, le=100, description="processing attempts per image before it fails")
     retry_backoff_s: float = Field(default=10, gt=0, description="first retry delay; doubles each attempt")

@@ -8,6 +8,9 @@ acknowledged image, and a camera-heavy site cannot delay DICOM results.
 One model failing (a missing or altered ONNX file, a manifest that does not describe its network,
 a backend that will not load) does not stop the others: it is logged, published as a ``backend``
 event ``load_failed`` and listed as unavailable; the daemon decides what to do when none is left.
+Configured DLA engines beyond a core's 16 loadables are a configuration error found before any
+model loads (``ConfigError``, exit status 2): which model would fail to load is arbitrary, and
+``edged check`` reports the same.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from edged.backends.base import Backend
 from edged.backends.selection import make_backend
 from edged.batcher.dynamic import DynamicBatcher
 from edged.batcher.served import ServedModel
+from edged.config.hints import did_you_mean
 from edged.config.schema import Config, ModelEntry
 from edged.config.yamlsrc import ConfigError
-from edged.models.manifest import BatchingSpec, ModelManifest, load_manifest
+from edged.models.manifest import BatchingSpec, LoadedModel, ModelManifest, load_manifest
 from edged.outbox.emitter import EventEmitter
 from edged.postprocess.decode import kind_of, tensors_of
 from edged.power.runtime import PowerRuntime
@@ -38,6 +42,7 @@ class ModelLoader:
     def load_all(self) -> tuple[dict[str, ServedModel], dict[str, ServedModel], dict[str, str]]:
         """DICOM and camera instances by model name, and why each other configured model (or
         instance, ``name@camera``) is not served."""
+        check_dla_budget(self.cfg)
         served: dict[str, dict[str, ServedModel]] = {"dicom": {}, "camera": {}}
         unavailable: dict[str, str] = {}
         for_cameras = {m for cam in self.cfg.cameras if cam.enabled for m in cam.models}
@@ -45,7 +50,7 @@ class ModelLoader:
             self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
             key = entry.name
             try:
-                sources = load_manifest(self.cfg.manifest_path(entry)).manifest.sources
+                sources = self._manifest(entry).manifest.sources
                 if entry.name in for_cameras and "camera" not in sources:
                     raise ValueError(f"a camera names model {entry.name}, whose manifest does not list "
                                      f"camera in its sources ({', '.join(sources)})")
@@ -63,8 +68,16 @@ class ModelLoader:
                 self.events.emit("backend", "load_failed", model=key, detail=why)
         return served["dicom"], served["camera"], unavailable
 
+    def _manifest(self, entry: ModelEntry) -> LoadedModel:
+        path = self.cfg.manifest_path(entry)
+        if entry.manifest is None and not path.exists():
+            have = sorted(p.parent.name for p in self.cfg.model_repository.glob("*/model.yaml"))
+            raise ValueError(f"no model {entry.name} in {self.cfg.model_repository}{did_you_mean(entry.name, have)}; "
+                             f"the repository has: {', '.join(have) or 'no models'}")
+        return load_manifest(path)
+
     def load(self, entry: ModelEntry, source: str = "dicom") -> ServedModel:
-        model = load_manifest(self.cfg.manifest_path(entry))
+        model = self._manifest(entry)
         if model.name != entry.name:
             raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
         if source not in model.manifest.sources:
@@ -85,8 +98,8 @@ class ModelLoader:
         except BaseException:
             backend.close()
             raise
-        log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
-                 model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
+        log.info("model %s %s (sha256 %s…): %s; clinical: %s; batching %d / %.0f ms", model.name,
+                 model.manifest.version, model.sha256[:12], reason, str(model.manifest.clinical).lower(),
                  spec.max_batch_size, spec.max_queue_delay_ms)
         if not model.manifest.clinical:
             log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
@@ -96,7 +109,8 @@ class ModelLoader:
         """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
         def emit(kind: str, fields: dict) -> None:
             level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
-            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
+            shown = ", ".join(f"{k} {v}" for k, v in fields.items() if k not in ("stderr_tail", "model"))
+            log.log(level, "model %s: %s%s", model, kind, f" ({shown})" if shown else "")
             detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
             self.events.emit("backend", kind, model=model, detail=str(detail), fields=fields)
         return emit
@@ -108,6 +122,21 @@ class ModelLoader:
             self.notifier.status(f"building engine {model}: {text}{pct}")
             self.notifier.extend_timeout(300_000_000)  # another 5 min from now, for as long as it progresses
         return progress
+
+
+def check_dla_budget(cfg: Config) -> None:
+    """Raise ConfigError when the configured DLA engines exceed a core's loadables (see dla.py)."""
+    from edged.backends.tensorrt.dla import budget_problems, requests_from_config
+
+    manifests = {}
+    for entry in cfg.models:
+        try:
+            manifests[entry.name] = load_manifest(cfg.manifest_path(entry))
+        except Exception:  # reported with its reason when the model is loaded
+            continue
+    problems = budget_problems(requests_from_config(cfg, manifests))
+    if problems:
+        raise ConfigError([f"models: {p}" for p in problems])
 
 
 def check_tensors(name: str, manifest: ModelManifest, backend: Backend) -> None:

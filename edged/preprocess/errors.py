@@ -24,3 +24,13 @@ class PixelError(ValueError):
 
     def __reduce__(self):  # keep reason/message intact across process boundaries (pickle)
         return (type(self), (self.reason, self.message))
+
+
+class TransientError(RuntimeError):
+    """Preparing the image failed for a reason that may not recur (a decoder process that died,
+    memory that was short): the source retries it, within its attempt limit."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message

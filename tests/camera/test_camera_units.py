@@ -272,7 +272,7 @@ def test_the_example_pipeline_strings_carry_no_secret(tmp_path):
 
 def test_selftest_lists_the_cameras_it_can_open(tmp_path, pictures):
     """A test pattern and a picture open; a V4L2 device and a CSI sensor do not exist here."""
-    from edged.sources.camera.check import report
+    from edged.sources.camera.check import camera_rows
 
     cfg = tmp_path / "edged.yaml"
     cfg.write_text(f"""models: [{{name: detector}}]
@@ -282,11 +282,13 @@ cameras:
   - {{name: usb0, uri: "v4l2:///dev/video9", models: [detector]}}
   - {{name: csi0, uri: "csi://0", models: [detector]}}
 """)
-    lines: list[str] = []
-    assert report(load_config(cfg), lines.append) == 1
-    table = {line.split()[0]: line.split()[1] for line in lines[1:]}
-    assert table == {"pattern": "PASS", "picture": "PASS", "usb0": "FAIL", "csi0": "FAIL"}, lines
-    assert "160x90" in lines[1] and "600x400" in lines[2] and "nvarguscamerasrc" in lines[4]
+    rows = camera_rows(load_config(cfg))
+    table = {r["target"]: r["status"] for r in rows}
+    assert table == {"capture helper": "PASS", "pattern": "PASS", "picture": "PASS", "usb0": "FAIL",
+                     "csi0": "FAIL"}, rows
+    notes = {r["target"]: r["note"] for r in rows}
+    assert "nvarguscamerasrc no" in notes["capture helper"] and "rtspsrc yes" in notes["capture helper"]
+    assert "160x90" in notes["pattern"] and "600x400" in notes["picture"] and "nvarguscamerasrc" in notes["csi0"]
 
 
 def test_check_refuses_a_camera_naming_a_dicom_model(tmp_path):

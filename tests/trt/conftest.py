@@ -24,7 +24,16 @@ PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
 
 
 def _compat_python(minor: str) -> str:
-    """The pyenv interpreter for ``minor`` (e.g. "3.6") with numpy, or skip saying what is missing."""
+    """The pyenv interpreter for ``minor`` (e.g. "3.6") with numpy, or skip saying what is missing.
+
+    ``3.8-numpy1.24`` is the venv ``tools/setup-compat-pythons.sh`` makes: JetPack 5.1's Python
+    after ``pip3 install -U numpy``.
+    """
+    if "-" in minor:
+        exe = str(PYENV.parent / "edged-compat" / f"py{minor}" / "bin" / "python")
+        if not os.path.exists(exe):
+            pytest.skip(f"{exe} is missing; run tools/setup-compat-pythons.sh")
+        return exe
     found = sorted(glob.glob(str(PYENV / f"{minor}.*" / "bin" / "python")))
     if not found:
         pytest.skip(f"Python {minor} is not installed under {PYENV} (stand-in for the Jetson system Python)")

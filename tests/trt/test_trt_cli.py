@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from edged.backends.tensorrt.cli import EnginesContext, add_engines_parser, add_selftest_parser
+from edged.backends.tensorrt.cli import EnginesContext, add_engines_parser
 from edged.backends.tensorrt.config import TensorRTConfig
+from edged.selftest.cli import add_selftest_parser
 
 
 def run(argv: list[str], env: dict, cache_dir) -> int:
@@ -58,34 +59,6 @@ def test_engines_build_reports_parse_or_build_failure(model_copy, tmp_path, doub
     env = doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build")
     assert run(["engines", "build", str(model_copy)], env, tmp_path) == 1
     assert "build failed: TensorRT could not build the engine" in capsys.readouterr().err
-
-
-def test_selftest_without_tensorrt_still_checks_the_worker(tmp_path, plain_env, capsys):
-    report = tmp_path / "selftest.json"
-    argv = ["selftest", "--kind", "tiny", "--max-batch", "2", "--repeats", "1", "--json", str(report)]
-    assert run(argv, plain_env(), tmp_path) == 0
-    out = capsys.readouterr().out
-    assert "onnxruntime via worker" in out and "SKIP" in out and "selftest: passed" in out
-    data = json.loads(report.read_text())
-    rows = {r["target"]: r for r in data["rows"]}
-    worker = rows["onnxruntime via worker"]
-    assert worker["status"] == "PASS" and worker["max_abs_diff"] <= 1e-5
-    assert set(worker["timings"]) == {"1", "2"} and worker["timings"]["2"]["img_s"] > 0
-    assert rows["tensorrt"]["status"] == "SKIP" and "cannot import tensorrt" in rows["tensorrt"]["note"]
-    assert run(argv + ["--require-tensorrt"], plain_env(), tmp_path) == 1
-
-
-def test_selftest_with_tensorrt_checks_gpu_and_every_dla_core(tmp_path, doubles_env, capsys):
-    report = tmp_path / "selftest.json"
-    argv = ["selftest", "--kind", "tiny", "--max-batch", "2", "--repeats", "1", "--json", str(report)]
-    assert run(argv, doubles_env("10.3"), tmp_path) == 0
-    rows = {r["target"]: r for r in json.loads(report.read_text())["rows"]}
-    for target in ("tensorrt fp32 GPU", "tensorrt fp16 GPU", "tensorrt fp16 DLA0", "tensorrt fp16 DLA1"):
-        assert rows[target]["status"] == "PASS", rows[target]
-    assert "fell back to GPU" in rows["tensorrt fp16 DLA0"]["note"]
-    # A device whose engines are wrong must fail the self-test.
-    assert run(argv, doubles_env("10.3", EDGED_TRT_DOUBLE_FAIL="build"), tmp_path / "other") == 1
-    assert "selftest: FAILED" in capsys.readouterr().out
 
 
 def test_build_all_builds_what_the_config_asks_for(model_copy, tmp_path, doubles_env, capsys):

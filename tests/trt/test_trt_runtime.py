@@ -96,3 +96,66 @@ def test_rejected_plan_is_a_deserialize_failure_with_tensorrts_words(trt, mods, 
     (tmp_path / "junk.plan").write_bytes(b"\x00" * 64)
     with pytest.raises(trt_runtime.HostError, match="magicTag"):
         trt_runtime.create_host({"engines": [{"path": str(tmp_path / "junk.plan"), "batch": None}], "max_batch": 4})
+
+
+@pytest.mark.parametrize("version", ["8.0", "8.2", "8.5"])
+def test_dtypes_do_not_go_through_trt_nptype_numpy_1_24(version, trt, mods, tiny_model, tmp_path, monkeypatch,
+                                                        make_inputs, reference):
+    """trt.nptype up to 8.5 reads np.bool, which numpy 1.24-1.26 do not have (JetPack 5.1 with pip's
+    numpy; test_trt_compat runs that for real under numpy 1.24.4). numpy 2 has np.bool again, so here
+    nptype is made to fail the way it does there."""
+    trt_build, trt_runtime = mods
+    trt.use(version)
+    plan = make_plan(trt, trt_build, tiny_model, tmp_path / "e.plan")
+
+    def nptype_on_numpy_1_24(trt_type):
+        raise AttributeError("module 'numpy' has no attribute 'bool'")
+
+    monkeypatch.setattr(trt, "nptype", nptype_on_numpy_1_24)
+    host = trt_runtime.create_host({"engines": [{"path": str(plan), "batch": None}], "max_batch": 4})
+    assert host.describe()["outputs"][0]["dtype"] == "float32"
+    x = make_inputs(2)
+    np.testing.assert_allclose(dict(host.infer(x))["logits"], reference.infer(x)["logits"], atol=1e-6)
+    assert trt_runtime.np_dtype(trt.DataType.HALF) == np.float16 and trt_runtime.np_dtype(trt.DataType.BOOL) == np.bool_
+
+
+def test_runtime_works_in_the_primary_context_made_before_it(trt, mods, tiny_model, tmp_path):
+    trt_build, trt_runtime = mods
+    trt.use("8.2")
+    import pycuda.driver as cuda
+
+    del cuda.calls[:]
+    plan = make_plan(trt, trt_build, tiny_model, tmp_path / "e.plan")
+
+    trt_runtime.create_host({"engines": [{"path": str(plan), "batch": None}], "max_batch": 4})
+    assert "make_context" not in cuda.calls and "retain_primary_context" in cuda.calls
+    assert cuda.current_context().primary
+
+
+def test_plan_from_another_compute_capability_is_refused(trt, mods, tiny_model, tmp_path, monkeypatch):
+    trt_build, trt_runtime = mods
+    trt.use("8.5")
+    plan = make_plan(trt, trt_build, tiny_model, tmp_path / "e.plan")  # built on a Xavier (7.2)
+    monkeypatch.setenv("EDGED_CUDA_DOUBLE_CC", "8.7")  # the card moved to an Orin
+    with pytest.raises(trt_runtime.HostError) as info:
+        trt_runtime.create_host({"engines": [{"path": str(plan), "batch": None}], "max_batch": 4})
+    assert info.value.code == "deserialize_failed" and "incompatible device" in str(info.value)
+
+
+def test_a_full_dla_core_is_not_a_deserialize_failure(trt, mods, tiny_model, tmp_path):
+    """17 loadables on one core: TensorRT refuses to load; rebuilding the plan would not help."""
+    trt_build, trt_runtime = mods
+    trt.use("8.5")
+    plans = [make_plan(trt, trt_build, tiny_model, tmp_path / f"b{b}.plan", "fp16", static=b, dla=0, max_batch=b)
+             for b in range(1, 18)]
+    engines = [{"path": str(p), "batch": b} for p, b in zip(plans, range(1, 18))]
+    host = trt_runtime.create_host({"engines": engines[:16], "max_batch": 16, "dla_core": 0, "precision": "fp16"})
+    with pytest.raises(trt_runtime.HostError) as info:
+        trt_runtime.create_host({"engines": engines[16:], "max_batch": 17, "dla_core": 0, "precision": "fp16"})
+    assert info.value.code == "dla_load_failed" and "at most 16 loadables" in str(info.value)
+    host.close()
+    del host
+    import gc
+
+    gc.collect()
+    trt_runtime.create_host({"engines": engines[16:], "max_batch": 17, "dla_core": 0, "precision": "fp16"})

@@ -310,3 +310,21 @@ def test_popen_failure_raises_worker_died_and_removes_the_tensor_file(tmp_path, 
         WorkerProcess(sys.executable, "nomem", plain_env(), tmp_path)
     assert isinstance(info.value, BackendError) and info.value.fields["errno"] == errno.ENOMEM
     assert list(tmp_path.iterdir()) == [] and _open_fds() == fds
+
+
+def test_a_worker_that_aborts_keeps_what_it_said(tmp_path, plain_env):
+    """On TensorRT 8.0/8.2 an exception in a callback is std::terminate: SIGABRT, and the reason
+    only on stderr. The load error carries it instead of a bare "killed by SIGABRT"."""
+    host = tmp_path / "aborting_host.py"
+    host.write_text("import os, sys\n"
+                    "def create_host(params):\n"
+                    "    sys.stderr.write(\"terminate called after throwing an instance of "
+                    "'pybind11::error_already_set'\\n  what():  OSError: [Errno 28] No space left on device\\n\")\n"
+                    "    sys.stderr.flush()\n"
+                    "    os.abort()\n")
+    backend = WorkerBackend("external", {"module": str(host)}, name="aborting", python_exe=sys.executable,
+                            env=plain_env(), load_timeout_s=30)
+    with pytest.raises(BackendError) as info:
+        backend.load()
+    message = str(info.value)
+    assert "SIGABRT" in message and "No space left on device" in message and "terminate called" in message

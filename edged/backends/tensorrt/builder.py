@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from edged.backends.base import BackendError
+from edged.backends.tensorrt.trt_placement import summary as placement_summary
 
 BUILD_SCRIPT = Path(__file__).with_name("trt_build.py").resolve()
 # Calibration and validation images go through the daemon's own preprocessing, which reads DICOM
@@ -265,7 +266,7 @@ def _follow(proc: subprocess.Popen, t0: float, timeout_s: float, progress: Progr
             if progress:
                 progress("warning: " + msg["text"], None)
         elif kind == "placement" and progress:
-            progress(f"DLA placement: {msg['dla']} layers on DLA{msg['dla_core']}, {msg['gpu']} on GPU", None)
+            progress(f"DLA placement: {placement_summary(msg)}", None)
         elif kind == "done":
             result = msg
         elif kind == "error":
@@ -277,10 +278,11 @@ def _follow(proc: subprocess.Popen, t0: float, timeout_s: float, progress: Progr
         raise EngineBuildError(error.get("code", "build"), error.get("text", "build failed"), error.get("details"))
     if code < 0:
         sig = signal.Signals(-code).name
-        hint = " (likely the kernel's OOM killer: lower tensorrt.workspace_mb or stop other processes)" if sig == "SIGKILL" else ""
-        raise EngineBuildError("killed", f"engine builder was killed by {sig}{hint}")
+        hint = {"SIGKILL": " (likely the kernel's OOM killer: lower tensorrt.workspace_mb or stop other processes)",
+                "SIGABRT": " (an abort inside TensorRT or CUDA; its last words follow)"}.get(sig, "")
+        raise EngineBuildError("killed", f"engine builder was killed by {sig}{hint}", stderr_tail[-8:])
     if code != 0 or result is None:
-        raise EngineBuildError("crash", f"engine builder exited with {code}", stderr_tail[-5:])
+        raise EngineBuildError("crash", f"engine builder exited with {code}", stderr_tail[-8:])
     result["warnings"] = warnings
     result["build_seconds"] = round(time.monotonic() - t0, 3)
     return result

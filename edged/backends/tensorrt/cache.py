@@ -40,7 +40,7 @@ class DeviceId:
 
     @classmethod
     def from_probe(cls, probe: dict) -> "DeviceId":
-        """From ``child.py --probe``: the GPU's compute capability, the device tree's SoC and model."""
+        """From ``device_probe.py``: the GPU's compute capability, the device tree's SoC and model."""
         gpu = probe.get("gpu") or {}
         compatible = [c for c in (probe.get("compatible") or "").split(",") if c]
         soc = next((c.split(",")[-1] for c in compatible if "tegra" in c), compatible[-1] if compatible else "unknown")

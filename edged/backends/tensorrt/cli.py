@@ -1,9 +1,11 @@
-"""``edged engines list|build|verify|prune`` and ``edged selftest``.
+"""``edged engines list|build|verify|prune``, and the settings context ``edged selftest`` shares.
 
-The main CLI mounts these with ``add_engines_parser(subparsers)`` / ``add_selftest_parser(
-subparsers)`` and calls ``args.func(args)``, which returns the exit status. Settings come from
-``context(args)`` when the main CLI passes one (it knows the config file); otherwise from the
-defaults of ``TensorRTConfig`` plus ``--cache-dir`` / ``--worker-python``.
+The main CLI mounts these with ``add_engines_parser(subparsers)`` (and ``edged.selftest.cli``'s
+``add_selftest_parser``) and calls ``args.func(args)``, which returns the exit status. Settings
+come from ``context(args)`` when the main CLI passes one (it knows the config file); otherwise
+from the defaults of ``TensorRTConfig`` plus ``--cache-dir`` / ``--worker-python``.
+``build --all`` checks the configured DLA engines against the 16-loadables-per-core budget
+before building anything.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edged.backends.selection import trt_worker
 from edged.backends.tensorrt.builder import EngineBuildError, Preprocess
 from edged.backends.tensorrt.cache import EngineCache
 from edged.backends.tensorrt.config import TensorRTConfig
+from edged.backends.tensorrt.dla import DlaRequest, budget_problems
 from edged.backends.tensorrt.engines import (
+    FROM_CONFIG,
     EngineManager,
     current_device_filter,
     trt_available,
@@ -38,6 +42,8 @@ class EnginesContext:
     preprocess_for: Callable[[LoadedModel], Preprocess] | None = None
     env: dict[str, str] | None = None
     models: tuple["ModelBuild", ...] = ()  # what `build --all` builds (the config's auto/tensorrt models)
+    power: Any = None  # edged.power.config.PowerConfig of the config (edged selftest's power checks)
+    config: Any = None  # the whole edged.config.schema.Config (edged selftest's camera checks)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def default_context(args: argparse.Namespace) -> EnginesContext:
     return EnginesContext(cfg, Path(getattr(args, "cache_dir", None) or DEFAULT_CACHE_DIR))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, help="edged config file (tensorrt:, cache_dir, models)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key (repeatable)")
@@ -89,30 +95,8 @@ def add_engines_parser(subparsers, context: ContextFactory | None = None) -> arg
     pr.add_argument("--keep-model", type=Path, action="append", default=[], help="keep only engines of these models")
     pr.add_argument("--dry-run", action="store_true")
     for s in (ls, b, v, pr):
-        _common(s)
+        common_options(s)
     p.set_defaults(func=lambda args: ENGINE_COMMANDS[args.engines_command](args, ctx(args)))
-    return p
-
-
-def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> argparse.ArgumentParser:
-    ctx = context or default_context
-    p = subparsers.add_parser("selftest", help="build, compare and time engines on this device; pass/fail table")
-    p.add_argument("--model", type=Path, help="model folder (default: the generated reference model)")
-    p.add_argument("--kind", default="densenet121", help="reference model kind when --model is not given")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", type=Path, default=Path("selftest.json"), help="where to write the report")
-    p.add_argument("--require-tensorrt", action="store_true", help="fail when TensorRT is unavailable")
-    _common(p)
-
-    def run(args: argparse.Namespace) -> int:
-        from edged.selftest import run_selftest
-
-        c = ctx(args)
-        return run_selftest(c.cfg, c.cache_dir, model_dir=args.model, kind=args.kind, max_batch=args.max_batch,
-                            repeats=args.repeats, json_path=args.json, require_tensorrt=args.require_tensorrt, env=c.env)
-
-    p.set_defaults(func=run)
     return p
 
 
@@ -147,16 +131,36 @@ def cmd_build(args: argparse.Namespace, c: EnginesContext) -> int:
     if bool(args.model) == bool(args.all):
         print("engines build: name a model folder, or --all for the models of the config", file=sys.stderr)
         return 2
-    probe = _probe_or_explain(c)
-    if probe is None:
-        return 2
     targets = [ModelBuild(args.model)] if args.model else list(c.models)
     if not targets:
         print("engines build --all: no model of the config uses backend auto or tensorrt; nothing to build")
+    problems = dla_budget(targets, c.cfg, args)
+    if problems:
+        for p in problems:
+            print(f"engines build: {p}", file=sys.stderr)
+        return 2
+    probe = _probe_or_explain(c)
+    if probe is None:
+        return 2
     status = 0
     for t in targets:
         status = max(status, _build_one(args, c, probe, load_manifest(t.manifest), t))
     return status
+
+
+def dla_budget(targets: list[ModelBuild], cfg: TensorRTConfig, args: argparse.Namespace) -> list[str]:
+    """The targets' DLA engines against the 16-loadables-per-core budget, before building any."""
+    requests = []
+    for t in targets:
+        core = args.dla_core if args.dla_core is not None else t.dla_core if t.dla_core is not None else cfg.dla_core
+        if core is None:
+            continue
+        try:
+            batch = args.max_batch or t.max_batch or load_manifest(t.manifest).manifest.batching.max_batch_size
+        except Exception:  # a broken manifest fails in its own build, with its reason
+            continue
+        requests.append(DlaRequest(load_manifest(t.manifest).name, int(core), int(batch)))
+    return budget_problems(requests)
 
 
 def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: LoadedModel,
@@ -174,7 +178,8 @@ def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: 
     print(f"{model.name}: engines", flush=True)
     preprocess = c.preprocess_for(model) if c.preprocess_for else None
     manager = EngineManager(model, probe, c.cfg, c.cache_dir, precision=args.precision or target.precision,
-                            dla_core=args.dla_core if args.dla_core is not None else target.dla_core,
+                            dla_core=args.dla_core if args.dla_core is not None else
+                            target.dla_core if target.dla_core is not None else FROM_CONFIG,
                             max_batch=args.max_batch or target.max_batch, preprocess=preprocess, env=c.env,
                             progress=progress)
     try:

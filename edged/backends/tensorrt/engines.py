@@ -1,9 +1,18 @@
 """Which engines a model needs on this device, and getting them from the cache or the builder.
 
 GPU: one engine with a dynamic-batch profile 1..max. DLA: no dynamic shapes, so one static
-engine per batch size 1..max (the runtime picks the smallest that fits). Every engine's key is
-complete (see ``cache.py``), so ``ensure_engines`` is safe to call at every start-up: a hit
-costs one sha256 of the plan, a miss builds under a lock while other processes wait.
+engine per batch size 1..max (the runtime picks the smallest that fits), within the DLA core's
+16-loadable budget (``dla.py``: checked before building, and again with the real subgraph count
+once the engine inspector has one). Every engine's key is complete (see ``cache.py``), so
+``ensure`` is safe to call at every start-up: a hit costs one sha256 of the plan, a miss builds
+under a lock while other processes wait.
+
+``dla_core``: ``FROM_CONFIG`` (the default) takes ``tensorrt.dla_core``; ``None`` means the GPU,
+whatever the config says (``edged selftest``'s GPU rows must run on the GPU).
+
+Timing caches are keyed by TensorRT version, device, SM count and nvpmodel mode: TensorRT
+refuses a cache timed with another SM count, and power modes with different TPC masks change it.
+INT8 is refused before building on GPUs without fast INT8 (``platforms.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +33,16 @@ from edged.backends.tensorrt.builder import (
     prepare_calibration,
     run_builder,
 )
+from edged.backends.tensorrt import platforms
 from edged.backends.tensorrt.cache import CacheEntry, DeviceId, EngineCache, EngineKey
 from edged.backends.tensorrt.config import TensorRTConfig
+from edged.backends.tensorrt.dla import DlaRequest, budget_problems
+from edged.backends.tensorrt.trt_placement import summary as placement_summary
 from edged.models.manifest import LoadedModel
 
 EventCallback = Callable[[str, dict], None]
 log = logging.getLogger("edged.engines")
+FROM_CONFIG = "config"  # EngineManager(dla_core=...) default: tensorrt.dla_core
 
 
 def trt_available(probe: dict) -> tuple[bool, str]:
@@ -76,12 +89,13 @@ class EngineManager:
     """Plans keys and ensures engines for one model on one (probed) device."""
 
     def __init__(self, model: LoadedModel, probe: dict, cfg: TensorRTConfig, cache_dir: Path, *,
-                 precision: str | None = None, dla_core: int | None = None, max_batch: int | None = None,
+                 precision: str | None = None, dla_core: int | None | str = FROM_CONFIG, max_batch: int | None = None,
                  preprocess: Preprocess | None = None, progress: Progress | None = None,
-                 on_event: EventCallback | None = None, env: dict[str, str] | None = None):
+                 on_event: EventCallback | None = None, env: dict[str, str] | None = None,
+                 calibration: Calibration | None = None):
         self.model, self.probe, self.cfg = model, probe, cfg
         self.precision = precision or cfg.precision
-        self.dla_core = cfg.dla_core if dla_core is None else dla_core
+        self.dla_core = cfg.dla_core if dla_core == FROM_CONFIG else dla_core
         self.max_batch = max_batch or model.manifest.batching.max_batch_size
         self.preprocess = preprocess
         self.progress = progress
@@ -90,7 +104,7 @@ class EngineManager:
         self.cache = EngineCache(cfg.engines_root(cache_dir))
         self.timing_root = cfg.timing_root(cache_dir)
         self.device = DeviceId.from_probe(probe)
-        self._calibration: Calibration | None = None
+        self._calibration = calibration  # given: used as is (edged selftest); else made from the images
 
     def _emit(self, kind: str, fields: dict) -> None:
         if self.on_event:
@@ -122,13 +136,36 @@ class EngineManager:
                          opts.precision, opts.dla_core, opts.profile, opts.flags(), cal.digest if cal else "")
 
     def timing_cache(self) -> Path:
-        """One timing cache per TensorRT version and device: it carries a device check of its own."""
-        return self.timing_root / f"trt{self.probe.get('tensorrt')}_{self.device.slug()}.timing"
+        """One timing cache per TensorRT version, device, SM count and nvpmodel mode.
+
+        TensorRT refuses a cache made with other CUDA device properties; the SM count is one of
+        them and a power mode with another TPC mask changes it. The nvpmodel mode is in the key
+        too, since where the probe cannot count SMs the mode is what changes them.
+        """
+        gpu = self.probe.get("gpu") or {}
+        sms = f"_{gpu['multiprocessors']}sm" if gpu.get("multiprocessors") else ""
+        mode = self.probe.get("nvpmodel_mode")
+        mode_part = f"_mode{mode}" if mode is not None else ""
+        return self.timing_root / f"trt{self.probe.get('tensorrt')}_{self.device.slug()}{sms}{mode_part}.timing"
+
+    def check_before_build(self) -> None:
+        """What the device cannot do, refused before an hour of building: DLA with FP32, INT8 on a
+        GPU without fast INT8, more DLA engines than a core can load."""
+        if self.dla_core is not None and self.precision == "fp32":
+            raise EngineBuildError("dla", "DLA runs FP16 or INT8 only; set precision fp16 or int8 for DLA models")
+        if self.precision == "int8":
+            why = platforms.int8_refusal((self.probe.get("gpu") or {}).get("compute_capability"))
+            if why:
+                raise EngineBuildError("int8", f"{self.model.name}: INT8 refused: {why}")
+        if self.dla_core is not None:
+            problems = budget_problems([DlaRequest(self.model.name, self.dla_core, self.max_batch)],
+                                       int(self.probe.get("dla_cores") or 0) or None)
+            if problems:
+                raise EngineBuildError("dla", problems[0])
 
     def ensure(self, force: bool = False) -> EngineSet:
         """Every engine this model needs, from the cache or freshly built; raises EngineBuildError."""
-        if self.dla_core is not None and self.precision == "fp32":
-            raise EngineBuildError("dla", "DLA runs FP16 or INT8 only; set precision fp16 or int8 for DLA models")
+        self.check_before_build()
         self.model.verify_onnx()
         result = EngineSet([], self.precision, self.dla_core, self.max_batch)
         for opts in self.options():
@@ -144,9 +181,15 @@ class EngineManager:
                 result.placement = entry.meta["placement"]
         if result.placement:
             p = result.placement
-            log.info("%s: DLA%s placement: %d layers on DLA, %d on GPU %s", self.model.name, p["dla_core"],
-                     p["dla"], p["gpu"], [n for n, _ in p["gpu_layers"]][:10])
-            self._emit("dla_placement", p)
+            log.info("%s: placement %s; on the GPU: %s", self.model.name, placement_summary(p),
+                     [n for n, _ in p["gpu_layers"]][:10])
+            self._emit("dla_placement", {k: v for k, v in p.items() if k not in ("layers_raw", "prediction")})
+            loadables = sum(int((e.meta.get("placement") or {}).get("dla_subgraphs") or 1) for _, e in result.entries)
+            per_engine = -(-loadables // len(result.entries))  # the budget counts engines x subgraphs
+            problems = budget_problems([DlaRequest(self.model.name, self.dla_core, len(result.entries), per_engine)],
+                                       int(self.probe.get("dla_cores") or 0) or None)
+            if problems:
+                raise EngineBuildError("dla", problems[0])
         return result
 
     def _build(self, opts: BuildOptions, plan: Path, log_path: Path) -> dict:
@@ -159,6 +202,7 @@ class EngineManager:
                               timeout_s=self.cfg.build_timeout_s, progress=self.progress, env=self.env)
         return {"build_seconds": summary.get("build_seconds"), "placement": summary.get("placement"),
                 "warnings": summary.get("warnings", []), "model_path": str(self.model.onnx_path),
+                "calibration": summary.get("calibration"), "timing_cache": summary.get("timing_cache"),
                 "worker_python": self.cfg.worker_python}
 
     def invalidate(self, engines: EngineSet, reason: str) -> None:

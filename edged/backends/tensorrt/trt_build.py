@@ -7,12 +7,23 @@ INT8 calibration) pycuda. The daemon side (``builder.py``) writes a JSON spec, s
 ``python trt_build.py spec.json`` and reads JSON lines from stdout: ``progress``, ``warning``,
 ``placement``, then ``done`` or ``error``. Everything TensorRT says goes to the build log.
 
-Version differences handled here (TensorRT 8.2 / 8.5 / 10.x): explicit-batch network flag only
-on 8.x; workspace through ``set_memory_pool_limit`` (8.4+) or ``max_workspace_size``; progress
-through ``IProgressMonitor`` (10.x) or a heartbeat thread; ``builder_optimization_level`` (8.6+);
-calibrator deprecation (10.1+); per-node parser errors with ``node_name`` (10.x) or the node
-list the daemon extracted from the ONNX file.
+CUDA context: the device's *primary* context is made current (``pycuda.autoprimaryctx``, or its
+equivalent on pycuda < 2021.1) before the Builder exists. TensorRT's CUDA runtime works in the
+primary context; ``pycuda.autoinit`` would create and push a second one, and the Builder's
+resources are then invalid where the calibrator's buffers live ("invalid resource handle").
+Callbacks never raise (see ``trt_callbacks.py``). The timing cache is the device's to refuse:
+``set_timing_cache`` returning False drops the file and starts a fresh cache, and a missing
+``get_timing_cache()`` after the build (10.x returns None) costs the cache, not the engine.
+A failed INT8 build on a GPU without fast INT8 (Nano, TX2) is refused up front with the reason.
+
+Version differences handled here (TensorRT 8.0 / 8.2 / 8.5 / 8.6 / 10.x): explicit-batch network
+flag only on 8.x; workspace through ``set_memory_pool_limit`` (8.4+) or ``max_workspace_size``;
+progress through ``IProgressMonitor`` (10.x) or a heartbeat thread; ``builder_optimization_level``
+(8.6+); calibrator deprecation (10.1+); the engine inspector for DLA placement (8.2+); per-node
+parser errors with ``node_name`` (10.x) or the node list the daemon extracted from the ONNX file.
 """
+import atexit
+import importlib.util
 import json
 import os
 import sys
@@ -25,6 +36,20 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
     del sys.path[0]
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 2, 3
+LOG_CAP_BYTES = 4 << 20
+
+
+def _sibling(name):
+    """A module next to this file, by path (this folder is deliberately not on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("edged_trt_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+callbacks = _sibling("trt_callbacks")
+placement_of = _sibling("trt_placement")
 
 
 class BuildFailure(Exception):
@@ -36,26 +61,6 @@ class BuildFailure(Exception):
 
 def trt_version_tuple(trt):
     return tuple(int(p) for p in trt.__version__.split(".")[:2])
-
-
-def make_logger(trt, log_file, keep):
-    """An ILogger writing every TensorRT message to the build log and keeping errors for reports."""
-    names = {}
-    for name in ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"):
-        names[getattr(trt.Logger, name)] = name
-
-    class BuildLogger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):
-            label = names.get(severity, str(severity))
-            log_file.write("%s [%s] %s\n" % (time.strftime("%H:%M:%S"), label, msg))
-            log_file.flush()
-            if label in ("INTERNAL_ERROR", "ERROR"):
-                keep.append(msg)
-
-    return BuildLogger()
 
 
 def describe_parser_errors(parser, node_names):
@@ -75,112 +80,34 @@ def describe_parser_errors(parser, node_names):
     return out
 
 
-class Heartbeat(object):
-    """TensorRT < 10 reports no progress; a Nano build can take an hour, so say we are alive."""
+def use_primary_context(required):
+    """Make the GPU's primary CUDA context current; return pycuda.driver, or None without pycuda.
 
-    def __init__(self, emit, interval):
-        self.emit, self.interval = emit, interval
-        self.stop = threading.Event()
-        self.t0 = time.time()
-        self.thread = threading.Thread(target=self.run)
-        self.thread.daemon = True
-
-    def run(self):
-        while not self.stop.wait(self.interval):
-            self.emit({"event": "progress", "text": "building engine: %d s elapsed" % (time.time() - self.t0),
-                       "fraction": None})
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-
-def make_progress_monitor(trt, emit):
-    """TensorRT 10's IProgressMonitor: top-level phases give a fraction, nested ones give text."""
-
-    class Monitor(trt.IProgressMonitor):
-        def __init__(self):
-            trt.IProgressMonitor.__init__(self)
-            self.steps = {}
-            self.top = None
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            self.steps[phase_name] = max(int(num_steps), 1)
-            if parent_phase is None:
-                self.top = phase_name
-            emit({"event": "progress", "text": phase_name, "fraction": 0.0 if parent_phase is None else None})
-
-        def step_complete(self, phase_name, step):
-            if phase_name == self.top:
-                emit({"event": "progress", "text": phase_name,
-                      "fraction": min(1.0, float(step + 1) / self.steps.get(phase_name, 1))})
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name):
-            self.steps.pop(phase_name, None)
-
-    return Monitor()
+    Must run before any TensorRT object exists (see the module docstring). ``required``: INT8
+    calibration feeds device buffers and cannot do without pycuda.
+    """
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        if required:
+            raise BuildFailure("calibration", "INT8 calibration needs pycuda for %s (JetPack does not ship it: "
+                                              "sudo pip3 install pycuda): %s" % (sys.executable, exc))
+        return None
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (pycuda >= 2021.1)
+    except ImportError:  # older pycuda: the same thing by hand
+        cuda.init()
+        context = cuda.Device(0).retain_primary_context()
+        context.push()
+        atexit.register(context.pop)
+    return cuda
 
 
-def make_calibrator(trt, spec, emit):
-    """Entropy calibrator over the tensors the daemon preprocessed with the model's own pipeline."""
-    import numpy as np
-    import pycuda.autoinit  # noqa: F401  (creates the CUDA context this process uses)
-    import pycuda.driver as cuda
+def configure(trt, builder, network, config, spec, emit, say, cuda=None):
+    """Everything the builder is asked to do, in one place (the tests assert on exactly this).
 
-    cal = spec["calibration"]
-    data = np.load(cal["tensors"], mmap_mode="r")
-    batch = int(cal["batch_size"])
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.pos = 0
-            self.dev = cuda.mem_alloc(int(np.prod(data.shape[1:])) * batch * 4)
-
-        def get_batch_size(self):
-            return batch
-
-        def get_batch(self, names, p_str=None):
-            if self.pos + batch > data.shape[0]:
-                return None
-            chunk = np.ascontiguousarray(data[self.pos:self.pos + batch], dtype=np.float32)
-            cuda.memcpy_htod(self.dev, chunk)
-            self.pos += batch
-            emit({"event": "progress", "text": "calibrating: %d/%d images" % (self.pos, data.shape[0]),
-                  "fraction": None})
-            return [int(self.dev)]
-
-        def read_calibration_cache(self):
-            if os.path.exists(cal["cache"]):
-                with open(cal["cache"], "rb") as f:
-                    emit({"event": "progress", "text": "reusing calibration cache", "fraction": None})
-                    return f.read()
-            return None
-
-        def write_calibration_cache(self, cache):
-            atomic_write(cal["cache"], bytes(cache))
-
-    if data.shape[0] < batch:
-        raise BuildFailure("calibration", "INT8 needs at least %d calibration images, got %d" % (batch, data.shape[0]))
-    return Calibrator()
-
-
-def atomic_write(path, data):
-    tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-
-
-def configure(trt, builder, network, config, spec, emit, say):
-    """Everything the builder is asked to do, in one place (the tests assert on exactly this)."""
+    Returns ``(placement prediction or None, calibrator or None)``.
+    """
     version = trt_version_tuple(trt)
     workspace = int(spec["workspace_mb"]) << 20
     if hasattr(config, "set_memory_pool_limit") and hasattr(trt, "MemoryPoolType"):
@@ -190,23 +117,26 @@ def configure(trt, builder, network, config, spec, emit, say):
     say("workspace limit %d MiB" % spec["workspace_mb"])
 
     precision = spec["precision"]
+    if precision == "int8" and not builder.platform_has_fast_int8:
+        raise BuildFailure("int8", "this GPU has no fast INT8 (Jetson Nano and TX2 do not): an INT8 engine would be "
+                                   "slower than FP16 and is refused; set precision fp16")
     if precision in ("fp16", "int8"):
         if version >= (10, 12):
             emit({"event": "warning", "text": "FP16/INT8 builder flags are deprecated from TensorRT 10.12 (strong typing)"})
         if not builder.platform_has_fast_fp16:
             emit({"event": "warning", "text": "this GPU has no fast FP16; the engine may be slower than FP32"})
         config.set_flag(trt.BuilderFlag.FP16)  # INT8 builds keep FP16 for layers that cannot be INT8
+    calibrator = None
     if precision == "int8":
-        if not builder.platform_has_fast_int8:
-            emit({"event": "warning", "text": "this GPU has no fast INT8"})
         if version >= (10, 1):
             emit({"event": "warning", "text": "implicit INT8 calibration is deprecated from TensorRT 10.1; "
                                               "explicit quantization (Q/DQ in the ONNX model) is the way forward"})
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = make_calibrator(trt, spec, emit)
+        calibrator = calibrator_for(trt, cuda, spec, emit)
+        config.int8_calibrator = calibrator
 
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    placement = None
+    prediction = None
     dla = spec.get("dla_core")
     if dla is not None:
         if precision == "fp32":
@@ -217,15 +147,16 @@ def configure(trt, builder, network, config, spec, emit, say):
             raise BuildFailure("dla", "DLA core %d requested; this device has %d DLA cores" % (dla, builder.num_DLA_cores))
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla)
-        gpu_layers = [l for l in layers if not config.can_run_on_DLA(l)]
-        placement = {"dla_core": dla, "layers": len(layers), "dla": len(layers) - len(gpu_layers),
-                     "gpu": len(gpu_layers), "gpu_layers": [[l.name, str(l.type).split(".")[-1]] for l in gpu_layers]}
+        if version >= (8, 2):  # the engine inspector reports real placement only for DETAILED plans
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        prediction = placement_of.predict(config, layers, dla)
         if spec.get("gpu_fallback", True):
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        elif gpu_layers:
+        elif prediction["gpu"]:
             raise BuildFailure("dla", "%d layers cannot run on DLA and GPU fallback is off: %s"
-                               % (len(gpu_layers), ", ".join(n for n, _ in placement["gpu_layers"][:10])))
-        say("DLA core %d: %d of %d layers on DLA, %d on GPU" % (dla, placement["dla"], len(layers), len(gpu_layers)))
+                               % (prediction["gpu"], ", ".join(n for n, _ in prediction["gpu_layers"][:10])))
+        say("DLA core %d predicted: %d of %d layers on DLA in %d subgraph(s), %d on GPU"
+            % (dla, prediction["dla"], len(layers), prediction["dla_subgraphs"], prediction["gpu"]))
 
     inp = network.get_input(0)
     dims = tuple(inp.shape)
@@ -258,21 +189,98 @@ def configure(trt, builder, network, config, spec, emit, say):
             config.builder_optimization_level = int(level)
         else:
             emit({"event": "warning", "text": "builder_optimization_level needs TensorRT 8.6+; ignored"})
-    return placement
+    return prediction, calibrator
+
+
+def calibrator_for(trt, cuda, spec, emit):
+    import numpy as np
+
+    cal = spec["calibration"]
+    data = np.load(cal["tensors"], mmap_mode="r")
+    batch = int(cal["batch_size"])
+    if data.shape[0] < batch:
+        raise BuildFailure("calibration", "INT8 needs at least %d calibration images, got %d" % (batch, data.shape[0]))
+    return callbacks.make_calibrator(trt, cuda, data, batch, cal["cache"], emit)
+
+
+def attach_timing_cache(trt, config, path, say, warn):
+    """Load the timing cache at ``path`` into ``config`` if the device accepts it; else a fresh one.
+
+    The cache carries a verification header (TensorRT version and CUDA device properties, which a
+    power mode with another TPC mask changes): ``set_timing_cache`` returns False for one made
+    elsewhere, and that file is dropped. Returns facts for the build summary.
+    """
+    info = {"path": path, "loaded_bytes": 0, "accepted": None, "saved_bytes": 0}
+    blob = b""
+    if path and os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError as exc:
+            warn("timing cache %s unreadable (%s); starting a fresh one" % (path, exc))
+    info["loaded_bytes"] = len(blob)
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+            accepted = cache is not None and bool(config.set_timing_cache(cache, False))
+        except Exception as exc:
+            accepted = False
+            say("timing cache %s: %s: %s" % (path, type(exc).__name__, exc))
+        info["accepted"] = accepted
+        if accepted:
+            say("timing cache %s (%d bytes) accepted" % (path, len(blob)))
+            return info
+        warn("timing cache %s was made for another device, power mode or TensorRT and was refused; "
+             "dropped, starting a fresh one" % path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    try:
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, False):
+            warn("TensorRT refused an empty timing cache; building without one")
+    except Exception as exc:
+        warn("no timing cache: %s: %s" % (type(exc).__name__, exc))
+    return info
+
+
+def save_timing_cache(config, info, say, warn):
+    """After the plan is written: a cache that cannot be had or saved is a warning, never a crash."""
+    path = info["path"]
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:
+            warn("TensorRT returned no timing cache after the build; it is not saved")
+            return
+        data = bytes(cache.serialize())
+        callbacks.atomic_write(path, data)
+        info["saved_bytes"] = len(data)
+        say("timing cache saved: %s (%d bytes)" % (path, len(data)))
+    except Exception as exc:
+        warn("timing cache not saved to %s: %s: %s" % (path, type(exc).__name__, exc))
 
 
 def build(trt, spec, emit):
     """Build the engine described by ``spec``; write plan, timing cache and log; return a summary."""
     t0 = time.time()
     errors = []
-    with open(spec["log"], "a") as log_file:
-        def say(text):
-            log_file.write("%s [edged] %s\n" % (time.strftime("%H:%M:%S"), text))
-            log_file.flush()
+    warnings = []
+    log = callbacks.BuildLog(spec["log"], spec.get("log_max_bytes", LOG_CAP_BYTES))
 
+    def say(text):
+        log.write("edged", text)
+
+    def warn(text):
+        warnings.append(text)
+        log.write("edged", "warning: " + text)
+        emit({"event": "warning", "text": text})
+
+    try:
         say("TensorRT %s, Python %d.%d, spec %s" % (trt.__version__, sys.version_info[0], sys.version_info[1],
                                                     json.dumps(dict((k, v) for k, v in spec.items() if k != "node_names"))))
-        logger = make_logger(trt, log_file, errors)
+        cuda = use_primary_context(required=spec["precision"] == "int8")
+        logger = callbacks.make_logger(trt, log, errors)
         builder = trt.Builder(logger)
         explicit = 0 if trt_version_tuple(trt) >= (10, 0) else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         network = builder.create_network(explicit)
@@ -285,37 +293,47 @@ def build(trt, spec, emit):
                 say("parse error: " + line)
             raise BuildFailure("parse", "the ONNX parser rejected %d node(s)" % len(details), details)
         config = builder.create_builder_config()
-        placement = configure(trt, builder, network, config, spec, emit, say)
-        if placement is not None:
-            emit(dict(placement, event="placement"))
-
-        cache_path = spec.get("timing_cache")
-        blob = b""
-        if cache_path and os.path.exists(cache_path):
-            with open(cache_path, "rb") as f:
-                blob = f.read()
-        timing_cache = config.create_timing_cache(blob)
-        config.set_timing_cache(timing_cache, False)
-        say("timing cache %s (%d bytes)" % (cache_path, len(blob)))
+        prediction, calibrator = configure(trt, builder, network, config, spec, emit, say, cuda)
+        timing = attach_timing_cache(trt, config, spec.get("timing_cache"), say, warn) if spec.get("timing_cache") else None
 
         if hasattr(trt, "IProgressMonitor"):
-            monitor = make_progress_monitor(trt, emit)  # kept referenced for the whole build
+            monitor = callbacks.make_progress_monitor(trt, emit)  # kept referenced for the whole build
             config.progress_monitor = monitor
             plan = builder.build_serialized_network(network, config)
         else:
-            with Heartbeat(emit, float(spec.get("heartbeat_s", 15))):
+            with callbacks.Heartbeat(emit, float(spec.get("heartbeat_s", 15))):
                 plan = builder.build_serialized_network(network, config)
+        if calibrator is not None:
+            for text in calibrator.warnings:
+                warn(text)
+            if calibrator.failures:
+                where, what = calibrator.failures[0]
+                raise BuildFailure("calibration", "INT8 calibration failed in %s (%s); no engine was written"
+                                   % (where, what), ["%s: %s" % f for f in calibrator.failures[:5]])
         if plan is None:
             hint = ""
             if any("Could not find any implementation" in e for e in errors):
                 hint = " (on TensorRT 10 this usually means out of memory: lower workspace_mb or stop other processes)"
             raise BuildFailure("build", "TensorRT could not build the engine%s" % hint, errors[-10:])
-        atomic_write(spec["plan"], bytes(plan))
-        if cache_path:
-            atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        plan = bytes(plan)
+        callbacks.atomic_write(spec["plan"], plan)
+        if timing is not None:
+            save_timing_cache(config, timing, say, warn)
+        placement = None
+        if prediction is not None:
+            placement = placement_of.inspect_plan(trt, logger, plan, spec["dla_core"], prediction)
+            say(placement_of.summary(placement))
+            emit(dict(placement, event="placement"))
         seconds = time.time() - t0
-        say("engine written: %s (%d bytes) in %.1f s" % (spec["plan"], os.path.getsize(spec["plan"]), seconds))
-    return {"seconds": seconds, "placement": placement, "trt_version": trt.__version__}
+        say("engine written: %s (%d bytes) in %.1f s" % (spec["plan"], len(plan), seconds))
+    finally:
+        log.close()
+    if log.error:
+        emit({"event": "warning", "text": "build log %s not (fully) written: %s" % (spec["log"], log.error)})
+        warnings.append("build log not written: %s" % log.error)
+    return {"seconds": seconds, "placement": placement, "trt_version": trt.__version__, "timing_cache": timing,
+            "calibration": calibrator.summary() if calibrator is not None else None, "log": log.summary(),
+            "build_warnings": warnings}
 
 
 def main(argv):
@@ -323,10 +341,13 @@ def main(argv):
     os.dup2(2, 1)  # TensorRT and pycuda print; keep our JSON channel clean
     lock = threading.Lock()
 
-    def emit(msg):
-        with lock:
-            real_out.write(json.dumps(msg) + "\n")
-            real_out.flush()
+    def emit(msg):  # called from TensorRT callbacks too: never raises
+        try:
+            with lock:
+                real_out.write(json.dumps(msg) + "\n")
+                real_out.flush()
+        except Exception:
+            pass
 
     with open(argv[0]) as f:
         spec = json.load(f)

@@ -1,9 +1,20 @@
 """TensorRT execution inside the worker child (loaded by path through the ``external`` host).
 
 Runs under the Jetson system Python, so: Python 3.6 syntax, numpy >= 1.13, tensorrt + pycuda
-only, nothing from edged. The child is single-threaded, so the CUDA context made by
-``pycuda.autoinit`` stays current and no context push/pop is needed (the classic
-"explicit_context_dependent failed" error comes from using pycuda across threads).
+only, nothing from edged. CUDA context: the GPU's *primary* context, made current before the
+Runtime exists (``pycuda.autoprimaryctx``, or the same by hand on pycuda < 2021.1), as in the
+builder and the probe: TensorRT's CUDA runtime works in the primary context, and a second one
+(``pycuda.autoinit``) only gives objects two homes. The child is single-threaded, so the context
+stays current and no push/pop per call is needed (the classic "explicit_context_dependent
+failed" error comes from using pycuda across threads).
+
+Tensor dtypes are mapped here, not with ``trt.nptype``: up to TensorRT 8.5 it reads ``np.bool``,
+which numpy 1.24 removed (and 2.0 brought back), so on JetPack 5.1 with a newer numpy it raises
+for every engine.
+
+A DLA core holds at most 16 loadables (one per DLA subgraph of each engine); TensorRT's refusal
+to load another is reported as ``dla_load_failed`` (not ``deserialize_failed``: rebuilding the
+plan would not help).
 
 API per version: TensorRT 8.5+ and 10.x use the tensor API (``num_io_tensors``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); 8.2 has only bindings
@@ -19,6 +30,12 @@ import os
 import numpy as np
 
 
+# TensorRT DataType name -> numpy dtype name; what edged can serve (FP8/BF16/INT4 have no numpy type).
+DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "BOOL": "bool",
+          "UINT8": "uint8", "INT64": "int64"}
+DLA_LOAD_WORDS = ("Failure to load program", "DLA Error in deserialize", "load from memory failed")
+
+
 class HostError(Exception):
     def __init__(self, code, message):
         Exception.__init__(self, message)
@@ -29,14 +46,42 @@ def create_host(params):
     return TrtHost(params)
 
 
+def np_dtype(trt_type):
+    """numpy dtype of a TensorRT DataType, by its name (``DataType.HALF`` → float16)."""
+    name = str(trt_type).split(".")[-1]
+    if name not in DTYPES:
+        raise HostError("load_error", "engine tensor type %s has no numpy equivalent" % name)
+    return np.dtype(DTYPES[name])
+
+
+def use_primary_context():
+    """Make the GPU's primary CUDA context current; return pycuda.driver."""
+    import pycuda.driver as cuda
+
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (pycuda >= 2021.1)
+    except ImportError:
+        import atexit
+
+        cuda.init()
+        context = cuda.Device(0).retain_primary_context()
+        context.push()
+        atexit.register(context.pop)
+    return cuda
+
+
 def _make_logger(trt, keep):
     class KeepLogger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
 
         def log(self, severity, msg):
-            if severity in (trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR, trt.Logger.WARNING):
-                keep.append(str(msg))
+            try:  # a noexcept trampoline on TensorRT 8.0/8.2: raising here would abort the worker
+                if severity in (trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR, trt.Logger.WARNING):
+                    keep.append(str(msg))
+                    del keep[:-50]
+            except BaseException:
+                pass
 
     return KeepLogger()
 
@@ -49,6 +94,10 @@ class _Engine(object):
             engine = runtime.deserialize_cuda_engine(f.read())
         if engine is None:  # TensorRT returns None (no exception) for a wrong version/device/corrupt plan
             detail = "; ".join(messages[-3:]) or "no message from TensorRT"
+            if any(w in m for m in messages[-3:] for w in DLA_LOAD_WORDS):
+                raise HostError("dla_load_failed", "DLA could not load %s: %s (a DLA core holds at most 16 loadables; "
+                                "fewer batch sizes or models per core, or another core, leave room)"
+                                % (os.path.basename(path), detail))
             raise HostError("deserialize_failed", "cannot deserialize %s: %s" % (os.path.basename(path), detail))
         self.trt, self.cuda, self.engine, self.static = trt, cuda, engine, static
         self.tensor_api = hasattr(engine, "num_io_tensors")
@@ -57,11 +106,11 @@ class _Engine(object):
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
                 io.append((name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                           tuple(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))), i))
+                           tuple(engine.get_tensor_shape(name)), np_dtype(engine.get_tensor_dtype(name)), i))
         else:
             for i in range(engine.num_bindings):
                 io.append((engine.get_binding_name(i), engine.binding_is_input(i), tuple(engine.get_binding_shape(i)),
-                           np.dtype(trt.nptype(engine.get_binding_dtype(i))), i))
+                           np_dtype(engine.get_binding_dtype(i)), i))
         inputs = [t for t in io if t[1]]
         outputs = [t for t in io if not t[1]]
         if len(inputs) != 1 or not outputs:
@@ -122,8 +171,7 @@ class TrtHost(object):
     """params: engines [{path, batch|None}], max_batch, dla_core, precision, input/output names."""
 
     def __init__(self, params):
-        import pycuda.autoinit  # noqa: F401  (the CUDA context of this single-threaded child)
-        import pycuda.driver as cuda
+        cuda = use_primary_context()  # before any TensorRT object exists
         import tensorrt as trt
 
         self.trt, self.params, self.messages = trt, params, []

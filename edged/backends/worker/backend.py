@@ -20,9 +20,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edged.backends.base import Backend, BackendError, BackendInfo, Outputs, TensorSpec, check_outputs
+from edged.backends.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    Outputs,
+    TensorSpec,
+    check_outputs,
+)
 from edged.backends.worker import child
-from edged.backends.worker.process import WorkerFailure, WorkerProcess, WorkerReplyError, sweep_stale_tensor_files
+from edged.backends.worker.process import (
+    WorkerFailure,
+    WorkerProcess,
+    WorkerReplyError,
+    sweep_stale_tensor_files,
+)
 
 EventCallback = Callable[[str, dict], None]
 log = logging.getLogger("edged.worker")

@@ -301,43 +301,6 @@ class Server(object):
             self.host.close()
 
 
-def probe():
-    """What this interpreter can host; the daemon's backend selection reads this."""
-    out = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable, "protocol": PROTOCOL}
-    for mod in ("numpy", "onnxruntime", "tensorrt"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception as exc:  # ImportError, or a missing libnvinfer / CUDA runtime
-            out[mod] = None
-            out[mod + "_error"] = "%s: %s" % (type(exc).__name__, exc)
-    out["gpu"] = None
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() > 0:
-            dev = cuda.Device(0)
-            out["gpu"] = {"name": dev.name(), "compute_capability": "%d.%d" % dev.compute_capability()}
-            out["cuda"] = "%d.%d.%d" % cuda.get_version()
-    except Exception as exc:
-        out["gpu_error"] = "%s: %s" % (type(exc).__name__, exc)
-    out["dla_cores"] = 0
-    if out["tensorrt"] and out["gpu"]:
-        try:
-            import tensorrt as trt
-
-            out["dla_cores"] = int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
-        except Exception as exc:
-            out["tensorrt_error"] = "%s: %s" % (type(exc).__name__, exc)
-    for key, path in (("model", "/proc/device-tree/model"), ("compatible", "/proc/device-tree/compatible")):
-        try:
-            with open(path, "rb") as f:
-                out[key] = f.read().replace(b"\0", b",").decode("ascii", "replace").strip(",")
-        except OSError:
-            out[key] = None
-    return out
-
-
 def self_test():
     """Round-trip every dtype through a real mapped file; the daemon-side tests do the rest."""
     import tempfile
@@ -367,9 +330,6 @@ def self_test():
 
 
 def main(argv):
-    if "--probe" in argv:
-        print(json.dumps(probe()))
-        return 0
     if "--self-test" in argv:
         print(json.dumps(self_test()))
         return 0

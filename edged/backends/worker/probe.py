@@ -2,23 +2,24 @@
 
 Backend selection needs to know whether the Jetson system Python imports ``tensorrt`` and sees
 a GPU. Importing TensorRT initializes CUDA (seconds on a Nano) and may crash on a broken
-install, so the question is asked in a throw-away child running ``child.py --probe``.
+install, so the question is asked in a throw-away child running ``device_probe.py``.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
-from edged.backends.worker.process import CHILD_PATH
+PROBE_PATH = Path(__file__).with_name("device_probe.py").resolve()
 
 
 def probe_python(python_exe: str, timeout_s: float = 120.0, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Return the child's probe dict; ``{"ok": False, "error": ...}`` when it cannot even run."""
     try:
         proc = subprocess.run(
-            [python_exe, "-B", str(CHILD_PATH), "--probe"],
+            [python_exe, "-B", str(PROBE_PATH)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout_s,

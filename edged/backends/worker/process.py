@@ -1,7 +1,8 @@
 """One running worker child: start it, talk JSON lines to it, share one tensor file, kill it.
 
 Kept apart from the restart/retry policy in :mod:`edged.backends.worker.backend` so that
-policy reads as policy. Everything here can fail in exactly two ways the policy cares about:
+policy reads as policy. A child that dies abnormally (a signal, a non-zero exit) leaves its last
+stderr lines in the error: an abort inside TensorRT or CUDA says why only there. Everything here can fail in exactly two ways the policy cares about:
 ``WorkerDied`` (EOF, broken pipe, non-zero exit, or it could not be started at all: the process
 is gone) and ``WorkerTimeout`` (it did not answer in time: we kill it, since a hung CUDA call
 never comes back).
@@ -158,8 +159,14 @@ class WorkerProcess:
             how = f"killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}" if code is not None else "closed its pipes"
+        for t in self._readers[1:]:  # the stderr reader ends with the process: wait for its last lines
+            t.join(timeout=1.0)
         tail = list(self._stderr_tail)[-5:]
-        return WorkerDied(f"worker {self.pid} {how} {what}", {"pid": self.pid, "exit_code": code, "stderr_tail": tail})
+        said = ""
+        if code is None or code != 0:  # an abort or crash says why on stderr (std::terminate, CUDA, Python)
+            said = "; it said: " + " | ".join(line for line in tail[-3:] if line.strip()) if tail else ""
+        return WorkerDied(f"worker {self.pid} {how} {what}{said}",
+                          {"pid": self.pid, "exit_code": code, "stderr_tail": tail})
 
     def request(self, msg: dict, timeout: float) -> dict:
         """Send one request and wait for its reply; raise WorkerDied / WorkerTimeout / WorkerReplyError."""

@@ -1,4 +1,4 @@
-"""Which configured cameras can be opened here: for ``edged selftest`` on a device.
+"""Which configured cameras can be opened here: the ``cameras`` group of ``edged selftest``.
 
 CI has no CSI sensor, no ``/dev/video*`` and no NVDEC; a technician on a Jetson needs to know, in
 one command, whether the helper's Python has GStreamer and the nv* elements and whether each
@@ -57,23 +57,27 @@ def open_camera(cam: CameraConfig, python: Path, elements: dict, decoder: str, t
     return False, f"{why}: {error}"[:200]
 
 
-def report(cfg: Config, out=print) -> int:
-    """Print the helper's Python and GStreamer, the nv* elements, and each camera: 1 if any fails."""
+ELEMENTS = ("nvarguscamerasrc", "nvv4l2decoder", "nvvidconv", "v4l2src", "rtspsrc", "avdec_h264")
+
+
+def camera_rows(cfg: Config) -> list[dict]:
+    """Self-test rows (group ``cameras``): the helper's Python and GStreamer with the nv* elements it
+    finds, then each configured camera PASS (a frame came), FAIL (why not) or SKIP (disabled)."""
     cap = cfg.capture
     probe = probe_helper(str(cap.python))
     if probe.get("error"):
-        out(f"cameras: {cap.python} cannot run the capture helper: {probe['error']}")
-        return 1 if cfg.cameras else 0
+        return [{"group": "cameras", "target": "capture helper", "status": "FAIL" if cfg.cameras else "SKIP",
+                 "note": f"{cap.python} cannot run it: {probe['error']}"[:300]}]
     found = probe.get("elements") or {}
-    nv = ", ".join(f"{name} {'yes' if found.get(name) else 'no'}" for name in
-                   ("nvarguscamerasrc", "nvv4l2decoder", "nvvidconv", "v4l2src", "rtspsrc", "avdec_h264"))
-    out(f"cameras: helper on Python {probe.get('python')}, {probe.get('gstreamer')}; {nv}")
-    failed = 0
+    nv = ", ".join(f"{name} {'yes' if found.get(name) else 'no'}" for name in ELEMENTS)
+    rows = [{"group": "cameras", "target": "capture helper", "status": "PASS",
+             "note": f"Python {probe.get('python')}, {probe.get('gstreamer')}; {nv}",
+             "data": {"elements": found, "python": probe.get("python"), "gstreamer": probe.get("gstreamer")}}]
     for cam in cfg.cameras:
         if not cam.enabled:
-            out(f"  {cam.name:<20} SKIP  disabled")
+            rows.append({"group": "cameras", "target": cam.name, "status": "SKIP", "note": "disabled"})
             continue
         ok, detail = open_camera(cam, cap.python, found, cap.decoder)
-        failed += not ok
-        out(f"  {cam.name:<20} {'PASS' if ok else 'FAIL'}  {cam.scheme}: {detail}")
-    return 1 if failed else 0
+        rows.append({"group": "cameras", "target": cam.name, "status": "PASS" if ok else "FAIL",
+                     "note": f"{cam.scheme}: {detail}", "data": {"scheme": cam.scheme}})
+    return rows

@@ -32,8 +32,7 @@ from pydicom import Dataset, dcmread
 from edged.models.manifest import ModelManifest
 from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox, Record
-from edged.preprocess.errors import PixelError
-from edged.preprocess.pixels import prepare_timed
+from edged.preprocess.pool import DecodePool, prepare_file
 from edged.privacy import Pseudonymizer
 from edged.sources.dicom.accept import Vocabulary, route, source_info, value
 from edged.sources.work import Prepared, WorkItem
@@ -65,7 +64,8 @@ class _Attempt:
 class DicomSource:
     def __init__(self, spool: Spool, outbox: Outbox, events: EventEmitter, pseudo: Pseudonymizer,
                  manifests: list[ModelManifest], pipeline: Pipeline, *, max_attempts: int = 3,
-                 retry_backoff_s: float = 10.0, rescan_s: float = 30.0, attempts: Outbox | None = None):
+                 retry_backoff_s: float = 10.0, rescan_s: float = 30.0, attempts: Outbox | None = None,
+                 decoders: DecodePool | None = None):
         self.spool, self.outbox, self.events, self.pseudo = spool, outbox, events, pseudo
         self.manifests, self.pipeline = manifests, pipeline
         self.words = Vocabulary(manifests)
@@ -73,6 +73,7 @@ class DicomSource:
         # attempt counters need no fsync: a count lost on power loss is one more attempt
         self.attempts = attempts or outbox
         self.writer: ResultWriter | None = None
+        self.decoders = decoders  # None: decode in the pipeline's threads
         self._lock = threading.Lock()
         self._held: set[str] = set()  # keys submitted and not yet settled
         self._due: dict[str, float] = {}  # key -> monotonic time of its next attempt
@@ -165,25 +166,14 @@ class DicomSource:
             self._release(key)
 
     def _item(self, key: str, d: Described, calling_ae: str, attempt: int) -> WorkItem:
-        cache: dict[str, Dataset] = {}
         path = self.spool.path(key)
 
         def prepare(manifest: ModelManifest) -> Prepared:
-            if "ds" not in cache:
-                try:
-                    cache["ds"] = dcmread(path)
-                except MemoryError:
-                    raise
-                except Exception as exc:
-                    raise PixelError("unreadable", f"dataset does not parse ({type(exc).__name__})") from None
-            try:
-                return prepare_timed(cache["ds"], manifest.input, manifest.preprocess)
-            except (PixelError, MemoryError):
-                raise
-            except Exception as exc:  # pydicom's own: BytesLengthException, an unknown VR, a codec error
-                raise PixelError("decode_failed", f"{type(exc).__name__} while reading the pixels") from None
+            if self.decoders is None:
+                return prepare_file(str(path), manifest.input, manifest.preprocess)
+            return self.decoders.prepare(path, manifest.input, manifest.preprocess)
 
-        return WorkItem(key, tuple(d.accepted), d.info, prepare, self, group=d.study, discard=cache.clear,
+        return WorkItem(key, tuple(d.accepted), d.info, prepare, self, group=d.study,
                         context=_Attempt(calling_ae, attempt))
 
     # -- outcomes: the items' sink ----------------------------------------------------------
