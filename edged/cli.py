@@ -1,4 +1,9 @@
-"""``edged``: run the daemon, check a config, run the demo, export results."""
+"""``edged``: run the daemon, check a config, run the demo, export results, prepare an image.
+
+Heavy modules (numpy, ONNX Runtime, pydicom, OpenCV) are imported by the commands that use
+them, never at parse time: ``edged --version`` and ``edged check`` run in a fraction of a second
+on a Nano and work where those libraries do not (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from pathlib import Path
 
 from edged import __version__
-from edged.config.loader import ConfigError, load_config
+from edged.config.loader import ConfigError, load_config, load_config_notes
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -46,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edged.backends.tensorrt.cli import add_engines_parser, add_selftest_parser
     from edged.service.install import add_install_parser
+    from edged.service.wheelhouse import add_wheelhouse_parser
 
     add_engines_parser(sub, engines_context)
     add_selftest_parser(sub, engines_context)
     add_install_parser(sub)
+    add_wheelhouse_parser(sub)
     return parser
 
 
@@ -96,16 +103,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from edged.models.manifest import load_manifest
+    from edged.privacy import load_site_key
 
-    cfg = load_config(args.config, args.sets)
     root = args.root or image_root(args.config)
     if root is not None:
         print(f"checking as installed under {root} (absolute paths resolved there)")
+    cfg, notes = load_config_notes(args.config, args.sets, root)
+    for note in notes:
+        print(f"warning: {note}")
+
+    def under_root(path: Path) -> Path:
+        return root / path.relative_to("/") if root is not None and path.is_absolute() else path
+
     problems: list[str] = []
     for entry in cfg.models:
-        path = cfg.manifest_path(entry)
-        if root is not None and path.is_absolute():
-            path = root / path.relative_to("/")
+        path = under_root(cfg.manifest_path(entry))
         try:
             model = load_manifest(path)
         except ConfigError as exc:
@@ -115,6 +127,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
         if not model.onnx_path.exists():
             print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
+    if cfg.site_key_file is not None:
+        try:
+            load_site_key(under_root(cfg.site_key_file), provisioned=True)
+        except (ValueError, OSError) as exc:
+            problems.append(f"site_key_file: {exc}")
     if problems:
         raise ConfigError(problems)
     print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")

@@ -39,7 +39,7 @@ from edged.outbox.store import Outbox
 from edged.outbox.writer import ResultWriter
 from edged.pipeline import Pipeline
 from edged.power.runtime import PowerRuntime
-from edged.privacy import Pseudonymizer, load_or_create_site_key
+from edged.privacy import Pseudonymizer, load_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
 from edged.sources.dicom.source import DicomSource
@@ -77,7 +77,7 @@ class Daemon:
         limit_malloc_arenas()
         for d in (cfg.state_dir, cfg.cache_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
+        self.pseudo = Pseudonymizer(load_site_key(cfg.site_key_path, provisioned=cfg.site_key_file is not None))
         self.outbox = Outbox(Database(cfg.db_path))
         # bookkeeping whose loss on power loss is harmless (one more re-send, one more attempt)
         light = Outbox(Database(cfg.db_path, synchronous="NORMAL"))

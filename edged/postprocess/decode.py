@@ -8,17 +8,21 @@ Decoders of kind ``scores`` map a (N, K) tensor to K numbers per image under the
 labels: ``sigmoid`` (independent per label: multi-label), ``softmax`` (per row: one of K),
 ``none`` (raw values). Detection decoders (kind ``detections``) are added by the detection
 module through :func:`register`.
+
+numpy is imported inside the functions that compute: the model manifest validates ``decode``
+names against this registry, and ``edged check`` must not pay for (or depend on) numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-Raw = dict[str, np.ndarray]
+Raw = dict[str, "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ def tensors_of(spec: Any) -> tuple[str, ...]:
 
 
 def _matrix(spec: Any, raw: Raw) -> np.ndarray:
+    import numpy as np
+
     (tensor,) = tensors_of(spec)
     x = np.asarray(raw[tensor], dtype=np.float64)
     x = x.reshape(x.shape[0], -1)
@@ -56,10 +62,14 @@ def _matrix(spec: Any, raw: Raw) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -91,6 +101,8 @@ def decode_batch(specs: tuple[Any, ...], raw: Raw) -> list[dict[str, Any]]:
 
 def decode_one(specs: tuple[Any, ...], raw: Raw) -> dict[str, Any]:
     """The decoded outputs of one image whose raw tensors have no batch axis."""
+    import numpy as np
+
     return decode_batch(specs, {k: v[np.newaxis] for k, v in raw.items()})[0]
 
 

@@ -1,32 +1,24 @@
-"""``edged engines list|build|verify|prune`` and ``edged selftest``.
+"""``edged engines list|build|verify|prune`` and ``edged selftest``: the parsers.
 
 The main CLI mounts these with ``add_engines_parser(subparsers)`` / ``add_selftest_parser(
 subparsers)`` and calls ``args.func(args)``, which returns the exit status. Settings come from
 ``context(args)`` when the main CLI passes one (it knows the config file); otherwise from the
-defaults of ``TensorRTConfig`` plus ``--cache-dir`` / ``--worker-python``.
+defaults of ``TensorRTConfig`` plus ``--cache-dir`` / ``--worker-python``. The commands themselves
+live in :mod:`edged.backends.tensorrt.commands`, imported only when one runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from edged.backends.selection import trt_worker
-from edged.backends.tensorrt.builder import EngineBuildError, Preprocess
-from edged.backends.tensorrt.cache import EngineCache
 from edged.backends.tensorrt.config import TensorRTConfig
-from edged.backends.tensorrt.engines import (
-    EngineManager,
-    current_device_filter,
-    trt_available,
-)
-from edged.backends.tensorrt.gate import gate_engine
-from edged.backends.worker import WorkerLoadError, probe_python
-from edged.models.manifest import LoadedModel, load_manifest
+
+if TYPE_CHECKING:  # the commands (edged.backends.tensorrt.commands) import the heavy modules
+    from edged.backends.tensorrt.builder import Preprocess
+    from edged.models.manifest import LoadedModel
 
 DEFAULT_CACHE_DIR = Path("/var/cache/edged")
 
@@ -83,6 +75,9 @@ def add_engines_parser(subparsers, context: ContextFactory | None = None) -> arg
     b.add_argument("--max-batch", type=int)
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
     b.add_argument("--no-gate", action="store_true", help="skip the accuracy gate")
+    b.add_argument("--skip-without-tensorrt", action="store_true",
+                   help="exit 0 with a log line when TensorRT is unavailable (the first-boot unit on a "
+                        "device or image without it) instead of 2")
     v = sub.add_parser("verify", help="check cached engines against their metadata (and load them with --load)")
     v.add_argument("--load", action="store_true", help="deserialize each engine in the worker")
     pr = sub.add_parser("prune", help="remove engines for other TensorRT versions/devices, corrupt and orphan files")
@@ -90,8 +85,14 @@ def add_engines_parser(subparsers, context: ContextFactory | None = None) -> arg
     pr.add_argument("--dry-run", action="store_true")
     for s in (ls, b, v, pr):
         _common(s)
-    p.set_defaults(func=lambda args: ENGINE_COMMANDS[args.engines_command](args, ctx(args)))
+    p.set_defaults(func=lambda args: _run(args, ctx))
     return p
+
+
+def _run(args: argparse.Namespace, ctx: ContextFactory) -> int:
+    from edged.backends.tensorrt.commands import ENGINE_COMMANDS
+
+    return ENGINE_COMMANDS[args.engines_command](args, ctx(args))
 
 
 def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> argparse.ArgumentParser:
@@ -114,147 +115,3 @@ def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> ar
 
     p.set_defaults(func=run)
     return p
-
-
-def cmd_list(args: argparse.Namespace, c: EnginesContext) -> int:
-    cache = EngineCache(c.cfg.engines_root(c.cache_dir))
-    entries = list(cache.entries())
-    if args.json:
-        print(json.dumps([dict(e.meta, path=str(e.engine)) for e in entries], indent=2))
-        return 0
-    if not entries:
-        print(f"no engines in {cache.root}")
-    for e in entries:
-        k = e.meta["key"]
-        where = "GPU" if k["dla_core"] is None else f"DLA{k['dla_core']}"
-        print(f"{e.engine.name}\n    model {k['model']} ({k['model_sha256'][:12]}) TensorRT {k['trt_version']} "
-              f"sm{k['device']['compute_capability']} {k['device']['soc']} | {k['precision']} {where} batch "
-              f"{k['batch'][0]}..{k['batch'][2]} | {e.meta.get('engine_bytes', 0) / 2**20:.1f} MiB built {e.meta.get('built_at')}")
-    return 0
-
-
-def _probe_or_explain(c: EnginesContext) -> dict | None:
-    probe = probe_python(c.cfg.worker_python, c.cfg.probe_timeout_s, env=c.env)
-    ok, why = trt_available(probe)
-    if not ok:
-        print(f"cannot build TensorRT engines here: {why}.\nEngines are built on the Jetson that runs them "
-              f"(set tensorrt.worker_python to the Python that carries JetPack's TensorRT bindings).", file=sys.stderr)
-        return None
-    return probe
-
-
-def cmd_build(args: argparse.Namespace, c: EnginesContext) -> int:
-    if bool(args.model) == bool(args.all):
-        print("engines build: name a model folder, or --all for the models of the config", file=sys.stderr)
-        return 2
-    probe = _probe_or_explain(c)
-    if probe is None:
-        return 2
-    targets = [ModelBuild(args.model)] if args.model else list(c.models)
-    if not targets:
-        print("engines build --all: no model of the config uses backend auto or tensorrt; nothing to build")
-    status = 0
-    for t in targets:
-        status = max(status, _build_one(args, c, probe, load_manifest(t.manifest), t))
-    return status
-
-
-def _build_one(args: argparse.Namespace, c: EnginesContext, probe: dict, model: LoadedModel,
-               target: ModelBuild) -> int:
-    from edged.service.sdnotify import Notifier
-
-    notifier = Notifier()  # under edged-engines.service: STATUS= for systemctl, and more start time
-
-    def progress(text: str, frac: float | None) -> None:
-        pct = f" ({frac:.0%})" if frac is not None else ""
-        print(f"  {text}{pct}", flush=True)
-        notifier.status(f"building engine {model.name}: {text}{pct}")
-        notifier.extend_timeout(300_000_000)  # 5 more minutes, for as long as the build progresses
-
-    print(f"{model.name}: engines", flush=True)
-    preprocess = c.preprocess_for(model) if c.preprocess_for else None
-    manager = EngineManager(model, probe, c.cfg, c.cache_dir, precision=args.precision or target.precision,
-                            dla_core=args.dla_core if args.dla_core is not None else target.dla_core,
-                            max_batch=args.max_batch or target.max_batch, preprocess=preprocess, env=c.env,
-                            progress=progress)
-    try:
-        engines = manager.ensure(force=args.force)
-    except EngineBuildError as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        return 1
-    for key, entry in engines.entries:
-        print(f"{'built ' if entry.engine.name in engines.built else 'cached'} {entry.engine}")
-    if args.no_gate:
-        return 0
-    backend = trt_worker(engines, model.name, c.cfg, env=c.env)
-    try:
-        backend.load()
-        result = gate_engine(manager, backend, preprocess, engines)
-    except WorkerLoadError as exc:
-        print(f"engine does not load: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        backend.close()
-    print(f"accuracy gate {result.reason}")
-    return 0 if result.passed else 1
-
-
-def cmd_verify(args: argparse.Namespace, c: EnginesContext) -> int:
-    cache = EngineCache(c.cfg.engines_root(c.cache_dir))
-    probe = probe_python(c.cfg.worker_python, c.cfg.probe_timeout_s, env=c.env) if args.load else None
-    here = current_device_filter(probe) if probe and trt_available(probe)[0] else None
-    bad = 0
-    for e in cache.entries():
-        problems = cache.verify(e)
-        if not problems and args.load:
-            if here is None:
-                problems.append("cannot load: TensorRT unavailable here")
-            elif not here(e.meta):
-                problems.append("built for another TensorRT version or device")
-            else:
-                problems += _try_load(e, c)
-        bad += bool(problems)
-        print(f"{'OK  ' if not problems else 'BAD '} {e.engine.name}" + "".join(f"\n     {p}" for p in problems))
-    return 1 if bad else 0
-
-
-def _try_load(entry, c: EnginesContext) -> list[str]:
-    from edged.backends.tensorrt.engines import EngineSet
-
-    k = entry.meta["key"]
-    engines = EngineSet([(None, entry)], k["precision"], k["dla_core"], k["batch"][2])  # type: ignore[list-item]
-    backend = trt_worker(engines, k["model"], c.cfg, env=c.env)
-    try:
-        backend.load()
-        return []
-    except Exception as exc:
-        return [f"does not load: {exc}"]
-    finally:
-        backend.close()
-
-
-def cmd_prune(args: argparse.Namespace, c: EnginesContext) -> int:
-    cache = EngineCache(c.cfg.engines_root(c.cache_dir))
-    probe = probe_python(c.cfg.worker_python, c.cfg.probe_timeout_s, env=c.env)
-    here = current_device_filter(probe) if trt_available(probe)[0] else None
-    shas = {load_manifest(m).sha256 for m in args.keep_model}
-
-    def keep(e) -> bool:
-        if cache.verify(e):
-            return False
-        if here is not None and not here(e.meta):
-            return False
-        return not shas or e.meta["key"]["model_sha256"] in shas
-
-    def busy(stem: str) -> None:
-        print(f"kept {stem}.*: an engine build holds its lock", file=sys.stderr)
-
-    gone = cache.prune(keep, dry_run=args.dry_run, on_busy=busy)
-    for p in gone:
-        print(f"{'would remove' if args.dry_run else 'removed'} {p}")
-    if here is None:
-        print("note: TensorRT is unavailable here, so engines of other versions/devices were kept", file=sys.stderr)
-    return 0
-
-
-ENGINE_COMMANDS = {"list": cmd_list, "build": cmd_build, "verify": cmd_verify, "prune": cmd_prune}
