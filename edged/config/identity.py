@@ -5,11 +5,11 @@ An image carries one ``/etc/edged/edged.yaml`` for every device flashed from it,
 older client whenever a duplicate connects: they knock each other off). The template therefore
 carries a *placeholder*, and each device derives its id from what makes it unique:
 
-* ``@machine-id`` (and the older template value ``edged-unconfigured``): ``node-`` plus the first
+* ``$machine-id`` (and the older template value ``edged-unconfigured``): ``node-`` plus the first
   12 hex digits (48 bits) of ``/etc/machine-id``, which systemd generates at first boot when the
   image ships it empty. Stable across reboots and re-installs of edged; unique per device.
-* ``@hostname``: the host name, for sites that name their devices; a host name that every
-  device of an image shares (``localhost``, empty) falls back to ``@machine-id``.
+* ``$hostname``: the host name, for sites that name their devices; a host name that every
+  device of an image shares (``localhost``, empty) falls back to ``$machine-id``.
 
 Derivation happens when the configuration is loaded, so ``edged check`` shows the id the
 daemon will use, and says when an image would make every device the same.
@@ -21,7 +21,7 @@ import re
 import socket
 from pathlib import Path
 
-PLACEHOLDERS = {"@machine-id": "machine-id", "@hostname": "hostname", "edged-unconfigured": "machine-id"}
+PLACEHOLDERS = {"$machine-id": "machine-id", "$hostname": "hostname", "edged-unconfigured": "machine-id"}
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 _UNUSABLE_HOSTNAMES = {"", "localhost", "localhost.localdomain", "(none)"}
 

@@ -61,6 +61,8 @@ def read_elf(path: Path) -> ElfInfo | None:
     needs: list[Version] = []
     defines: list[Version] = []
     for _name, kind, _flags, _addr, off, size, link, _info, _align, _entsize in sections:
+        if not size:
+            continue
         if kind == SHT_GNU_VERNEED:
             pos = off
             while True:

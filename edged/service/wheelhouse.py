@@ -62,7 +62,7 @@ def build(dest: Path, jetpack: str, python: str, source: Path, run=subprocess.ru
     lines = [f"wheelhouse for JetPack {jetpack} (aarch64, glibc {glibc[0]}.{glibc[1]}, CPython {python}) in {dest}:"]
     for name in wheels:
         tags = wheel_tags(name)
-        need = max((_glibc_of(p) for p in tags.platforms), default=None)
+        need = min((_glibc_of(p) for p in tags.platforms), default=None)  # any one tag that fits
         lines.append(f"  {name}" + (f"  (glibc >= 2.{need})" if need else ""))
     return lines
 
