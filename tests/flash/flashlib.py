@@ -5,7 +5,9 @@ for JetPack 6; bullseye: glibc 2.31, Python 3.9, systemd 247 for JetPack 5). Emu
 this module works around (measured, see /work/shared/reference/image-flash.md and the README):
 
 * qemu 7.2 shows the guest the host's x86 ``/proc/cpuinfo``, which ONNX Runtime's cpuinfo
-  parser crashes on: an ARM-format cpuinfo (two Cortex-A78AE cores) is bound over it.
+  parser crashes on: an ARM-format cpuinfo (two Cortex-A78AE cores) is bound over it inside the
+  units that load ONNX Runtime (``BindReadOnlyPaths=``; nspawn cannot bind onto /proc, and the
+  units' ``ProtectProc=`` mounts a fresh procfs anyway).
 * qemu-user shifts realtime signals by 2, so the container is stopped with
   ``--kill-signal=SIGRTMIN+6``, which systemd receives as SIGRTMIN+4 (poweroff).
 * Namespacing and credential directives cannot be set up by a systemd running under qemu-user:
@@ -33,6 +35,8 @@ CPUINFO = "".join(
 # What a systemd running under qemu-user cannot set up, per unit. Everything else of the
 # hardening stays on. The README's "verified where" table repeats this list.
 _NAMESPACES = ("PrivateNetwork=no", "PrivateIPC=no")
+CPUINFO_PATH = "/etc/flash-test/cpuinfo"
+_CPUINFO = (f"BindReadOnlyPaths={CPUINFO_PATH}:/proc/cpuinfo",)
 QEMU_DROPINS: dict[str, tuple[str, ...]] = {
     # LoadCredential= needs a private mount of the credentials directory: "Failed to set up credentials".
     "systemd-sysusers.service": ("LoadCredential=",),
@@ -41,8 +45,8 @@ QEMU_DROPINS: dict[str, tuple[str, ...]] = {
     "systemd-sysctl.service": ("LoadCredential=",),
     # CLONE_NEWNET/CLONE_NEWIPC set-up (loopback over netlink) fails under qemu-user.
     "edged-bootstrap.service": ("PrivateNetwork=no",),
-    "edged-engines.service": _NAMESPACES,
-    "edged.service": _NAMESPACES,
+    "edged-engines.service": _NAMESPACES + _CPUINFO,
+    "edged.service": _NAMESPACES + _CPUINFO,
 }
 
 
@@ -62,6 +66,8 @@ def build_root(suite: str, root: Path, packages: list[str], log: Path) -> None:
 
 
 def write_test_dropins(root: Path) -> None:
+    (root / CPUINFO_PATH.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / CPUINFO_PATH.lstrip("/")).write_text(CPUINFO)
     for unit, lines in QEMU_DROPINS.items():
         folder = root / "etc/systemd/system" / f"{unit}.d"
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,11 +87,8 @@ class Boot:
     started: float = field(default_factory=time.monotonic)
 
     def start(self) -> "Boot":
-        cpuinfo = self.root.parent / "cpuinfo"
-        cpuinfo.write_text(CPUINFO)
         cmd = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-b", "-D", str(self.root),
-               "-M", "jetson", "--kill-signal=SIGRTMIN+6", f"--bind-ro={cpuinfo}:/proc/cpuinfo",
-               "--console=read-only"] + (["--private-network"] if self.private_network else [])
+               "-M", "jetson", "--kill-signal=SIGRTMIN+6", "--console=read-only"] + (["--private-network"] if self.private_network else [])
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)

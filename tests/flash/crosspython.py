@@ -1,0 +1,96 @@
+"""A relocatable CPython 3.11 for the JetPack 5 analogue, cross-built here from Debian's source.
+
+An integrator would fetch python-build-standalone's aarch64 ``install_only`` tarball; that
+download is not reachable from this project's machines, so ``make flash-test-jp5`` makes the
+same kind of artefact: CPython 3.11 from Debian's ``python3.11`` source package (its upstream
+tarball), cross-compiled with Debian's ``gcc-aarch64-linux-gnu`` against a bullseye arm64
+sysroot (glibc 2.31, the JetPack 5 analogue), so it needs nothing newer than the target has.
+Packed as ``python/...`` like python-build-standalone, and staged with ``--python-dist``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from flashlib import MIRROR
+
+DEV_PACKAGES = ["libc6-dev", "libffi-dev", "zlib1g-dev", "libsqlite3-dev", "libssl-dev", "libbz2-dev",
+                "liblzma-dev", "libexpat1-dev"]
+TRIPLET = "aarch64-linux-gnu"
+# Not needed by a daemon, large, or both.
+PRUNE = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3/tests", "unittest/test",
+         "config-3.11-aarch64-linux-gnu")
+
+
+def _run(cmd: list[str], log: Path, **kw) -> None:
+    with open(log, "ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, **kw)
+
+
+def sysroot(work: Path, log: Path) -> Path:
+    """bullseye arm64 headers and libraries, only extracted (no maintainer scripts: no qemu)."""
+    root = work / "sysroot"
+    if not (root / "usr/include/stdio.h").exists():
+        _run(["mmdebstrap", "--arch=arm64", "--variant=extract", f"--include={','.join(DEV_PACKAGES)}",
+              "bullseye", str(root), MIRROR], log)
+    return root
+
+
+def source(work: Path, log: Path) -> Path:
+    """The upstream tarball from Debian's python3.11 source package (apt-get source -d)."""
+    apt = work / "apt"
+    (apt / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (apt / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(
+        f"deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {MIRROR} bookworm main\n")
+    opts = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/nonexistent",
+            "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache={apt / 'cache'}",
+            "-o", "APT::Sandbox::User=root", "-qq"]
+    _run(["apt-get", *opts, "update"], log)
+    _run(["apt-get", *opts, "source", "--download-only", "python3.11"], log, cwd=apt)
+    (orig,) = glob.glob(str(apt / "python3.11_*.orig.tar.xz"))
+    _run(["tar", "-xf", orig, "-C", str(work)], log)
+    (tree,) = [p for p in work.glob("Python-3.11*") if p.is_dir()]
+    return tree
+
+
+def build_relocatable_cpython(work: Path, log: Path) -> Path:
+    """``work/python.tar.gz``: a CPython 3.11 install tree for aarch64 / glibc 2.31."""
+    sr = sysroot(work, log)
+    tree = source(work, log)
+    build, stage = work / "cpython-build", work / "cpython-stage"
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    build.mkdir()
+    inc = f"-isystem {sr}/usr/include/{TRIPLET} -isystem {sr}/usr/include"
+    libdirs = [f"{sr}/usr/lib/{TRIPLET}", f"{sr}/lib/{TRIPLET}"]
+    env = dict(os.environ,
+               CC=f"{TRIPLET}-gcc --sysroot={sr}", CPPFLAGS=inc, CFLAGS="-O2",
+               LDFLAGS=" ".join(f"-L{d} -Wl,-rpath-link,{d}" for d in libdirs),
+               PKG_CONFIG_LIBDIR=f"{sr}/usr/lib/{TRIPLET}/pkgconfig:{sr}/usr/share/pkgconfig",
+               PKG_CONFIG_SYSROOT_DIR=str(sr), LIBFFI_INCLUDEDIR=f"{sr}/usr/include",
+               ac_cv_file__dev_ptmx="yes", ac_cv_file__dev_ptc="no")
+    _run([str(tree / "configure"), f"--host={TRIPLET}", "--build=x86_64-linux-gnu", "--prefix=/opt/edged/python",
+          f"--with-build-python={shutil.which('python3.11') or '/usr/bin/python3.11'}", "--without-ensurepip",
+          "--disable-test-modules"], log, cwd=build, env=env)
+    _run(["make", f"-j{os.cpu_count() or 2}"], log, cwd=build, env=env)
+    _run(["make", "install", f"DESTDIR={stage}"], log, cwd=build, env=env)
+    prefix = stage / "opt/edged/python"
+    lib = prefix / "lib/python3.11"
+    for rel in PRUNE:
+        shutil.rmtree(lib / rel, ignore_errors=True)
+    for cache in list(prefix.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+    missing = [m for m in ("_sqlite3", "_ctypes", "_ssl", "zlib", "_hashlib")
+               if not list((lib / "lib-dynload").glob(f"{m}.cpython-311-*.so"))]
+    if missing:
+        raise RuntimeError(f"the cross-built CPython lacks {missing}: see {log}")
+    tarball = work / "python.tar.gz"
+    _run(["tar", "-czf", str(tarball), "-C", str(stage / "opt/edged"), "python"], log)
+    return tarball
