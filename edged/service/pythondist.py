@@ -27,6 +27,7 @@ from edged.service.targetcheck import (
     TargetMismatch,
     Version,
     find_library,
+    parse_elf,
     read_elf,
     resolve_in_root,
     target_glibc,
@@ -108,20 +109,11 @@ def _escapes(folder: PurePosixPath, target: PurePosixPath) -> bool:
     return False
 
 
-def _elf(data: bytes):
-    from tempfile import NamedTemporaryFile
-
-    with NamedTemporaryFile() as f:  # read_elf reads files; a tarball member is bytes
-        f.write(data)
-        f.flush()
-        return read_elf(Path(f.name))
-
-
 def check_dist(dist: PythonDist, root: Path) -> tuple[str, Version | None, list[str]]:
     """(arch, glibc the interpreter needs, notes); raises TargetMismatch when it cannot run."""
     if dist.version < (3, 10):
         raise TargetMismatch(f"the --python-dist interpreter is Python 3.{dist.version[1]}; edged needs >= 3.10")
-    info = _elf(dist.files[dist.exe][0]) if dist.exe in dist.files else None
+    info = parse_elf(dist.files[dist.exe][0]) if dist.exe in dist.files else None
     if info is None or info.machine is None:
         raise TargetMismatch(f"{dist.exe} in the --python-dist tarball is not a 64-bit ELF executable")
     arch = info.machine
@@ -136,7 +128,7 @@ def check_dist(dist: PythonDist, root: Path) -> tuple[str, Version | None, list[
     for rel, (data, _mode) in dist.files.items():
         if not (rel.startswith("lib/") and ".so" in PurePosixPath(rel).name and data[:4] == b"\x7fELF"):
             continue
-        ext = _elf(data)
+        ext = parse_elf(data)
         if ext is None:
             continue
         if ext.needs_glibc and (need is None or ext.needs_glibc > need):

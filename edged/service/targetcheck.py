@@ -44,7 +44,11 @@ def _glibc(name: str) -> Version | None:
 
 def read_elf(path: Path) -> ElfInfo | None:
     """Machine, glibc versions needed/defined and DT_NEEDED of an ELF file; None if not ELF."""
-    data = path.read_bytes()
+    return parse_elf(path.read_bytes())
+
+
+def parse_elf(data: bytes) -> ElfInfo | None:
+    """:func:`read_elf` of bytes already read (e.g. a tarball member)."""
     if data[:4] != b"\x7fELF":
         return None
     if data[4] != 2 or data[5] != 1:  # only ELF64 little-endian (every Jetson and x86-64 host)

@@ -77,7 +77,7 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
                PKG_CONFIG_SYSROOT_DIR=str(sr), LIBFFI_INCLUDEDIR=f"{sr}/usr/include",
                ac_cv_file__dev_ptmx="yes", ac_cv_file__dev_ptc="no")
     _run([str(tree / "configure"), f"--host={TRIPLET}", "--build=x86_64-linux-gnu", "--prefix=/opt/edged/python",
-          f"--with-build-python={shutil.which('python3.11') or '/usr/bin/python3.11'}", "--without-ensurepip",
+          f"--with-build-python={_build_python()}", "--without-ensurepip",
           "--disable-test-modules"], log, cwd=build, env=env)
     _run(["make", f"-j{os.cpu_count() or 2}"], log, cwd=build, env=env)
     _run(["make", "install", f"DESTDIR={stage}"], log, cwd=build, env=env)
@@ -94,3 +94,11 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
     tarball = work / "python.tar.gz"
     _run(["tar", "-czf", str(tarball), "-C", str(stage / "opt/edged"), "python"], log)
     return tarball
+
+
+def _build_python() -> str:
+    """A host CPython 3.11 to drive the cross build: Debian's (the same 3.11.2 as the source)."""
+    for candidate in ("/usr/bin/python3.11", shutil.which("python3.11")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("the cross build needs a host python3.11 (Debian 12: apt-get install python3.11)")
