@@ -6,8 +6,8 @@ its wheel) and a wheel of edged itself, so that the image builds its venv offlin
 resolver only sees wheels whose platform tag is one of ``manylinux2014_aarch64`` /
 ``manylinux_2_17_aarch64`` ... ``manylinux_2_<N>_aarch64`` for the JetPack's glibc 2.N, so a
 release that needs a newer glibc (onnxruntime >= 1.29 is manylinux_2_28: too new for JetPack
-4.6's 2.27) is skipped for the newest one that fits; each capped requirement is listed. Every
-downloaded wheel is then checked with the installer's own rules (:mod:`edged.service.targetcheck`).
+4.6's 2.27) is skipped for the newest one that fits. Every downloaded wheel is then checked
+with the installer's own rules (:mod:`edged.service.targetcheck`) and listed with the glibc it needs.
 """
 
 from __future__ import annotations

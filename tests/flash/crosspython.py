@@ -54,7 +54,7 @@ def source(work: Path, log: Path) -> Path:
             "-o", "APT::Sandbox::User=root", "-qq"]
     _run(["apt-get", *opts, "update"], log)
     _run(["apt-get", *opts, "source", "--download-only", "python3.11"], log, cwd=apt)
-    (orig,) = glob.glob(str(apt / "python3.11_*.orig.tar.xz"))
+    (orig,) = glob.glob(str(apt / "python3.11_*.orig.tar.*"))
     _run(["tar", "-xf", orig, "-C", str(work)], log)
     (tree,) = [p for p in work.glob("Python-3.11*") if p.is_dir()]
     return tree
