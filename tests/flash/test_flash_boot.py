@@ -242,3 +242,9 @@ def test_daemon_runs_on_the_staged_python_and_trt_stays_on_the_system_one(image)
     assert "home = /opt/edged/python/bin" in cfg, cfg
     lines = unit_lines(image["boot1"], "edged.service")
     assert any("Python 3.9" in line or "TensorRT not used" in line for line in lines), lines[-20:]
+
+
+def test_the_venv_built_on_the_device_carries_the_power_profiles(image) -> None:
+    shipped = sorted(p.name for p in (REPO / "power_profiles").glob("*.yaml"))
+    venv = image["root"] / "opt/edged/venv/share/edged/power_profiles"
+    assert sorted(p.name for p in venv.glob("*.yaml")) == shipped
