@@ -39,7 +39,21 @@ def sysroot(work: Path, log: Path) -> Path:
     if not (root / "usr/include/stdio.h").exists():
         _run(["mmdebstrap", "--arch=arm64", "--variant=extract", f"--include={','.join(DEV_PACKAGES)}",
               "bullseye", str(root), MIRROR], log)
+    _relative_links(root)
     return root
+
+
+def _relative_links(root: Path) -> None:
+    """Absolute symlinks (``usr/lib/.../libpthread.so -> /lib/.../libpthread.so.0``) would point
+    into the host: the linker then finds nothing, falls back to ``libpthread.a`` and configure
+    reports "could not find pthreads". Make them relative to the sysroot."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            link = Path(dirpath) / name
+            if link.is_symlink() and os.readlink(link).startswith("/"):
+                target = root / os.readlink(link).lstrip("/")
+                link.unlink()
+                link.symlink_to(os.path.relpath(target, link.parent))
 
 
 def source(work: Path, log: Path) -> Path:
@@ -75,7 +89,7 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
                LDFLAGS=" ".join(f"-L{d} -Wl,-rpath-link,{d}" for d in libdirs),
                PKG_CONFIG_LIBDIR=f"{sr}/usr/lib/{TRIPLET}/pkgconfig:{sr}/usr/share/pkgconfig",
                PKG_CONFIG_SYSROOT_DIR=str(sr), LIBFFI_INCLUDEDIR=f"{sr}/usr/include",
-               ac_cv_file__dev_ptmx="yes", ac_cv_file__dev_ptc="no")
+               ac_cv_file__dev_ptmx="yes", ac_cv_file__dev_ptc="no", ac_cv_buggy_getaddrinfo="no")
     _run([str(tree / "configure"), f"--host={TRIPLET}", "--build=x86_64-linux-gnu", "--prefix=/opt/edged/python",
           f"--with-build-python={_build_python()}", "--without-ensurepip",
           "--disable-test-modules"], log, cwd=build, env=env)
@@ -87,6 +101,10 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
         shutil.rmtree(lib / rel, ignore_errors=True)
     for cache in list(prefix.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
+    strip = shutil.which(f"{TRIPLET}-strip")
+    if strip:  # debug symbols are most of the size; a device needs none of them
+        binaries = [str(prefix / "bin/python3.11")] + [str(p) for p in (lib / "lib-dynload").glob("*.so")]
+        _run([strip, "--strip-unneeded", *binaries], log)
     missing = [m for m in ("_sqlite3", "_ctypes", "_ssl", "zlib", "_hashlib")
                if not list((lib / "lib-dynload").glob(f"{m}.cpython-311-*.so"))]
     if missing:
