@@ -40,6 +40,13 @@ def sysroot(work: Path, log: Path) -> Path:
         _run(["mmdebstrap", "--arch=arm64", "--variant=extract", f"--include={','.join(DEV_PACKAGES)}",
               "bullseye", str(root), MIRROR], log)
     _relative_links(root)
+    # Debian's ffi.h is multiarch (usr/include/aarch64-linux-gnu); configure sets
+    # LIBFFI_INCLUDEDIR from pkg-config to usr/include, where setup.py then finds no ffi.h and
+    # builds a _ctypes without libffi (undefined symbol ffi_type_void at import).
+    for header in ("ffi.h", "ffitarget.h"):
+        link = root / "usr/include" / header
+        if not link.exists() and (root / "usr/include" / TRIPLET / header).exists():
+            link.symlink_to(f"{TRIPLET}/{header}")
     return root
 
 
@@ -88,7 +95,7 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
                CC=f"{TRIPLET}-gcc --sysroot={sr}", CPPFLAGS=inc, CFLAGS="-O2",
                LDFLAGS=" ".join(f"-L{d} -Wl,-rpath-link,{d}" for d in libdirs),
                PKG_CONFIG_LIBDIR=f"{sr}/usr/lib/{TRIPLET}/pkgconfig:{sr}/usr/share/pkgconfig",
-               PKG_CONFIG_SYSROOT_DIR=str(sr), LIBFFI_INCLUDEDIR=f"{sr}/usr/include",
+               PKG_CONFIG_SYSROOT_DIR=str(sr),
                ac_cv_file__dev_ptmx="yes", ac_cv_file__dev_ptc="no", ac_cv_buggy_getaddrinfo="no")
     _run([str(tree / "configure"), f"--host={TRIPLET}", "--build=x86_64-linux-gnu", "--prefix=/opt/edged/python",
           f"--with-build-python={_build_python()}", "--without-ensurepip",
@@ -109,6 +116,13 @@ def build_relocatable_cpython(work: Path, log: Path) -> Path:
                if not list((lib / "lib-dynload").glob(f"{m}.cpython-311-*.so"))]
     if missing:
         raise RuntimeError(f"the cross-built CPython lacks {missing}: see {log}")
+    from edged.service.targetcheck import read_elf
+
+    for module, needs in (("_ctypes", "libffi.so"), ("_sqlite3", "libsqlite3.so"), ("_ssl", "libssl.so")):
+        (so,) = (lib / "lib-dynload").glob(f"{module}.cpython-311-*.so")
+        info = read_elf(so)
+        if not info or not any(n.startswith(needs) for n in info.needed):
+            raise RuntimeError(f"{so.name} is not linked with {needs}: see {log}")
     tarball = work / "python.tar.gz"
     _run(["tar", "-czf", str(tarball), "-C", str(stage / "opt/edged"), "python"], log)
     return tarball
