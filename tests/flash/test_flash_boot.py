@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edged.localbroker import LocalBroker, free_port
+from edged.localbroker import LocalBroker
 from flashlib import Boot, Journal, build_root, jobs, unit_lines, wait_for_unit, write_test_dropins
 from helpers import REPO, Collector, cr_variants, storescu
 
@@ -62,6 +62,23 @@ def workdir(request: pytest.FixtureRequest):
         print(f"kept {path} for inspection (boot logs, journal in root/var/log/journal)")
     elif not given and not os.environ.get("EDGED_FLASH_KEEP"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def quiet_port() -> int:
+    """A free TCP port below the kernel's ephemeral range (32768-60999 by default), where no
+    outgoing connection of another process can take it between now and the boot."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _in_background(fn, *args) -> threading.Thread:
@@ -140,14 +157,14 @@ def _image(workdir: Path) -> dict:
     from edged.models.synth import write_model
 
     write_model("tiny", root / "opt/edged/engines/chexnet-tiny")
-    dicom_port = free_port()
     (workdir / "broker").mkdir(exist_ok=True)
     broker = LocalBroker(workdir / "broker").start()
-    dropin = {"mqtt": {"host": "127.0.0.1", "port": broker.port}, "dicom": {"port": dicom_port},
+    dropin = {"mqtt": {"host": "127.0.0.1", "port": broker.port}, "dicom": {"port": quiet_port()},
               "models": [{"name": "chexnet-tiny", "backend": "auto"}],
               # ~800x slower than a CPU core under emulation: give the first batch time
               "tensorrt": {"batch_timeout_s": 600, "load_timeout_s": 600}}
-    (root / "etc/edged/edged.d/50-flash-test.yaml").write_text(yaml.safe_dump(dropin))
+    config_dropin = root / "etc/edged/edged.d/50-flash-test.yaml"
+    config_dropin.write_text(yaml.safe_dump(dropin))
     write_test_dropins(root)
     journal = Journal(root)
     first = len(journal.boots())  # 0 from scratch; more when EDGED_FLASH_WORKDIR reuses a root
@@ -160,6 +177,10 @@ def _image(workdir: Path) -> dict:
             finally:
                 box.stop()
         facts["machine_id"] = (root / "etc/machine-id").read_text().strip()
+        # Boot 2 shares the host's network: pick the DICOM port now, outside the ephemeral range
+        # that other processes' connections draw from, so nothing takes it during the boot.
+        dicom_port = dropin["dicom"]["port"] = quiet_port()
+        config_dropin.write_text(yaml.safe_dump(dropin))
         collector = Collector(broker.port)
         try:
             with Timer("boot2"):
