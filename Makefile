@@ -16,7 +16,7 @@ GST_PROBE := import gi; gi.require_version("Gst", "1.0"); gi.require_version("Gs
 	assert all(Gst.ElementFactory.find(e) for e in ("x264enc", "avdec_h264", "rtspsrc", "imagefreeze", "videorate"))
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean
+.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean flash-test flash-test-jp5 flash-deps flash-cross-deps
 
 demo: setup models
 	$(BIN)/edged demo
@@ -67,6 +67,34 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 models: $(VENV)/.installed
 	$(BIN)/python tools/make_models.py
+
+# A flashed image booted under emulation (README: "Image under emulation"). Builds an arm64
+# root from scratch every run; nothing is cached between runs.
+FLASH_PKGS := qemu-user-static binfmt-support mmdebstrap systemd-container arch-test
+CROSS_PKGS := gcc-aarch64-linux-gnu make xz-utils
+
+flash-test: setup models flash-deps
+	EDGED_FLASH=bookworm $(BIN)/python -m pytest tests/flash -q -s -p no:cacheprovider $(PYTEST_ARGS)
+
+flash-test-jp5: setup models flash-deps flash-cross-deps
+	EDGED_FLASH=bullseye $(BIN)/python -m pytest tests/flash -q -s -p no:cacheprovider $(PYTEST_ARGS)
+
+flash-deps:
+	@missing=""; for p in $(FLASH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@$(SUDO) update-binfmts --enable qemu-aarch64 2>/dev/null || true
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { echo "qemu-aarch64 binfmt handler not registered"; exit 1; }
+
+flash-cross-deps:
+	@missing=""; for p in $(CROSS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info engines/*/model.onnx

@@ -1,4 +1,9 @@
-"""``edged``: run the daemon, check a config, run the demo, export results."""
+"""``edged``: run the daemon, check a config, run the demo, export results, prepare an image.
+
+Heavy modules (numpy, ONNX Runtime, pydicom, OpenCV) are imported by the commands that use
+them, never at parse time: ``edged --version`` and ``edged check`` run in a fraction of a second
+on a Nano and work where those libraries do not (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from pathlib import Path
 
 from edged import __version__
-from edged.config.loader import ConfigError, load_config
+from edged.config.loader import ConfigError, load_config, load_config_notes
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -49,17 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     from edged.backends.tensorrt.cli import add_engines_parser
     from edged.selftest.cli import add_selftest_parser
     from edged.service.install import add_install_parser
+    from edged.service.wheelhouse import add_wheelhouse_parser
 
     add_engines_parser(sub, engines_context)
     add_selftest_parser(sub, engines_context)
     add_install_parser(sub)
+    add_wheelhouse_parser(sub)
     return parser
 
 
 def engines_context(args: argparse.Namespace):
     """TensorRT settings, cache dir and models from the main config for ``engines``/``selftest``."""
-    from edged.preprocess.files import preprocess_file
     from edged.backends.tensorrt.cli import EnginesContext, ModelBuild
+    from edged.preprocess.files import preprocess_file
 
     cfg = load_config(args.config, args.sets)
     trt = cfg.tensorrt
@@ -74,7 +81,9 @@ def engines_context(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edged.service.console import guarded  # a closed pipe or Ctrl-C: an exit status, no traceback
+    from edged.service.console import (
+        guarded,  # a closed pipe or Ctrl-C: an exit status, no traceback
+    )
 
     return guarded(lambda: _main(argv))
 
@@ -90,10 +99,9 @@ def _main(argv: list[str] | None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edged.config.check import preflight
     from edged.daemon import Daemon, NoModelServed
     from edged.service.logsetup import setup_logging
-
-    from edged.config.check import preflight
 
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
@@ -114,8 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from edged.config.check import report
 
-    cfg = load_config(args.config, args.sets)
-    return report(cfg, str(args.config or "defaults"), args.root or image_root(args.config), args.connect)
+    root = args.root or image_root(args.config)
+    cfg, notes = load_config_notes(args.config, args.sets, root)
+    return report(cfg, str(args.config or "defaults"), root, args.connect, notes)
 
 
 def image_root(config: Path | None) -> Path | None:

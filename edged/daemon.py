@@ -43,12 +43,12 @@ from edged.pipeline import Pipeline
 from edged.power.prometheus import PowerCollector
 from edged.power.runtime import PowerRuntime
 from edged.preprocess.pool import DecodePool
-from edged.privacy import Pseudonymizer, load_or_create_site_key
+from edged.privacy import Pseudonymizer, load_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.camera.source import CameraSource
 from edged.sources.dicom.scp import StorageSCP
 from edged.sources.dicom.source import DicomSource
-from edged.sources.dicom.transport import check_pynetdicom
+from edged.sources.dicom.versions import check_pynetdicom
 from edged.spool.spool import Spool
 
 log = logging.getLogger("edged")
@@ -93,7 +93,7 @@ class Daemon:
             check_pynetdicom()
         for d in (cfg.state_dir, cfg.cache_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))
+        self.pseudo = Pseudonymizer(load_site_key(cfg.site_key_path, provisioned=cfg.site_key_file is not None))
         self.outbox = Outbox(Database(cfg.db_path))
         # bookkeeping whose loss on power loss is harmless (one more re-send, one more attempt)
         light = Outbox(Database(cfg.db_path, synchronous="NORMAL"))

@@ -54,6 +54,29 @@ def read_site_key(path: Path) -> bytes:
     return key
 
 
+def load_site_key(path: Path, provisioned: bool) -> bytes:
+    """The key at ``path``: created per device when missing unless ``provisioned``.
+
+    A provisioned key (``site_key_file``) is one an integrator put on every device of a site so
+    that they all give a study the same pseudonym. It is never created here (a device inventing
+    its own would silently split the site), and it may be group-readable (root:edged 0640 in
+    /etc/edged, read by the service's group) but never world-readable.
+    """
+    if not provisioned:
+        return load_or_create_site_key(path)
+    try:
+        key = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ValueError(f"site_key_file {path}: cannot read: {exc.strerror}") from None
+    if len(key) < 32:
+        raise ValueError(f"site_key_file {path}: {len(key)} bytes; a site key is at least 32 random bytes "
+                         "(head -c 32 /dev/urandom > site.key)")
+    if mode & 0o007:
+        raise PermissionError(f"site_key_file {path}: readable by others (mode {mode:o}); make it root:edged 0640")
+    return key
+
+
 class Pseudonymizer:
     """``pseudonym("instance", uid)`` → 32 hex characters (128 bits of HMAC-SHA256)."""
 

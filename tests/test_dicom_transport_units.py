@@ -11,7 +11,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import pynetdicom
 import pytest
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
@@ -94,7 +93,10 @@ def test_unverified_pynetdicom_fails_loudly(monkeypatch, tmp_path, capsys):
     transport.check_pynetdicom()  # the installed one is verified
     with pytest.raises(transport.UnsupportedPynetdicom, match=r"pynetdicom 3\.1\.0 is installed.*3\.0\.4"):
         transport.check_pynetdicom("3.1.0")
-    monkeypatch.setattr(pynetdicom, "__version__", "3.0.99")
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "3.0.99" if name == "pynetdicom" else real(name))
     # `edged check` says so (exit 2) ...
     from edged.cli import main
 

@@ -147,7 +147,7 @@ class Checker:
         """The DICOM transport patches pynetdicom in version-guarded ways: an unknown version is an error."""
         if not self.cfg.dicom.enabled:
             return
-        from edged.sources.dicom.transport import UnsupportedPynetdicom, check_pynetdicom
+        from edged.sources.dicom.versions import UnsupportedPynetdicom, check_pynetdicom
 
         try:
             check_pynetdicom()
@@ -165,6 +165,14 @@ class Checker:
             problem = unwritable(path)
             if problem:
                 self.error(f"{key}: {path}: {problem}")
+        if self.cfg.site_key_file is not None:  # provisioned for the site: must exist and load
+            from edged.privacy import load_site_key
+
+            try:
+                load_site_key(self.here(self.cfg.site_key_file), provisioned=True)
+            except (ValueError, OSError) as exc:
+                self.error(f"site_key_file: {exc}")
+            return
         key = self.cfg.site_key_path
         if key.is_file():  # created at first start; one that exists must be the daemon's secret, unshared
             mode = key.stat().st_mode & 0o777
@@ -296,11 +304,15 @@ def check(cfg: Config, root: Path | None = None, connect: bool = False) -> Check
     return c
 
 
-def report(cfg: Config, label: str, root: Path | None = None, connect: bool = False) -> int:
-    """Print every finding (errors and warnings on stderr) and return the exit status: 2 on errors."""
+def report(cfg: Config, label: str, root: Path | None = None, connect: bool = False,
+           notes: list[str] | None = None) -> int:
+    """Print every finding (errors and warnings on stderr) and return the exit status: 2 on errors.
+    ``notes`` are the loader's warnings (an image placeholder and the id it gave)."""
     if root is not None:
         print(f"checking as installed under {root} (absolute paths resolved there)")
     c = check(cfg, root, connect)
+    for note in notes or []:
+        c.warning(note)
     for f in c.findings:
         if f.level == "info":
             print(f.text)

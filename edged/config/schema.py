@@ -187,6 +187,10 @@ class PipelineConfig(Strict):
 class Config(Strict):
     node_id: str = Field(default_factory=_default_node_id, pattern=NAME_PATTERN)
     state_dir: Path = Path("/var/lib/edged")
+    # None: a per-device key, created at first start in state_dir/site.key. A file here is a key
+    # an integrator provisions once for all devices of a site (same study -> same pseudonym on
+    # every device); it is read, never created (see privacy.load_site_key).
+    site_key_file: Path | None = None
     cache_dir: Path = Path("/var/cache/edged")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_repository: Path = Field(default_factory=default_model_repository)
@@ -232,7 +236,7 @@ class Config(Strict):
 
     @property
     def site_key_path(self) -> Path:
-        return self.state_dir / "site.key"
+        return self.site_key_file or self.state_dir / "site.key"
 
     @property
     def snapshot_dir(self) -> Path:

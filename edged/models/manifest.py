@@ -82,10 +82,10 @@ class OutputSpec(Strict):
     @field_validator("decode")
     @classmethod
     def _known_decoder(cls, v: str) -> str:
-        from edged.postprocess.decode import DECODERS
+        from edged.postprocess.decode import known
 
-        if v not in DECODERS:
-            raise ValueError(f"unknown decoder {v!r}; known: {', '.join(sorted(DECODERS))}")
+        if v not in known():
+            raise ValueError(f"unknown decoder {v!r}; known: {', '.join(known())}")
         return v
 
     @model_validator(mode="after")
@@ -100,9 +100,9 @@ class OutputSpec(Strict):
             keys = ", ".join(sorted(self.model_fields_set & set(DETECTION_KEYS)))
             raise ValueError(f"output {self.name}: {keys} only apply to detection decoders")
         if kind_of(self) == "detections":
-            from edged.postprocess.decode import DECODERS
+            from edged.postprocess.decode import decoder
 
-            DECODERS[self.decode].check(self)
+            decoder(self.decode).check(self)
         return self
 
 

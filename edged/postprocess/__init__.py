@@ -1,7 +1,5 @@
 """From raw output tensors to what a consumer sees: scores per label, detections (the decoders).
 
-Importing the package registers every decoder (the detection ones live in their own module), so
-the manifest validator knows all of them whichever module is imported first.
+:mod:`edged.postprocess.decode` is the registry; the detection decoders live in
+:mod:`edged.postprocess.detection`, which the registry imports when one is first used.
 """
-
-from edged.postprocess import decode, detection  # noqa: F401  (registers the decoders)

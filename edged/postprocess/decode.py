@@ -9,17 +9,21 @@ labels: ``sigmoid`` (independent per label: multi-label), ``softmax`` (per row: 
 ``none`` (raw values). Detection decoders (kind ``detections``: ``centernet``, ``yolo``) are
 added by :mod:`edged.postprocess.detection` through :func:`register`; they take each image's
 letterbox geometry (``geometry``) so their boxes come out normalized to the frame.
+
+numpy is imported inside the functions that compute: the model manifest validates ``decode``
+names against this registry, and ``edged check`` must not pay for (or depend on) numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-Raw = dict[str, np.ndarray]
+Raw = dict[str, "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,26 @@ class Decoder:
 
 
 DECODERS: dict[str, Decoder] = {}
+# Decoders implemented in other modules, imported on first use. Their names and kinds are known
+# without importing them (or numpy): the manifest validator needs them, and `edged check` and
+# `edged --version` must stay light.
+ELSEWHERE: dict[str, tuple[str, str]] = {
+    "centernet": ("edged.postprocess.detection", "detections"),
+    "yolo": ("edged.postprocess.detection", "detections"),
+}
+
+
+def known() -> list[str]:
+    return sorted(set(DECODERS) | set(ELSEWHERE))
+
+
+def decoder(name: str) -> Decoder:
+    """The decoder called ``name``, importing the module that implements it when needed."""
+    if name not in DECODERS and name in ELSEWHERE:
+        import importlib
+
+        importlib.import_module(ELSEWHERE[name][0])
+    return DECODERS[name]
 
 
 def register(decoder: Decoder) -> Decoder:
@@ -51,6 +75,8 @@ def tensors_of(spec: Any) -> tuple[str, ...]:
 
 
 def _matrix(spec: Any, raw: Raw) -> np.ndarray:
+    import numpy as np
+
     (tensor,) = tensors_of(spec)
     x = np.asarray(raw[tensor], dtype=np.float64)
     x = x.reshape(x.shape[0], -1)
@@ -60,10 +86,14 @@ def _matrix(spec: Any, raw: Raw) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -89,22 +119,26 @@ def decode_batch(specs: tuple[Any, ...], raw: Raw, geometry: list[Any] | None = 
     n = next(iter(raw.values())).shape[0] if raw else 0
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for spec in specs:
-        for i, value in enumerate(DECODERS[spec.decode].batch(spec, raw, geometry)):
+        for i, value in enumerate(decoder(spec.decode).batch(spec, raw, geometry)):
             out[i][spec.name] = value
     return out
 
 
 def decode_one(specs: tuple[Any, ...], raw: Raw, geometry: Any = None) -> dict[str, Any]:
     """The decoded outputs of one image whose raw tensors have no batch axis."""
+    import numpy as np
+
     return decode_batch(specs, {k: v[np.newaxis] for k, v in raw.items()},
                         None if geometry is None else [geometry])[0]
 
 
 def dense(spec: Any, raw: Raw) -> np.ndarray | None:
     """(N, K) decoded scores for the accuracy gate; None for decoders without a dense form."""
-    decoder = DECODERS[spec.decode]
-    return decoder.dense(spec, raw) if decoder.dense is not None else None
+    d = decoder(spec.decode)
+    return d.dense(spec, raw) if d.dense is not None else None
 
 
 def kind_of(spec: Any) -> str:
+    if spec.decode not in DECODERS and spec.decode in ELSEWHERE:
+        return ELSEWHERE[spec.decode][1]
     return DECODERS[spec.decode].kind

@@ -13,6 +13,7 @@ facts do not state the value; the live ``/etc/nvpmodel.conf`` fills those in (se
 
 from __future__ import annotations
 
+import sysconfig
 from pathlib import Path
 from typing import Literal
 
@@ -160,9 +161,16 @@ def _resolves(profile: PowerProfile, key: str) -> bool:
 
 
 def default_profile_dir() -> Path:
-    """The ``power_profiles/`` beside the package in a checkout, else the system data dir."""
+    """Where the shipped profiles are: ``power_profiles/`` of a checkout; else the wheel's data
+    files, which pip installs under the environment's prefix (``<venv>/share/edged/
+    power_profiles``: setup.cfg ``data_files``); else a distribution's ``/usr/share/edged``.
+    tests/service/test_service_profiles_data.py builds the wheel from a staged image and fails
+    if they are not found there."""
     here = Path(__file__).resolve().parents[2] / "power_profiles"
-    return here if here.is_dir() else Path("/usr/share/edged/power_profiles")
+    if here.is_dir():
+        return here
+    data = Path(sysconfig.get_path("data")) / "share/edged/power_profiles"
+    return data if data.is_dir() else Path("/usr/share/edged/power_profiles")
 
 
 def load_profile(path: str | Path) -> PowerProfile:

@@ -10,7 +10,7 @@ from edged.backends.tensorrt.cli import ContextFactory, common_options, default_
 
 def checks_epilog() -> str:
     """The checks, per group, as ``--help`` prints them (power's from edged.power.checks if present)."""
-    from edged.selftest.trt_checks import CHECKS
+    from edged.selftest.catalog import TRT_CHECKS as CHECKS
 
     lines = ["checks (group: check — what it shows):", "  tensorrt: onnxruntime in-process (reference) — FP32 "
              "reference outputs and timings of the generated reference model"]

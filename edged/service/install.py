@@ -1,15 +1,14 @@
 """Install edged into a target root before flashing (an L4T ``Linux_for_Tegra/rootfs``), or into /.
 
-Writes root-owned files the service can read but not change: /opt/edged/{src,wheels,engines},
-/etc/edged/edged.yaml (only when missing), units enabled by symlinks (no running systemd needed)
-and sysusers/tmpfiles configs. The layout is listed in systemd/README.md.
+Writes root-owned files the service can read but not change: /opt/edged/{src,wheels,engines}
+(and /opt/edged/python with ``--python-dist``), /etc/edged/edged.yaml (only when missing) and
+/etc/edged/edged.d/ for drop-ins, units enabled by symlinks (no running systemd needed) and
+sysusers/tmpfiles configs. The layout is listed in systemd/README.md.
 
-The venv is *not* built here: a venv is not relocatable (interpreter link, pyvenv.cfg and
-script shebangs hold absolute paths) and its compiled wheels must match the target's CPU and
-Python. ``edged-bootstrap.service`` (wanted by edged and edged-engines) builds /opt/edged/venv on
-first boot with the target's python3, offline from the wheelhouse; on "/" it runs at once. Its
-digest stamp is written last: an interrupted build is redone, a re-install with other inputs
-rebuilds. Standard library only: this file runs in the image before any venv exists.
+The venv is *not* built here (see :mod:`edged.service.bootstrap`, staged as the first-boot
+script). What can be known on the host is checked here instead, so that a mismatch fails now
+and not on a device nobody logs into: every wheel's CPU, CPython ABI and glibc, and the
+interpreter's, against the target root (:mod:`edged.service.targetcheck`).
 """
 
 from __future__ import annotations
@@ -20,13 +19,22 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import sysconfig
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+
+from edged.service import bootstrap as bootstrap_module
+from edged.service.bootstrap import wheel_version as _wheel_version
+from edged.service.pythondist import check_dist, read_dist
+from edged.service.tree import InstallError, Tree
+from edged.service.targetcheck import (
+    TargetMismatch,
+    check_wheels,
+    read_elf,
+    resolve_in_root,
+    target_glibc,
+)
 
 PREFIX = "/opt/edged"
 UNIT_DIR = "usr/lib/systemd/system"
@@ -35,11 +43,11 @@ BOOTSTRAP_SCRIPT = f"{PREFIX}/libexec/edged_bootstrap.py"
 # Build products and caches never belong in the model repository of an image.
 ARTIFACT_SUFFIXES = (".engine", ".plan", ".trt", ".timing", ".cache", ".pyc")
 DROPIN = "[Unit]\nWants=edged-bootstrap.service\nAfter=edged-bootstrap.service\n"
-ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l"}
-
-
-class InstallError(Exception):
-    """The installation cannot proceed; the message says what to change."""
+PYTHON_DIST = f"{PREFIX}/python"
+# Read by the daemon at run time besides the package: the power profiles (wheel data files,
+# installed to <venv>/share/edged/power_profiles; edged.power.profiles.default_profile_dir).
+SOURCE_FILES = ("setup.cfg", "pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in")
+SOURCE_DIRS = ("edged", "power_profiles")
 
 
 def bootstrap_unit(python: str, offline: bool) -> str:
@@ -49,7 +57,8 @@ def bootstrap_unit(python: str, offline: bool) -> str:
             f"ConditionPathExists={PREFIX}/bootstrap.json"]
     unit += [] if offline else ["Wants=network-online.target", "After=network-online.target"]
     unit += ["", "[Service]", "Type=oneshot", f"ExecStart={python} {BOOTSTRAP_SCRIPT} bootstrap "
-             f"--prefix {PREFIX}", "TimeoutStartSec=1h", f"ReadWritePaths={PREFIX}"]
+             f"--prefix {PREFIX}", "TimeoutStartSec=1h", f"ReadWritePaths={PREFIX}",
+             "Environment=ORT_DISABLE_TELEMETRY=1 PYTHONDONTWRITEBYTECODE=1"]
     unit += ("UMask=0022 CapabilityBoundingSet= NoNewPrivileges=yes ProtectSystem=strict "
              "ProtectHome=yes PrivateTmp=yes PrivateDevices=yes ProtectKernelTunables=yes "
              "ProtectKernelModules=yes ProtectKernelLogs=yes ProtectControlGroups=yes ProtectClock=yes "
@@ -57,88 +66,6 @@ def bootstrap_unit(python: str, offline: bool) -> str:
              "LockPersonality=yes SystemCallArchitectures=native SystemCallFilter=@system-service"
              ).split() + ["RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"]
     return "\n".join(unit + (["PrivateNetwork=yes"] if offline else [])) + "\n"
-
-
-class _Tree:
-    """Writes into the target root idempotently and records what changed (or would change)."""
-
-    def __init__(self, root: Path, dry_run: bool):
-        self.root, self.dry_run, self.real_root = root, dry_run, root.resolve()
-        self.actions: list[str] = []
-        self.unchanged = 0
-
-    def path(self, rel: str) -> Path:
-        """``root/rel``, refusing parents that resolve outside root (e.g. usr/lib -> /usr/lib)."""
-        path = self.root / rel.strip("/")
-        parent = path.parent.resolve()
-        if parent != self.real_root and self.real_root not in parent.parents:
-            raise InstallError(f"{path.parent} resolves to {parent}, outside {self.root}")
-        return path
-
-    def _do(self, message: str, action: Callable[[], object]) -> None:
-        self.actions.append(message)
-        if not self.dry_run:
-            action()
-
-    def mkdir(self, rel: str, mode: int | None = 0o755) -> None:
-        """Create ``rel`` and missing parents (0755); ``mode=None`` leaves an existing one be."""
-        parts = Path(rel.strip("/")).parts
-        for depth in range(1, len(parts) + 1):
-            sub, last = "/".join(parts[:depth]), depth == len(parts)
-            path = self.path(sub)
-            if not path.exists() and not path.is_symlink():
-                chosen = mode if last and mode is not None else 0o755
-                self._do(f"mkdir /{sub}", lambda p=path, m=chosen: (p.mkdir(), p.chmod(m)))
-            elif last and mode is not None:
-                self._mode(path, mode, sub)
-
-    def _mode(self, path: Path, mode: int, rel: str) -> None:
-        if path.exists() and stat.S_IMODE(path.lstat().st_mode) != mode:
-            self._do(f"chmod {mode:04o} /{rel}", lambda: path.chmod(mode))
-        else:
-            self.unchanged += 1
-
-    def file(self, rel: str, data: bytes, mode: int = 0o644) -> None:
-        rel = rel.strip("/")
-        path = self.path(rel)
-        if path.is_file() and not path.is_symlink() and path.read_bytes() == data:
-            return self._mode(path, mode, rel)
-        self.mkdir(str(Path(rel).parent), None)
-        self._do(f"write /{rel}", lambda: _atomic_write(path, data, mode))
-
-    def symlink(self, rel: str, target: str | None) -> None:
-        """Point ``rel`` at ``target``; ``target=None`` removes the link."""
-        path = self.path(rel)
-        if path.is_symlink() and os.readlink(path) == target or target is None and not path.is_symlink():
-            self.unchanged += 1
-        elif target is None:
-            self._do(f"remove /{rel}", path.unlink)
-        else:
-            self.mkdir(str(Path(rel).parent), None)
-            self._do(f"link /{rel} -> {target}", lambda: (_remove(path), path.symlink_to(target)))
-
-    def mirror(self, rel_dir: str, files: dict[str, bytes], mode: int = 0o644) -> None:
-        """Make ``rel_dir`` hold exactly ``files``: installer-owned trees lose stale files."""
-        rel_dir = rel_dir.strip("/")
-        self.mkdir(rel_dir)
-        for name, data in sorted(files.items()):
-            self.file(f"{rel_dir}/{name}", data, mode)
-        base = self.path(rel_dir)
-        for path in sorted(base.rglob("*") if base.is_dir() else [], reverse=True):
-            rel = path.relative_to(base).as_posix()
-            if rel not in files and not any(name.startswith(rel + "/") for name in files):
-                self._do(f"remove /{rel_dir}/{rel}", lambda p=path: _remove(p))
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.edged-tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 def _read_tree(base: Path) -> dict[str, bytes]:
@@ -164,10 +91,6 @@ def host_pip_wheel() -> Path | None:
     return max(found, key=_wheel_version, default=None)
 
 
-def _wheel_version(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", path.name.split("-")[1]))
-
-
 def _wheelhouse(wheelhouse: Path | None, version: str) -> tuple[dict[str, bytes], str]:
     """Wheels to stage and what the bootstrap installs: ``edged==X`` or ``src``."""
     wheels: dict[str, bytes] = {}
@@ -191,48 +114,41 @@ def _wheelhouse(wheelhouse: Path | None, version: str) -> tuple[dict[str, bytes]
     return wheels, "src"
 
 
-def _resolve_in_root(root: Path, rel: str) -> Path | None:
-    """Follow symlinks of ``root/rel`` as the target would (absolute targets stay in root)."""
-    path = root / rel.lstrip("/")
-    for _ in range(16):
-        if not path.is_symlink():
-            return path if path.is_file() else None
-        target = os.readlink(path)
-        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
-    return None
-
-
 def check_target(root: Path, python: str, wheel_names: list[str]) -> list[str]:
-    """Refuse wheels the target cannot use (wrong CPU or CPython); notes for what is unknown."""
-    exe = _resolve_in_root(root, python)
+    """Refuse wheels the target's ``python`` cannot use (CPU, CPython, glibc); notes for unknowns."""
+    exe = resolve_in_root(root, python)
     if exe is None:
         return [f"note: {python} not found in {root}; the first boot needs Python >= 3.10 there"]
-    with open(exe, "rb") as f:
-        head = f.read(20)
-    arch = ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5:6] == b"\1" else "big"))
+    info = read_elf(exe)
+    arch = info.machine if info else None
     match = re.search(r"python(\d+)\.(\d+)$", exe.name)
-    cp = f"cp{match.group(1)}{match.group(2)}" if match else None
-    if match and (int(match.group(1)), int(match.group(2))) < (3, 10):
-        raise InstallError(f"{python} in {root} is Python {match.group(1)}.{match.group(2)}; edged "
-                           "needs >= 3.10 (JetPack 5 ships 3.8: add python3.10, pass --python)")
-    bad = [name for name in wheel_names
-           for pytags, abi, plat in [name[:-4].split("-")[-3:]]
-           if (arch and plat != "any" and arch not in plat)
-           or (cp and abi != "abi3" and pytags.startswith("cp") and cp not in pytags.split("."))]
-    if bad:
-        raise InstallError(f"wheels not for the target ({arch}, {cp}): {', '.join(bad)}")
-    return []
+    version = (int(match.group(1)), int(match.group(2))) if match else None
+    if version and version < (3, 10):
+        raise InstallError(
+            f"{python} in {root} is Python {version[0]}.{version[1]}; edged needs >= 3.10. On JetPack 4.6 (3.6) "
+            "and 5.1 (3.8) stage a relocatable CPython: --python-dist TARBALL --python-dist-sha256 HEX "
+            "(python-build-standalone's aarch64 install_only build); TensorRT stays on the system Python")
+    glibc = target_glibc(root, arch)
+    if info and info.needs_glibc and glibc and info.needs_glibc > glibc:
+        raise InstallError(f"{python} in {root} needs glibc {info.needs_glibc[0]}.{info.needs_glibc[1]} "
+                           f"but the root's libc is {glibc[0]}.{glibc[1]}")
+    check_wheels(wheel_names, arch, version, glibc)
+    return [] if glibc or arch is None else [f"note: no libc.so.6 in {root}: wheels' glibc not checked"]
 
 
 def install(root: Path, source: Path, *, config_template: Path | None = None,
             wheelhouse: Path | None = None, python: str = "/usr/bin/python3",
             prebuild: bool = True, system_site_packages: bool = True, run_tools: bool = True,
-            dry_run: bool = False) -> list[str]:
+            dry_run: bool = False, python_dist: Path | None = None,
+            python_dist_sha256: str | None = None) -> list[str]:
     """Install into ``root`` from the source checkout ``source``; returns what was done.
 
     Idempotent: a second run with the same inputs changes nothing. ``system_site_packages`` lets
     the venv import JetPack's apt-only TensorRT bindings (edged's own requirements still go into
     the venv). ``run_tools`` runs systemd-sysusers (on "/" also systemd-tmpfiles) as root.
+    ``python_dist``: a relocatable CPython tarball (its sha256 required) unpacked into
+    /opt/edged/python; the venv is then built with it instead of ``python``, without system
+    site-packages (they would be its own, not JetPack's).
     """
     root, source = Path(root), Path(source)
     units = source / "systemd"
@@ -245,15 +161,36 @@ def install(root: Path, source: Path, *, config_template: Path | None = None,
     is_live = root.resolve() == Path("/")
     version = source_version(source)
     wheels, requirement = _wheelhouse(wheelhouse, version)
-    notes = check_target(root, python, sorted(wheels))
+    dist = None
+    try:
+        if python_dist is not None:
+            if not python_dist_sha256:
+                raise InstallError("--python-dist needs --python-dist-sha256 (the digest of the vetted tarball)")
+            dist = read_dist(python_dist, python_dist_sha256)
+            _arch, _need, notes = check_dist(dist, root)
+            python = f"{PYTHON_DIST}/{dist.exe}"
+            system_site_packages = False
+            exe = resolve_in_root(root, python)
+            if exe is None:  # not yet staged: check the wheels against the dist's own facts
+                check_wheels(sorted(wheels), _arch, dist.version, target_glibc(root, _arch))
+            else:
+                notes += check_target(root, python, sorted(wheels))
+        else:
+            notes = check_target(root, python, sorted(wheels))
+    except TargetMismatch as exc:
+        raise InstallError(str(exc)) from None
     if wheelhouse is None:
         notes.append("note: no --wheelhouse: the first boot installs from PyPI (needs network)")
-    tree = _Tree(root, dry_run)
-    src = {name: (source / name).read_bytes() for name in
-           ("setup.cfg", "pyproject.toml", "setup.py", "README.md", "LICENSE") if (source / name).is_file()}
-    src.update({f"edged/{k}": v for k, v in _read_tree(source / "edged").items()})
+    tree = Tree(root, dry_run)
+    src = {name: (source / name).read_bytes() for name in SOURCE_FILES if (source / name).is_file()}
+    for folder in SOURCE_DIRS:
+        src.update({f"{folder}/{k}": v for k, v in _read_tree(source / folder).items()})
     tree.mirror(f"{PREFIX}/src", src)
     tree.mirror(f"{PREFIX}/wheels", wheels)
+    if dist is not None:
+        tree.mirror(PYTHON_DIST, dist.files, links=dist.links)
+    elif tree.path(PYTHON_DIST).exists():
+        tree.mirror(PYTHON_DIST, {})  # re-installed without it: the system python3 builds the venv
 
     models: dict[str, bytes] = {}
     for manifest in sorted((source / "engines").glob("*/model.yaml")):
@@ -263,16 +200,19 @@ def install(root: Path, source: Path, *, config_template: Path | None = None,
             notes.append(f"note: model {folder.name} has no .onnx file (tools/make_models.py makes it)")
     tree.mirror(f"{PREFIX}/engines", models)
 
-    spec = {"install": requirement, "offline": wheelhouse is not None,
+    spec = {"install": requirement, "offline": wheelhouse is not None, "python": python,
             "system_site_packages": system_site_packages}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())  # what the venv is built from
     for name, data in sorted(src.items()) + sorted(wheels.items()):
         digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    if dist is not None:
+        digest.update(f"python-dist\0{python_dist_sha256}\n".encode())
     spec["digest"] = digest.hexdigest()
     tree.file(f"{PREFIX}/bootstrap.json", (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
-    tree.file(BOOTSTRAP_SCRIPT, Path(__file__).read_bytes(), 0o755)
+    tree.file(BOOTSTRAP_SCRIPT, Path(bootstrap_module.__file__).read_bytes(), 0o755)
 
     tree.mkdir("etc/edged", 0o750)
+    tree.mkdir("etc/edged/edged.d", 0o750)  # per-device / per-site drop-ins (edged.config.loader)
     if not tree.path("etc/edged/edged.yaml").exists():  # the site's config is never replaced
         template = config_template or units / "edged.yaml.template"
         tree.file("etc/edged/edged.yaml", template.read_bytes(), 0o640)
@@ -300,7 +240,7 @@ def install(root: Path, source: Path, *, config_template: Path | None = None,
     return [("would " if dry_run else "") + a for a in tree.actions] + notes
 
 
-def _run_system_tools(root: Path, tree: _Tree, units: Path, is_live: bool) -> list[str]:
+def _run_system_tools(root: Path, tree: Tree, units: Path, is_live: bool) -> list[str]:
     """Create the user now, as debhelper's postinst does: systemd-sysusers.service only runs at
     boot when /etc is older than /usr (ConditionNeedsUpdate), which a prepared image may not be."""
     if os.geteuid() != 0:
@@ -318,45 +258,18 @@ def _run_system_tools(root: Path, tree: _Tree, units: Path, is_live: bool) -> li
     return []
 
 
-def bootstrap(prefix: Path) -> str:
-    """Build ``prefix/venv`` with this interpreter from the staged inputs, unless up to date."""
-    spec = json.loads((prefix / "bootstrap.json").read_text(encoding="utf-8"))
-    venv, wheels = prefix / "venv", prefix / "wheels"
-    stamp = venv / ".edged-digest"
-    if stamp.is_file() and stamp.read_text().strip() == spec["digest"] and (venv / "bin/edged").exists():
-        return f"{venv} is up to date"
-    if sys.version_info < (3, 10):
-        raise InstallError(f"{sys.executable} is Python {sys.version.split()[0]}; edged needs >= 3.10")
-    pip = max(wheels.glob("pip-*.whl"), key=_wheel_version, default=None)
-    if pip is None:
-        raise InstallError(f"no pip wheel in {wheels}")
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)]
-                   + (["--system-site-packages"] if spec["system_site_packages"] else []), check=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        requirement = spec["install"]
-        if requirement == "src":  # pip builds in the tree it is given: build a copy
-            requirement = shutil.copytree(prefix / "src", Path(tmp) / "src")
-        cmd = [str(venv / "bin/python"), f"{pip}/pip", "install", "--no-cache-dir",
-               "--disable-pip-version-check", "--no-warn-script-location", "--ignore-installed",
-               "--find-links", str(wheels)] + (["--no-index"] if spec["offline"] else [])
-        # Offline means exactly the staged wheels: no pip.conf (index, find-links) may add more.
-        env = dict(os.environ, PIP_CONFIG_FILE=os.devnull) if spec["offline"] else None
-        subprocess.run(cmd + [str(requirement)], check=True, env=env)
-    if not (venv / "bin/edged").exists():
-        raise InstallError(f"{spec['install']} installed no bin/edged into {venv}")
-    stamp.write_text(spec["digest"] + "\n", encoding="utf-8")
-    return f"built {venv} from {spec['install']}"
-
-
 def add_install_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``install`` to a CLI's subparsers; the parsed args carry ``func=run_install``."""
     p = subparsers.add_parser("install", help="install into a root filesystem (L4T rootfs) or /")
     p.add_argument("--root", type=Path, required=True, help="target root directory")
     p.add_argument("--source", type=Path, help="edged source checkout (default: this one)")
     p.add_argument("--config-template", type=Path, help="default: systemd/edged.yaml.template")
-    p.add_argument("--wheelhouse", type=Path, help="the target's wheels, to build the venv offline")
+    p.add_argument("--wheelhouse", type=Path, help="the target's wheels (`edged wheelhouse`), to build the venv offline")
     p.add_argument("--python", default="/usr/bin/python3", help="the target's python3 (>= 3.10)")
+    p.add_argument("--python-dist", type=Path, metavar="TARBALL",
+                   help="relocatable CPython >= 3.10 (e.g. python-build-standalone aarch64 install_only) to "
+                        f"stage in {PYTHON_DIST} and build the venv with (JetPack 4.6 / 5.1)")
+    p.add_argument("--python-dist-sha256", metavar="HEX", help="required with --python-dist")
     p.add_argument("--no-prebuild", dest="prebuild", action="store_false",
                    help="do not enable edged-engines.service (first-boot engine build)")
     p.add_argument("--isolated-venv", dest="system_site_packages", action="store_false",
@@ -372,7 +285,8 @@ def run_install(args: argparse.Namespace) -> int:
         actions = install(args.root, args.source or Path(__file__).resolve().parents[2],
                           config_template=args.config_template, wheelhouse=args.wheelhouse,
                           python=args.python, prebuild=args.prebuild,
-                          system_site_packages=args.system_site_packages, dry_run=args.dry_run)
+                          system_site_packages=args.system_site_packages, dry_run=args.dry_run,
+                          python_dist=args.python_dist, python_dist_sha256=args.python_dist_sha256)
     except (InstallError, OSError, subprocess.CalledProcessError) as exc:
         print(f"edged install: {exc}", file=sys.stderr)
         return 1
@@ -381,20 +295,11 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 install.py bootstrap --prefix /opt/edged`` (first boot) or ``install ...``."""
-    parser = argparse.ArgumentParser(prog="edged_bootstrap.py")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("bootstrap", help="build PREFIX/venv from the staged wheelhouse").add_argument(
-        "--prefix", type=Path, default=Path(PREFIX))
-    add_install_parser(sub)
+    """``python -m edged.service.install install ...`` (before the CLI is importable)."""
+    parser = argparse.ArgumentParser(prog="edged-install")
+    add_install_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    if args.command == "install":
-        return run_install(args)
-    try:
-        print(bootstrap(args.prefix), flush=True)
-    except (InstallError, OSError, subprocess.CalledProcessError) as exc:
-        sys.exit(f"edged bootstrap: {exc}")
-    return 0
+    return run_install(args)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,21 @@ def test_build_all_builds_what_the_config_asks_for(model_copy, tmp_path, doubles
     assert entry["key"]["precision"] == "fp32" and entry["key"]["batch"][-1] == 3
     assert run_all(()) == 0
     assert "nothing to build" in capsys.readouterr().out
+
+
+def test_first_boot_build_without_tensorrt_is_a_success_with_a_reason(model_copy, tmp_path, plain_env, capsys):
+    """edged-engines.service runs `build --all --skip-without-tensorrt`: on an image without
+    TensorRT it must end successfully (not leave the system "degraded" at every boot) and say why."""
+    from edged.backends.tensorrt.cli import ModelBuild
+
+    parser = argparse.ArgumentParser(prog="edged")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ctx = lambda args: EnginesContext(TensorRTConfig(worker_python=sys.executable), tmp_path, env=plain_env(),  # noqa: E731
+                                      models=(ModelBuild(model_copy),))
+    add_engines_parser(sub, context=ctx)
+    args = parser.parse_args(["engines", "build", "--all", "--skip-without-tensorrt"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to build: TensorRT is unavailable" in out and "cannot import tensorrt" in out
+    args = parser.parse_args(["engines", "build", "--all"])
+    assert args.func(args) == 2, "without the flag a missing TensorRT is still an error"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import edged
+from edged.backends.tensorrt import platforms
 from edged.backends.tensorrt.builder import (
     BuildOptions,
     Calibration,
@@ -33,7 +34,6 @@ from edged.backends.tensorrt.builder import (
     prepare_calibration,
     run_builder,
 )
-from edged.backends.tensorrt import platforms
 from edged.backends.tensorrt.cache import CacheEntry, DeviceId, EngineCache, EngineKey
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.backends.tensorrt.dla import DlaRequest, budget_problems

@@ -30,9 +30,13 @@ import numpy as np
 from edged.backends.base import Backend
 from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.tensorrt.builder import Preprocess, calibration_digest
-from edged.backends.tensorrt.engines import EngineManager, EngineSet, preprocess_fingerprint
+from edged.backends.tensorrt.engines import (
+    EngineManager,
+    EngineSet,
+    preprocess_fingerprint,
+)
 from edged.models.manifest import AccuracyGate, OutputSpec, sha256_file
-from edged.postprocess.decode import DECODERS, dense, kind_of, tensors_of
+from edged.postprocess.decode import decoder, dense, kind_of, tensors_of
 from edged.postprocess.detection import iou
 from edged.preprocess.geometry import identity
 
@@ -129,7 +133,7 @@ def detection_differences(outputs: tuple[OutputSpec, ...], ref: dict[str, np.nda
     n = len(next(iter(ref.values())))
     geo = [identity(*input_wh)] * n
     for spec in outputs:
-        decode = DECODERS[spec.decode].batch
+        decode = decoder(spec.decode).batch
         worst = np.zeros((n, 2))
         for i, (a, b) in enumerate(zip(decode(spec, ref, geo), decode(spec, cand, geo))):
             free = list(b)

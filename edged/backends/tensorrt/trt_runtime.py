@@ -29,7 +29,6 @@ import os
 
 import numpy as np
 
-
 # TensorRT DataType name -> numpy dtype name; what edged can serve (FP8/BF16/INT4 have no numpy type).
 DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "BOOL": "bool",
           "UINT8": "uint8", "INT64": "int64"}

@@ -31,6 +31,11 @@ import traceback
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
+# No ONNX Runtime telemetry (see edged/__init__.py): this script is started by path, without the
+# package, and with whatever environment its caller passed, so it sets the variable itself
+# before anything below can import onnxruntime.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 PROTOCOL = 2  # 2: any number of named outputs per batch
 MAGIC = b"EDGDTNS1"
 TENSOR_VERSION = 1

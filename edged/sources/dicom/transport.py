@@ -28,46 +28,33 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
-from copy import deepcopy
 from socket import socket
 from typing import Any
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from edged.sources.dicom import tls as dicom_tls
-from edged.sources.dicom.limits import ConnectionSlots, Lease, ProgressMeter, TransportLimits
+from edged.sources.dicom.limits import (
+    ConnectionSlots,
+    Lease,
+    ProgressMeter,
+    TransportLimits,
+)
 from edged.sources.dicom.receive import GuardedDIMSE, GuardedDUL, GuardedSocket
 from edged.sources.dicom.refusals import Refusals
+from edged.sources.dicom.versions import (  # noqa: F401
+    VERIFIED_PYNETDICOM,
+    UnsupportedPynetdicom,
+    check_pynetdicom,
+)
 
 log = logging.getLogger("edged.dicom")
-
-# Read in full: 3.0.4. Diffed against 3.0.0-3.0.3 for every method overridden or relied on here
-# and in receive.py (dul.py, transport.py, association.py, dimse.py, dimse_messages.py,
-# service_class.py, fsm.py): unchanged there.
-VERIFIED_PYNETDICOM = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
-
-
-class UnsupportedPynetdicom(RuntimeError):
-    pass
-
-
-def check_pynetdicom(version: str | None = None) -> None:
-    """Raise :class:`UnsupportedPynetdicom` unless the installed pynetdicom is one whose
-    internals this module and :mod:`~edged.sources.dicom.receive` were verified against."""
-    version = version or pynetdicom.__version__
-    if version not in VERIFIED_PYNETDICOM:
-        raise UnsupportedPynetdicom(
-            f"pynetdicom {version} is installed, but edged's DICOM transport (edged/sources/dicom/transport.py, "
-            f"receive.py) overrides pynetdicom internals verified only against {', '.join(VERIFIED_PYNETDICOM)}: "
-            "install one of those (pip install 'pynetdicom==3.0.4'), or verify the overrides against this "
-            "version and add it to VERIFIED_PYNETDICOM")
-
 
 @dataclass
 class Guard:
