@@ -1,0 +1,88 @@
+"""Defects the fuzz suite (tools/fuzz) found in the daemon, one regression test each."""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, _config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.fuzz import datasets as D  # noqa: E402
+from tools.fuzz.phi import PhiRegistry  # noqa: E402
+
+
+def _store(port: int, path: Path, sop_class: str, syntax: str) -> int | None:
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the bytes as generated
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(sop_class, [syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+
+
+def test_dataset_pydicom_reads_as_empty_is_cannot_understand(daemon_factory, collector, tmp_path):
+    """Encapsulated Pixel Data of undefined length whose sequence delimiter never comes: pydicom
+    warns and returns an *empty* dataset, so the SOP Instance UID is simply absent. That is a
+    dataset edged cannot understand (0xC000, ``unreadable``), not one that names another
+    instance (0xA900, ``mismatch``) — which it was answered before."""
+    import random
+
+    rng = random.Random(5)
+    who = PhiRegistry(rng).identity()
+    elems = D.base_image(rng, who)
+    fragment = b"\xff\xd8" + bytes(rng.randrange(256) for _ in range(998))
+    items = struct.pack("<HHL", 0xFFFE, 0xE000, 0) + struct.pack("<HHL", 0xFFFE, 0xE000, len(fragment)) + fragment
+    elems = D.changed(elems, 0x7FE00010, vr="OB", value=items, length=D.UNDEFINED)  # no (FFFE,E0DD) delimiter
+    path = tmp_path / "no-delimiter.dcm"
+    path.write_bytes(D.file_bytes(D.encode(elems, D.JPEG_LOSSLESS), D.CR, who.instance_uid, D.JPEG_LOSSLESS))
+
+    d = daemon_factory().start()
+    assert _store(d.port, path, D.CR, D.JPEG_LOSSLESS) == 0xC000
+    collector.wait_for(lambda c: len(c.events("rejected")) == 1)
+    (event,) = collector.events("rejected")
+    assert (event["reason"], event["status"]) == ("unreadable", 0xC000)
+    assert d.terminate() == 0
+
+
+def test_an_exception_that_kills_a_thread_is_logged_redacted_with_priority(capsys):
+    """pynetdicom re-raises what its state machine cannot handle (a presentation context id
+    of 0, a command set without CommandDataSetType…), which kills that association's thread.
+    Python's default hook printed the traceback straight to stderr: past the PHI redaction,
+    past the rate limiter, and under journald without a priority prefix on any line."""
+    from edged.service.logsetup import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("info", journald=True, stream=stream)
+    uid = "1.2.826.0.1.3680043.9.7433.4711471147.12"
+
+    def die() -> None:
+        raise ValueError(f"Invalid 'Affected SOP Instance UID' value '{uid}' for DOE^JANE")
+
+    try:
+        t = threading.Thread(target=die, name="run_reactor")
+        t.start()
+        t.join()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    assert "ValueError" in out and "run_reactor" in out, out
+    assert uid not in out and "DOE^JANE" not in out
+    assert all(line.startswith("<3>") for line in out.splitlines()), out
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _restore_excepthook():
+    hook = threading.excepthook
+    yield
+    threading.excepthook = hook
