@@ -22,18 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-cap-mb", type=int, default=1024, help="kill and fail above this RSS (default 1024)")
     p.add_argument("--as-cap-mb", type=int, default=6144, help="the daemon's RLIMIT_AS (default 6144)")
     p.add_argument("--out", type=Path, default=Path("fuzz-out"), help="where the summary goes (default fuzz-out/)")
+    p.add_argument("--replay", type=lambda v: [int(x) for x in v.split(",")], default=None, metavar="N[,N…]",
+                   help="run only these cases (the 'case' of cases.jsonl) of the plan --cases/--seed make")
     p.add_argument("--workdir", type=Path, default=None, help="daemon state, broker, log (default: a temp dir)")
     args = p.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edged-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plan = schedule(args.cases, args.seed, args.fast, include_transport=not args.no_transport)
-    print(f"edged fuzz: {len(plan)} cases, seed {args.seed}, workdir {workdir}", flush=True)
+    print(f"edged fuzz: {len(args.replay) if args.replay else len(plan)} cases, seed {args.seed}, workdir {workdir}",
+          flush=True)
     session = Session.open(workdir, args.seed, args.rss_cap_mb, args.as_cap_mb,
                            progress=lambda line: print(line, flush=True))
     start = time.monotonic()
     try:
-        for _ in session.run(plan):
+        only = [n - 1 for n in args.replay] if args.replay else None
+        for _ in session.run(plan, only):
             pass
         print("waiting for every acknowledged instance's outcome ...", flush=True)
         session.settle()

@@ -118,7 +118,8 @@ class Runner:
         return send_store(self, case)
 
     # -- the loop --------------------------------------------------------------------------
-    def run_case(self, case: Case) -> None:
+    def run_case(self, case: Case, index: int | None = None) -> None:
+        """Run one case (``index``: its place in the plan, 0-based, for the case log)."""
         s = self.stats[case.family]
         s.cases += 1
         self.cases_run += 1
@@ -142,7 +143,7 @@ class Runner:
             self.acks[key] += 1
             self.ack_family[key] = case.family
             s.acked += 1
-        self._record(case, start, out)
+        self._record(case, start, out, index)
         if out.failures:
             s.case_failures += 1
             self._example(s, f"{case.variant}: {out.failures[0]}")
@@ -173,9 +174,10 @@ class Runner:
         if rss is not None and self.cases_run % 25 == 0:
             self.rss_samples.append((self.cases_run, rss))
 
-    def _record(self, case: Case, start: float, out: Outcome) -> None:
-        """One line per case (wall clock, to read beside the daemon's log)."""
-        line = {"n": self.cases_run, "t": time.time() - (time.monotonic() - start), "s": round(time.monotonic() - start, 3),
+    def _record(self, case: Case, start: float, out: Outcome, index: int | None) -> None:
+        """One line per case (wall clock, to read beside the daemon's log; ``case`` is what
+        ``--replay`` takes)."""
+        line = {"case": self.cases_run if index is None else index + 1, "t": time.time() - (time.monotonic() - start), "s": round(time.monotonic() - start, 3),
                 "family": case.family, "variant": case.variant, "answers": out.answers, "failures": out.failures, "peak_mb": out.peak_mb}
         with open(self.case_log, "a") as f:
             f.write(json.dumps(line) + "\n")

@@ -78,17 +78,20 @@ class Session:
         target.start()
         return cls(target, scanner, observer, LogTail(target.log_path, scanner), Runner(target, workdir, progress), gen)
 
-    def run(self, plan: list[tuple[str, Factory]], start_index: int = 0, progress_every_s: float = 15.0) -> Iterator[int]:
+    def run(self, plan: list[tuple[str, Factory]], only: list[int] | None = None,
+            progress_every_s: float = 15.0) -> Iterator[int]:
+        """Run the plan (or only its cases with these 0-based indices: a replay)."""
+        indices = list(range(len(plan))) if only is None else only
         last = time.monotonic()
         began = last
-        for i, (_name, factory) in enumerate(plan):
-            self.runner.run_case(factory(self.gen.at(start_index + i)))
-            if i % 50 == 0:
+        for done, i in enumerate(indices, 1):
+            self.runner.run_case(plan[i][1](self.gen.at(i)), i)
+            if done % 50 == 0:
                 self.log.poll()
             now = time.monotonic()
-            if now - last >= progress_every_s or i == len(plan) - 1:
+            if now - last >= progress_every_s or done == len(indices):
                 last = now
-                self.runner.progress(self.progress_line(i + 1, len(plan), now - began))
+                self.runner.progress(self.progress_line(done, len(indices), now - began))
             yield i
 
     def progress_line(self, done: int, total: int, elapsed: float) -> str:
