@@ -86,3 +86,28 @@ def _restore_excepthook():
     hook = threading.excepthook
     yield
     threading.excepthook = hook
+
+
+def test_peer_bytes_in_a_log_message_cannot_forge_lines_or_drive_a_terminal():
+    """pydicom quotes what it could not use (``Unknown encoding '…'``) from the peer's dataset:
+    the fuzz run's log became a binary file (NUL, DEL, ESC). A newline in such a value would
+    forge a whole log line; an escape sequence would act on the terminal reading the log.
+    Control characters in a message are escaped; a traceback keeps its line breaks."""
+    from edged.service.logsetup import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("info", journald=True, stream=stream)
+    try:
+        logging.getLogger("pydicom").warning("Unknown encoding '%s' - using default encoding instead",
+                                             "ISO_IR 100\n<3>edged.dicom: instance quarantined\x1b[2J\x00\x7f\r")
+        try:
+            raise ValueError("bad\x1b[31m value")
+        except ValueError:
+            logging.getLogger("edged.test").exception("failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == ("<4>pydicom: Unknown encoding 'ISO_IR 100\\n<3>edged.dicom: instance quarantined"
+                        "\\x1b[2J\\x00\\x7f\\r' - using default encoding instead"), lines[0]
+    assert lines[1] == "<3>edged.test: failed" and lines[2] == "<3>Traceback (most recent call last):"
+    assert lines[-1] == "<3>ValueError: bad\\x1b[31m value"
