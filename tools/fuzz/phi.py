@@ -4,9 +4,11 @@ Every generated patient gets a distinctive name, ID, birth date, accession numbe
 ID, referring physician and UIDs; each identifying *token* (an alphanumeric run of at least 5
 characters that no log line or payload says for another reason, or a UID component of at least
 9 random digits) is registered. :class:`PhiScanner` then looks at everything published on
-MQTT and everything logged, tokenised into alphanumeric runs (so a 32-hex pseudonym that
-happens to contain a birth date's digits is not a hit), case-insensitively (a leak may be
-upper-cased), and also for any UID-shaped string outside the standard's own 1.2.840.10008 root.
+MQTT and everything logged, tokenised into alphanumeric runs after removing escapes (so a
+32-hex pseudonym that happens to contain a birth date's digits is not a hit, and ``\x1bDOE``
+is), case-insensitively (a leak may be upper-cased); a run that is not a token itself is
+searched inside (a value glued to a length byte, say), pseudonyms excepted. Also any UID-shaped string outside
+the standard's own 1.2.840.10008 root.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ TOKEN_MIN = 5
 UID_COMPONENT_MIN = 9
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
+# escapes that glue letters to a token: the log's \x1b / \n, JSON's \u0000 / \"
+_ESCAPES = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrtbf\"\\/])")
+_PSEUDONYM = re.compile(r"[0-9a-f]{32}")  # pseudonyms and message ids: never searched inside
 # five or more numeric components; the standard's own (SOP classes, transfer syntaxes) identify nobody
 _UID_SHAPED = re.compile(r"(?<![0-9.])[0-9]{1,64}(?:\.[0-9]{1,64}){4,}")
 
@@ -61,18 +66,27 @@ class PhiRegistry:
         self.rng = rng
         self.tokens: set[str] = set()
         self.uids: set[str] = set()
+        self._lengths: set[int] = set()
+
+    def lengths(self) -> list[int]:
+        """The distinct lengths of the planted tokens."""
+        return sorted(self._lengths)
+
+    def _add(self, tokens: list[str]) -> None:
+        self.tokens.update(tokens)
+        self._lengths.update(len(t) for t in tokens)
 
     def uid(self) -> str:
         """A UID under the fuzzer's root with two random components of 9-16 digits (planted)."""
         a, b = (str(self.rng.randrange(10 ** 8, 10 ** 16)) for _ in range(2))
         uid = f"{UID_ROOT}.{a}.{b}"
         self.uids.add(uid)
-        self.tokens.update(c for c in (a, b) if len(c) >= UID_COMPONENT_MIN)
+        self._add([c for c in (a, b) if len(c) >= UID_COMPONENT_MIN])
         return uid
 
     def plant(self, *values: str) -> None:
         for v in values:
-            self.tokens.update(t.upper() for t in _TOKEN.findall(v) if len(t) >= TOKEN_MIN)
+            self._add([t.upper() for t in _TOKEN.findall(v) if len(t) >= TOKEN_MIN])
 
     def identity(self) -> Identity:
         r = self.rng
@@ -117,9 +131,17 @@ class PhiScanner:
         self.scanned_bytes += len(text)
         found = 0
         tokens = self.registry.tokens
-        for t in _TOKEN.findall(text):
-            if len(t) >= TOKEN_MIN and t.upper() in tokens:
+        lengths = self.registry.lengths()
+        for t in _TOKEN.findall(_ESCAPES.sub(" ", text)):
+            if len(t) < TOKEN_MIN:
+                continue
+            u = t.upper()
+            if u in tokens:
                 found += self._hit(where, "token", t)
+            elif len(t) > TOKEN_MIN and not _PSEUDONYM.fullmatch(t):
+                inside = next((u[i:i + n] for n in lengths for i in range(len(u) - n + 1) if u[i:i + n] in tokens), None)
+                if inside is not None:
+                    found += self._hit(where, "token", f"{inside} in {t[:60]}")
         for m in _UID_SHAPED.finditer(text):
             if not m.group(0).startswith("1.2.840.10008."):
                 found += self._hit(where, "uid", m.group(0))
