@@ -26,7 +26,7 @@ from tools.fuzz.attacks import MEMORY_BOUND_MB  # noqa: E402
 from tools.fuzz.transport import PENDING  # noqa: E402
 
 SEED = 8
-CASES = 240
+CASES = 200
 
 
 @pytest.fixture(scope="module")

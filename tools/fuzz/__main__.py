@@ -4,6 +4,7 @@ table printed and written as JSON and Markdown; exit 1 when a check fails."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -11,6 +12,10 @@ from pathlib import Path
 
 from . import checks
 from .suite import Session, schedule
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="daemon state, broker, log (default: a temp dir)")
     args = p.parse_args(argv)
 
+    # SIGTERM (and SIGINT, even where a background shell ignores it) end the run through the
+    # finally below, which stops the daemon and its broker
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edged-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     plan = schedule(args.cases, args.seed, args.fast, include_transport=not args.no_transport)

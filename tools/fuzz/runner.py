@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -29,7 +30,10 @@ from .target import ECHO_HOST, Target
 
 ECHO_DEADLINE = 15.0
 SEND_TIMEOUT = 30.0
+# the fuzzer's own side: pynetdicom and pydicom complain about what it sends on purpose
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
 
 
 @dataclass

@@ -50,6 +50,7 @@ def schedule(n: int, seed: int, fast: bool, include_transport: bool = True) -> l
     rest = max(0, n - len(heavy) - len(names))
     drawn = names + rng.choices(names, weights=[WEIGHTED[k][0] for k in names], k=rest)
     rng.shuffle(drawn)
+    rng.shuffle(heavy)
     plan: list[tuple[str, Factory]] = [(k, WEIGHTED[k][1]) for k in drawn]
     for i, item in enumerate(heavy):  # spread evenly, in a seeded order
         plan.insert((i + 1) * len(plan) // (len(heavy) + 1) + i, item)

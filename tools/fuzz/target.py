@@ -11,6 +11,7 @@ each case through ``/proc/PID/clear_refs``, so a spike between two samples is no
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import signal
@@ -26,6 +27,7 @@ from edged.localbroker import LocalBroker, free_port, wait_listening
 from edged.privacy import Pseudonymizer, load_or_create_site_key
 
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # Peers are told apart by their loopback source address: 127.0.0.1 sends the cases, 127.0.0.2
 # is the slow host, 127.0.0.3 only proves the daemon serves (so a per-host limit on the
 # hostile traffic never refuses the proof); 127.0.0.4 and up are hosts the allow-list refuses.
@@ -107,6 +109,8 @@ class Target:
 
         def limit() -> None:  # in the child, before exec: the kernel's cap, like prlimit --as
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            # and SIGTERM when the fuzzer dies, however it dies: no orphan daemon on a shared machine
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
