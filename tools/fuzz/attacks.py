@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from typing import Any
 
 from . import datasets as D

@@ -79,12 +79,16 @@ def summary(runner: Runner, obs: Observer, scanner: Any, log: Any, seconds: floa
         "events": {f"{t}/{r}": n for (t, r), n in sorted(obs.events.items())},
         "crash_list": runner.crashes[:20], "hang_list": runner.hangs[:20],
     }
-    # crashes and hangs inside a pending family are that family's expected failure, not the run's
-    own = lambda lst: [c for c in lst if c.split(":")[0] not in PENDING]  # noqa: E731
     slots_ok = runner.slot_waits == 0 or "slot_hold" in PENDING  # item 5's symptom while its fix is pending
-    passed = (slots_ok and not blocking and not own(runner.crashes) and not own(runner.hangs) and scanner.count == 0
+    passed = (slots_ok and not blocking and not _outside_pending(runner.crashes)
+              and not _outside_pending(runner.hangs) and scanner.count == 0
               and not problems and not obs.invalid)
     return {"args": args, "passed": passed, "blocking_families": blocking, "totals": totals, "families": families}
+
+
+def _outside_pending(events: list[str]) -> list[str]:
+    """Crashes and hangs inside a pending family are that family's expected failure, not the run's."""
+    return [e for e in events if e.split(":")[0] not in PENDING]
 
 
 def _answers(d: dict, top: int = 4) -> str:

@@ -25,7 +25,7 @@ from pynetdicom.dsutils import decode
 
 from . import datasets as D
 from . import pdu as P
-from .cases import AttackCase, Case, Outcome, StoreCase
+from .cases import Case, Outcome, StoreCase
 from .target import ECHO_HOST, Target
 
 ECHO_DEADLINE = 15.0
@@ -242,5 +242,3 @@ def _send_raw(r: Any, case: StoreCase, n: int) -> str:
     finally:
         a.close()
 
-
-__all__ = ["Runner", "FamilyStats", "send_store", "canonical_uid", "AttackCase"]
