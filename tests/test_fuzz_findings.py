@@ -30,27 +30,41 @@ def _store(port: int, path: Path, sop_class: str, syntax: str) -> int | None:
         assoc.release()
 
 
-def test_dataset_pydicom_reads_as_empty_is_cannot_understand(daemon_factory, collector, tmp_path):
-    """Encapsulated Pixel Data of undefined length whose sequence delimiter never comes: pydicom
-    warns and returns an *empty* dataset, so the SOP Instance UID is simply absent. That is a
-    dataset edged cannot understand (0xC000, ``unreadable``), not one that names another
-    instance (0xA900, ``mismatch``) — which it was answered before."""
+def test_headers_edged_cannot_understand_are_0xC000(daemon_factory, collector, tmp_path):
+    """Two headers the fuzz suite found answered with the wrong status:
+
+    * encapsulated Pixel Data of undefined length whose sequence delimiter never comes: pydicom
+      warns and returns an *empty* dataset, so the SOP Instance UID is simply absent — a
+      dataset edged cannot understand (0xC000 ``unreadable``), not one that names another
+      instance (0xA900 ``mismatch``);
+    * Columns sent as UL 0xFFFFFFFF: no image has more than 65535 columns (the attribute is
+      US), so the header is invalid (0xC000 ``bad_image_header``), not an image too large for
+      the device (0xA700 ``too_large``, which invites the sender to retry it forever).
+    """
     import random
 
     rng = random.Random(5)
-    who = PhiRegistry(rng).identity()
+    phi = PhiRegistry(rng)
+    d = daemon_factory().start()
+
+    who = phi.identity()
     elems = D.base_image(rng, who)
     fragment = b"\xff\xd8" + bytes(rng.randrange(256) for _ in range(998))
     items = struct.pack("<HHL", 0xFFFE, 0xE000, 0) + struct.pack("<HHL", 0xFFFE, 0xE000, len(fragment)) + fragment
     elems = D.changed(elems, 0x7FE00010, vr="OB", value=items, length=D.UNDEFINED)  # no (FFFE,E0DD) delimiter
     path = tmp_path / "no-delimiter.dcm"
     path.write_bytes(D.file_bytes(D.encode(elems, D.JPEG_LOSSLESS), D.CR, who.instance_uid, D.JPEG_LOSSLESS))
-
-    d = daemon_factory().start()
     assert _store(d.port, path, D.CR, D.JPEG_LOSSLESS) == 0xC000
-    collector.wait_for(lambda c: len(c.events("rejected")) == 1)
-    (event,) = collector.events("rejected")
-    assert (event["reason"], event["status"]) == ("unreadable", 0xC000)
+
+    who = phi.identity()
+    elems = D.changed(D.base_image(rng, who), 0x00280011, vr="UL", value=b"\xff\xff\xff\xff")
+    path = tmp_path / "columns.dcm"
+    path.write_bytes(D.file_bytes(D.encode(elems, D.EXPLICIT_LE), D.CR, who.instance_uid, D.EXPLICIT_LE))
+    assert _store(d.port, path, D.CR, D.EXPLICIT_LE) == 0xC000
+
+    collector.wait_for(lambda c: len(c.events("rejected")) == 2)
+    assert [(e["reason"], e["status"]) for e in collector.events("rejected")] == [
+        ("unreadable", 0xC000), ("bad_image_header", 0xC000)]
     assert d.terminate() == 0
 
 

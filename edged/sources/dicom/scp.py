@@ -253,8 +253,10 @@ def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file
     except (AttributeError, TypeError, ValueError, OverflowError):
         raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated/NumberOfFrames missing "
                                           "or invalid") from None
-    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or not 1 <= frames <= 1_000_000 or \
-            not 1 <= spp <= 4:
+    # Rows and Columns are US: a value above 65535 (sent with another VR) is an invalid header,
+    # not a large image (0xA700 would invite the sender to retry it forever)
+    if not 0 < rows <= 0xFFFF or not 0 < cols <= 0xFFFF or bits not in (1, 8, 16, 32, 64) or \
+            not 1 <= frames <= 1_000_000 or not 1 <= spp <= 4:
         raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated, "
                                           f"{spp} samples, {frames} frames")
     if rows * cols > max_pixels:
