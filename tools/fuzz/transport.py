@@ -104,6 +104,10 @@ def giant_pdu(g: Gen, mb: int = 512) -> AttackCase:
                 sock.sendall(chunk)
                 sent += 1
             out.answers.append("all_sent")
+            # the daemon handles what it buffered once the stream ends: wait for that (its
+            # answer or its close), so its memory peak — or its death — belongs to this case
+            sock.shutdown(socket.SHUT_WR)
+            out.answers.append(P.read_pdu(sock, 15.0).kind)
         except OSError:
             out.answers.append("cut_by_daemon")
         finally:
