@@ -190,11 +190,14 @@ def sequence(g: Gen) -> AttackCase:
 
 
 def refused_host(g: Gen) -> AttackCase:
-    """A host the allow-list refuses sends a large request: refused, and quickly."""
+    """A host the allow-list refuses: a well-formed request (refused with an event), or one
+    with a 1-60 KB abstract syntax (refused without costing anyone else time)."""
     r = g.rng
+    source = f"127.0.0.{r.randrange(4, 250)}"
+    if r.random() < 0.5:
+        return AttackCase("refused_host", "well-formed request", lambda ctx: _exchange(ctx, _rq("STRANGER"), source))
     size = r.choice((1000, 30000, 60000))
     data = P.associate_rq([(1, "1." * (size // 2) + "1", [P.EXPLICIT_LE])], calling="STRANGER")
-    source = f"127.0.0.{r.randrange(4, 250)}"
     return AttackCase("refused_host", f"{size // 1000} KB request", lambda ctx: _exchange(ctx, data, source))
 
 

@@ -158,7 +158,7 @@ class Runner:
         if code is None and self.cases_run % self.echo_every == 0:
             ok, why = self.echo()
             if not ok:
-                code = self.target.check_exit()
+                code = self._exit_within(2.0)  # a daemon being killed (the RSS cap) is a crash, not a hang
                 if code is None:
                     s.hangs += 1
                     self.hangs.append(f"{case.family}: {case.variant}: echo {why}")
@@ -177,6 +177,14 @@ class Runner:
         rss = self.target.rss_mb()
         if rss is not None and self.cases_run % 25 == 0:
             self.rss_samples.append((self.cases_run, rss))
+
+    def _exit_within(self, seconds: float) -> int | None:
+        end = time.monotonic() + seconds
+        while True:
+            code = self.target.check_exit()
+            if code is not None or time.monotonic() >= end:
+                return code
+            time.sleep(0.1)
 
     def _record(self, case: Case, start: float, out: Outcome, index: int | None) -> None:
         """One line per case (wall clock, to read beside the daemon's log; ``case`` is what
