@@ -20,7 +20,7 @@ bench: setup models
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python tools/bench.py
 
-# >= 10,000 seeded hostile cases against the daemon as a real process (about 35 min on 2 cores);
+# >= 10,000 seeded hostile cases against the daemon as a real process (about 25 min on 2 cores);
 # FUZZ_ARGS e.g. "--cases 20000 --seed 3". Summary: fuzz-out/fuzz-summary.{md,json}; exit 1 on a finding.
 fuzz: setup models
 	$(BIN)/python -m tools.fuzz $(FUZZ_ARGS)
