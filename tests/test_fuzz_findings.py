@@ -112,7 +112,7 @@ def test_peer_bytes_in_a_log_message_cannot_forge_lines_or_drive_a_terminal():
     stream = io.StringIO()
     handler = setup_logging("info", journald=True, stream=stream)
     try:
-        logging.getLogger("pydicom").warning("Unknown encoding '%s' - using default encoding instead",
+        logging.getLogger("peer.library").warning("Unknown encoding '%s' - using default encoding instead",
                                              "ISO_IR 100\n<3>edged.dicom: instance quarantined\x1b[2J\x00\x7f\r")
         try:
             raise ValueError("bad\x1b[31m value")
@@ -121,7 +121,7 @@ def test_peer_bytes_in_a_log_message_cannot_forge_lines_or_drive_a_terminal():
     finally:
         logging.getLogger().removeHandler(handler)
     lines = stream.getvalue().splitlines()
-    assert lines[0] == ("<4>pydicom: Unknown encoding 'ISO_IR 100\\n<3>edged.dicom: instance quarantined"
+    assert lines[0] == ("<4>peer.library: Unknown encoding 'ISO_IR 100\\n<3>edged.dicom: instance quarantined"
                         "\\x1b[2J\\x00\\x7f\\r' - using default encoding instead"), lines[0]
     assert lines[1] == "<3>edged.test: failed" and lines[2] == "<3>Traceback (most recent call last):"
     assert lines[-1] == "<3>ValueError: bad\\x1b[31m value"

@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -30,10 +31,26 @@ from .target import ECHO_HOST, Target
 
 ECHO_DEADLINE = 15.0
 SEND_TIMEOUT = 30.0
-# the fuzzer's own side: pynetdicom and pydicom complain about what it sends on purpose
-logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+
+
+def fuzzer_settings() -> Callable[[], None]:
+    """The fuzzer's process-wide settings: pynetdicom sends a file's dataset bytes exactly as
+    generated, and neither it nor pydicom complains about what is sent on purpose (in this
+    process; the daemon logs as ever). Returns the undo, for a test process that goes on."""
+    levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "pydicom")}
+    filters, chunked = warnings.filters[:], _config.STORE_SEND_CHUNKED_DATASET
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+    def undo() -> None:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        warnings.filters[:] = filters
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+    return undo
 
 
 @dataclass
@@ -72,7 +89,6 @@ class Runner:
         self.echo_every = 1  # prove the daemon serves after every case (the fixed subset: every few)
         self.case_log = workdir / "cases.jsonl"
         self._base: float | None = None
-        _config.STORE_SEND_CHUNKED_DATASET = True  # send each file's dataset bytes exactly as generated
 
     # -- what cases may call (ctx) ---------------------------------------------------------
     def echo(self, deadline: float = ECHO_DEADLINE, source: str = ECHO_HOST, wait_for_slot: bool = True) -> tuple[bool, str]:

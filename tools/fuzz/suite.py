@@ -19,7 +19,7 @@ from .cases import Case
 from .families import Gen
 from .observe import LogTail, Observer
 from .phi import PhiScanner
-from .runner import ECHO_DEADLINE, Runner
+from .runner import ECHO_DEADLINE, Runner, fuzzer_settings
 from .target import Target
 
 Factory = Callable[[Gen], Case]
@@ -67,17 +67,20 @@ class Session:
     log: LogTail
     runner: Runner
     gen: Gen
+    undo_settings: Callable[[], None]
 
     @classmethod
     def open(cls, workdir: Path, seed: int, rss_cap_mb: int = 1024, as_cap_mb: int = 6144,
              progress: Callable[[str], None] = print) -> "Session":
+        undo = fuzzer_settings()
         target = Target(workdir, rss_cap_mb=rss_cap_mb, as_cap_mb=as_cap_mb)
         gen = Gen(seed)
         scanner = PhiScanner(gen.phi)
         target.broker.start()
         observer = Observer(target.broker.port, scanner)
         target.start()
-        return cls(target, scanner, observer, LogTail(target.log_path, scanner), Runner(target, workdir, progress), gen)
+        return cls(target, scanner, observer, LogTail(target.log_path, scanner), Runner(target, workdir, progress), gen,
+                   undo)
 
     def run(self, plan: list[tuple[str, Factory]], only: list[int] | None = None,
             progress_every_s: float = 15.0) -> Iterator[int]:
@@ -118,3 +121,4 @@ class Session:
     def close(self) -> None:
         self.observer.close()
         self.target.stop()
+        self.undo_settings()
