@@ -16,7 +16,7 @@ GST_PROBE := import gi; gi.require_version("Gst", "1.0"); gi.require_version("Gs
 	assert all(Gst.ElementFactory.find(e) for e in ("x264enc", "avdec_h264", "rtspsrc", "imagefreeze", "videorate"))
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean flash-test flash-test-jp5 flash-deps flash-cross-deps
+.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean flash-test flash-test-jp5 flash-deps flash-cross-deps fuzz
 
 demo: setup models
 	$(BIN)/edged demo
@@ -40,6 +40,11 @@ bench-cameras: setup models
 soak-cameras: setup models
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python tools/bench_cameras.py --soak 600
+
+# >= 10,000 seeded hostile cases against the daemon as a real process (about 25 min on 2 cores);
+# FUZZ_ARGS e.g. "--cases 20000 --seed 3". Summary: fuzz-out/fuzz-summary.{md,json}; exit 1 on a finding.
+fuzz: setup models
+	$(BIN)/python -m tools.fuzz $(FUZZ_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

@@ -15,6 +15,10 @@ Two filters protect the journal:
   would otherwise drop *all* messages of the unit, including the one that explains the fault.
 * PHI redaction, as defence in depth (:mod:`edged.service.redact`): bounded, linear-time, in a
   filter that runs before the handler's lock, after the rate limiter has seen the template.
+
+An exception that ends a thread (pynetdicom re-raises what its state machine cannot handle, so
+a malformed PDU ends that association's thread) goes through the same handler, as an error of
+``edged.thread``: Python's default hook would print it to stderr past all of the above.
 """
 
 from __future__ import annotations
@@ -228,4 +232,13 @@ def setup_logging(level: str, journald: bool | None = None, *, stream: TextIO | 
     for chatty in _CHATTY_PHI_LOGGERS:
         logging.getLogger(chatty).setLevel(max(numeric, logging.INFO))
     logging.captureWarnings(True)
+    threading.excepthook = _log_thread_death
     return handler
+
+
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("edged.thread").error("thread %s ended by an exception", name,
+                                            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

@@ -13,6 +13,11 @@ abstract syntax). So:
   tried a bounded number of times; quoted strings are paired by one left-to-right scan;
 * :class:`RedactingFilter` does it in a handler *filter*, which runs before the handler takes its
   lock: one thread's long line never holds up another thread's logging.
+
+Libraries quote peer bytes in their messages (pydicom: ``Unknown encoding '…'``), so control
+characters are escaped (``\\n``, ``\\x1b``…): a newline in a peer's value cannot forge a log line
+and an escape sequence cannot act on the terminal that reads the log. A traceback keeps its
+line breaks; everything else in it is escaped too.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ _QUOTE_OR_NL = re.compile(r"['\"\n]")
 # Credentials inside a URL (rtsp://user:password@host): the config refuses them, but a camera or a
 # library may still echo such a URL in an error message.
 _URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,15}://)[^\s/@:]{0,128}:[^\s/@]{0,128}@")
+
+
+# C0 controls and DEL as visible escapes; "keep" is what a traceback may contain as is
+_ESCAPE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_ESCAPE.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+_ESCAPE_KEEP_LINES = {c: e for c, e in _ESCAPE.items() if c not in (0x0A, 0x09)}
+
+
+def escape_controls(text: str, keep_lines: bool = False) -> str:
+    """Control characters as visible escapes (newlines and tabs kept when ``keep_lines``)."""
+    return text.translate(_ESCAPE_KEEP_LINES if keep_lines else _ESCAPE)
 
 
 def _uid(match: re.Match[str]) -> str:
@@ -92,12 +108,12 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string must not lose the line
             message = f"{record.msg!r} (unformattable arguments)"
-        record.msg, record.args = redact_phi(message), None
+        record.msg, record.args = escape_controls(redact_phi(message)), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_phi(record.exc_text, 4 * MAX_CHARS)
+            record.exc_text = escape_controls(redact_phi(record.exc_text, 4 * MAX_CHARS), keep_lines=True)
         if record.stack_info:
-            record.stack_info = redact_phi(record.stack_info, 4 * MAX_CHARS)
+            record.stack_info = escape_controls(redact_phi(record.stack_info, 4 * MAX_CHARS), keep_lines=True)
         record._edged_redacted = True  # type: ignore[attr-defined]
         return True

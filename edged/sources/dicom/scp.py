@@ -9,7 +9,8 @@ Bad input gets the status PS3.4 prescribes plus an event:
 =========  ==========================================================
 0xA700     out of resources: spool quota or disk full, write failure
 0xA900     dataset does not match the SOP class/instance of the request
-0xC000     cannot understand: unreadable or truncated dataset, invalid header, no pixel data
+0xC000     cannot understand: unreadable or truncated dataset (its SOP UIDs unreadable included),
+           invalid header, no pixel data
 =========  ==========================================================
 
 A header that makes pydicom raise anything at all is "cannot understand" (0xC000), never "out of
@@ -340,6 +341,11 @@ def _parse(path: Path) -> Dataset:
 def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file_size: int) -> None:
     """Reject what cannot be understood before promising anything. Any exception other than
     :class:`Rejected` raised here also means "cannot understand" (the caller maps it)."""
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        # absent, not different: pydicom returns an *empty* dataset when an undefined-length
+        # element never meets its delimiter; a dataset whose identity cannot be read is one
+        # we cannot understand (0xC000), not one that names another instance (0xA900)
+        raise Rejected(CANNOT_UNDERSTAND, "unreadable: the dataset's SOP Class/Instance UID cannot be read")
     if str(ds.get("SOPInstanceUID", "")) != req_instance or str(ds.get("SOPClassUID", "")) != req_class:
         raise Rejected(MISMATCH, "mismatch: dataset SOP class/instance differ from the request")
     if "PixelData" not in ds:
@@ -353,8 +359,10 @@ def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file
     except (AttributeError, TypeError, ValueError, OverflowError):
         raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated/NumberOfFrames missing "
                                           "or invalid") from None
-    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or not 1 <= frames <= 1_000_000 or \
-            not 1 <= spp <= 4:
+    # Rows and Columns are US: a value above 65535 (sent with another VR) is an invalid header,
+    # not a large image (0xA700 would invite the sender to retry it forever)
+    if not 0 < rows <= 0xFFFF or not 0 < cols <= 0xFFFF or bits not in (1, 8, 16, 32, 64) or \
+            not 1 <= frames <= 1_000_000 or not 1 <= spp <= 4:
         raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated, "
                                           f"{spp} samples, {frames} frames")
     if rows * cols > max_pixels:
