@@ -123,6 +123,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not model.onnx_path.exists():
             print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
     problems += [f"{args.config or 'config'}: models: {p}" for p in budget_problems(requests_from_config(cfg, manifests))]
+    from edged.sources.dicom.idle import problems as idle_problems
+
+    for warning in idle_problems(cfg.dicom.network_timeout_s):
+        print(f"warning: {warning}")
     if problems:
         raise ConfigError(problems)
     print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")

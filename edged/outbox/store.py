@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 
 from edged.outbox.db import Database
+from edged.sr.outbox import SrJob
+from edged.sr.outbox import insert as insert_sr
 
 
 def encode(payload: dict) -> bytes:
@@ -48,12 +50,13 @@ class ArchiveRow:
 
 @dataclass(frozen=True)
 class Record:
-    """One message to queue, with the ledger change and archive row that go with it."""
+    """One message to queue, with the ledger change, archive row and DICOM SR that go with it."""
 
     topic: str
     payload: dict
     ledger: Ledger | None = None
     archive: ArchiveRow | None = None
+    sr: SrJob | None = None
 
 
 class Outbox:
@@ -130,6 +133,8 @@ class Outbox:
                         (rec.payload["message_id"], a.model, a.model_version, a.model_sha256, int(a.clinical),
                          a.study, a.instance, json.dumps(a.scores, sort_keys=True), now),
                     )
+                if rec.sr is not None:
+                    insert_sr(conn, rec.sr, now)
         return inserted
 
     # -- publisher side ------------------------------------------------------------------

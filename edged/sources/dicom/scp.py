@@ -35,8 +35,9 @@ from edged.config.schema import DicomConfig
 from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom import vocab
+from edged.sources.dicom import idle, vocab
 from edged.sources.dicom.accept import sop_class_name, value
+from edged.sources.dicom.commitment import StorageCommitment
 from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool, SpoolFull
 
@@ -65,6 +66,14 @@ def decodable_syntaxes() -> list[str]:
     return out
 
 
+def offered_syntaxes(accept_undecodable: bool) -> list[str]:
+    """What the storage contexts accept: every syntax edged knows when ``accept_undecodable`` (a
+    router's study transfer must not fail on one image; the image is then acknowledged and
+    reported ``no_decoder``), else only what this device decodes (a transcoding router converts)."""
+    decodable = decodable_syntaxes()
+    return decodable + [UID(u) for u in COMPRESSED if u not in decodable] if accept_undecodable else decodable
+
+
 # What this SCP serves; refusing anything else a peer merely proposes (FIND, MOVE, GET, worklist)
 # is normal and not reported.
 SERVED_CLASSES = frozenset({str(Verification)} | {str(cx.abstract_syntax) for cx in StoragePresentationContexts})
@@ -84,6 +93,9 @@ class StorageSCP:
         self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self._server = None
         self.port: int | None = None
+        self.commitment = StorageCommitment(cfg.storage_commitment, cfg.ae_title, outbox, spool, pseudo,
+                                            timeout_s=cfg.dimse_timeout_s)
+        self._decodable: frozenset[str] = frozenset()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -99,7 +111,10 @@ class StorageSCP:
         ae.dimse_timeout = self.cfg.dimse_timeout_s
         ae.network_timeout = self.cfg.network_timeout_s
         ae.require_called_aet = self.cfg.require_called_ae
-        syntaxes = decodable_syntaxes()
+        for problem in idle.problems(self.cfg.network_timeout_s):
+            log.warning("%s", problem)
+        self._decodable = frozenset(str(u) for u in decodable_syntaxes())
+        syntaxes = offered_syntaxes(self.cfg.accept_undecodable)
         ae.add_supported_context(Verification)
         # Every storage class is offered: routers forward whole studies and fail the whole
         # transfer on a refused context; what no model accepts is acknowledged and skipped.
@@ -110,7 +125,11 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_ABORTED, idle.handle_aborted),
         ]
+        if self.cfg.storage_commitment.enabled:
+            self.commitment.add_contexts(ae)
+            handlers.append((evt.EVT_N_ACTION, self.commitment.handle_n_action))
         self._server = ae.start_server((self.cfg.bind, self.cfg.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
         log.info("DICOM SCP %s listening on %s:%d", self.cfg.ae_title, self.cfg.bind, self.port)
@@ -213,6 +232,10 @@ class StorageSCP:
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
         self.outbox.mark_spooled(key, d.study, calling)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        if syntax not in self._decodable:  # acknowledged like any image, kept in quarantine, reported
+            self.source.no_decoder(key, d, calling, sop_class_name(syntax))
+            return SUCCESS
         log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(d.accepted), size)
         self.source.accept(key, d, calling)
         return SUCCESS
