@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--root", type=Path, help="check a config of an image: resolve its absolute paths under "
                    "ROOT (default: inferred when the file is ROOT/etc/edged/edged.yaml)")
+    p.add_argument("--connect", action="store_true", help="also connect to the MQTT broker with the configured "
+                   "credentials and TLS")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
@@ -37,12 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", type=Path, help="DICOM file to send (default: pydicom-data's RG1_UNCR.dcm)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export-results", help="export the on-device results archive (pseudonymized)")
-    _config_args(p)
-    p.add_argument("--model", help="only this model")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    p.set_defaults(func=cmd_export)
+    from edged.outbox.export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub, _config_args)  # export-results, pseudonym
 
     from edged.backends.tensorrt.cli import add_engines_parser
     from edged.selftest.cli import add_selftest_parser
@@ -72,6 +71,12 @@ def engines_context(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edged.service.console import guarded  # a closed pipe or Ctrl-C: an exit status, no traceback
+
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -85,8 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon, NoModelServed
     from edged.service.logsetup import setup_logging
 
+    from edged.config.check import preflight
+
     cfg = load_config(args.config, args.sets)
     setup_logging(cfg.log_level)  # syslog priority prefixes under systemd, timestamps otherwise
+    problems = preflight(cfg)  # what edged check finds in directories and credential/TLS files
+    if problems:
+        raise ConfigError(problems)
     try:
         return Daemon(cfg).run()
     except NoModelServed as exc:  # a configuration to fix: exit 2 stops systemd's restart loop
@@ -99,38 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edged.backends.tensorrt.dla import budget_problems, requests_from_config
-    from edged.models.manifest import load_manifest
+    from edged.config.check import report
 
     cfg = load_config(args.config, args.sets)
-    root = args.root or image_root(args.config)
-    if root is not None:
-        print(f"checking as installed under {root} (absolute paths resolved there)")
-    problems: list[str] = []
-    manifests = {}
-    for entry in cfg.models:
-        path = cfg.manifest_path(entry)
-        if root is not None and path.is_absolute():
-            path = root / path.relative_to("/")
-        try:
-            model = load_manifest(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        manifests[entry.name] = model
-        if model.name != entry.name:
-            problems.append(f"{path}: name: {model.name!r} but the config lists it as {entry.name!r}")
-        if not model.onnx_path.exists():
-            print(f"warning: {model.onnx_path} is missing (python tools/make_models.py generates the reference model)")
-    problems += [f"{args.config or 'config'}: models: {p}" for p in budget_problems(requests_from_config(cfg, manifests))]
-    from edged.sources.dicom.idle import problems as idle_problems
-
-    for warning in idle_problems(cfg.dicom.network_timeout_s):
-        print(f"warning: {warning}")
-    if problems:
-        raise ConfigError(problems)
-    print(f"{args.config or 'defaults'}: OK (node {cfg.node_id}, models {', '.join(m.name for m in cfg.models)})")
-    return 0
+    return report(cfg, str(args.config or "defaults"), args.root or image_root(args.config), args.connect)
 
 
 def image_root(config: Path | None) -> Path | None:
@@ -149,20 +131,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edged.demo import run_demo
 
     return run_demo(broker=args.broker, dicom_file=args.file)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from edged.outbox.archive import export_results
-
-    cfg = load_config(args.config, args.sets)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        n = export_results(cfg.db_path, out, fmt=args.format, model=args.model)
-    finally:
-        if args.output:
-            out.close()
-    print(f"exported {n} result(s)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

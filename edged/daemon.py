@@ -29,6 +29,8 @@ from edged.batcher.served import ServedModel
 from edged.config.schema import Config
 from edged.control.handlers import control_handlers
 from edged.control.server import ControlServer
+from edged.metrics import Metrics, MetricsServer
+from edged.metrics import live as health
 from edged.models.loading import ModelLoader
 from edged.models.manifest import BatchingSpec
 from edged.mqtt import messages
@@ -38,6 +40,7 @@ from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.outbox.writer import ResultWriter
 from edged.pipeline import Pipeline
+from edged.power.prometheus import PowerCollector
 from edged.power.runtime import PowerRuntime
 from edged.preprocess.pool import DecodePool
 from edged.privacy import Pseudonymizer, load_or_create_site_key
@@ -75,6 +78,10 @@ class Daemon:
         self.notifier = notifier or Notifier(unset_environment=True)
         self.watchdog: WatchdogPinger | None = None
         self.spool: Spool | None = None  # set by start(); stop() copes with a start that failed early
+        self.outbox: Outbox | None = None
+        self.metrics = Metrics(cfg.node_id)
+        self.http: MetricsServer | None = None
+        self._started = self._stopping = False  # for /health/live and /health/ready
         self._stop = threading.Event()
 
     # -- start ---------------------------------------------------------------------------
@@ -98,6 +105,7 @@ class Daemon:
             self.decoders.start()
         configure_dicom_libraries(self.spool)
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
+        self._start_metrics()  # live (and not ready) while models load, as Triton's endpoints are
         loader = ModelLoader(cfg, self.power, self.notifier, self.events)
         self.models, self.unavailable = loader.load_all()
         self.base_batching = loader.base_batching
@@ -113,7 +121,7 @@ class Daemon:
         self.power.start(cfg.node_id, (lambda sample: self.publisher.offer(self.topics.telemetry, sample))
                          if self.publisher else None)
         self.pipeline = Pipeline(self.models, workers=cfg.pipeline.preprocess_workers,
-                                 backend_timeout_s=cfg.pipeline.backend_timeout_s)
+                                 backend_timeout_s=cfg.pipeline.backend_timeout_s, observer=self.metrics)
         self.dicom = DicomSource(self.spool, self.outbox, self.events, self.pseudo,
                                  [m.manifest for m in self.models.values()], self.pipeline,
                                  max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
@@ -126,7 +134,7 @@ class Daemon:
                                       self.events, self.pseudo)
             self.sr_sender.start()
         self.writer = ResultWriter(self.outbox, self.events, self.pseudo, self.topics, self.dicom,
-                                   self.power.accounting, sr=derive)
+                                   self.power.accounting, observer=self.metrics, sr=derive)
         if self.sr_sender is not None:
             self.writer.on_commit = self.sr_sender.wake
         self.dicom.attach(self.writer)
@@ -135,12 +143,25 @@ class Daemon:
         self.dicom.start()
         self._start_control()
         if cfg.dicom.enabled:
-            self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo, self.dicom, self.events)
+            self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo, self.dicom, self.events,
+                                  observer=self.metrics)
             self.scp.start()
         self.watchdog = WatchdogPinger(self.notifier, self.healthy)
         self.watchdog.start()
+        self._started = True
         self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
+
+    def _start_metrics(self) -> None:
+        self.metrics.add(PowerCollector(lambda: self.power.last_sample if self.power else None))
+        health.add_daemon_gauges(self.metrics, self, mqtt_enabled=self.cfg.mqtt.enabled)
+        prom = self.cfg.telemetry.prometheus
+        if prom.enabled:
+            self.http = MetricsServer(
+                self.metrics.registry, prom.port,
+                live=lambda: health.live(self, self._started, self._stopping),
+                ready=lambda: health.ready(self, self._started, self._stopping, self.cfg.dicom.enabled)).start()
+            log.info("metrics on http://127.0.0.1:%d/metrics; health on /health/live and /health/ready", self.http.port)
 
     def _start_control(self) -> None:
         path = self.cfg.power.control_socket
@@ -165,6 +186,8 @@ class Daemon:
             "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
             "dicom_port": self.scp.port if self.scp else None,
             "sr_outbox": self.sr_sender.outbox.counts() if self.sr_sender else None,
+            "dicom_ae": self.cfg.dicom.ae_title,
+            "mqtt_broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}" if self.cfg.mqtt.enabled else None,
             "batchers": {n: {"queue": m.batcher.depth(), **m.batcher.stats} for n, m in self.models.items()},
         })
         return payload
@@ -236,6 +259,7 @@ class Daemon:
         the batchers hold, the publisher flushes with what is left. Nothing here is needed for
         durability — whatever is not finished stays in the spool or the outbox."""
         deadline = time.monotonic() + budget_s
+        self._stopping = True  # /health/ready answers 503 from now on
         log.info("stopping: no new associations; finishing queued work")
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -260,6 +284,8 @@ class Daemon:
             self.publisher.stop(flush_timeout=max(1.0, deadline - time.monotonic() - 2))
         for m in self.models.values():
             m.backend.close()
+        if self.http is not None:
+            self.http.stop()
         if self.spool is not None:
             log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
 

@@ -2,6 +2,10 @@
 
 Starts (or uses) a broker, runs the daemon with the reference model, sends the sample chest
 radiograph through a real C-STORE association, prints the MQTT result and exits 0.
+
+It lives beside a real installation without touching it: its state, cache, broker and control
+socket are in one temporary directory (never ``/run/edged/control.sock`` or ``/var/lib/edged``),
+its DICOM port is a free one, and the directory is removed when the demo ends, however it ends.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import sys
 import tempfile
 import time
@@ -62,17 +67,36 @@ def send(path: Path, port: int, ae_title: str = "EDGED") -> int:
 
 def run_demo(broker: str | None = None, dicom_file: Path | None = None, timeout: float = 120.0) -> int:
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    state = Path(tempfile.mkdtemp(prefix="edged-demo-"))
+    temp_before = tempfile.tempdir  # the daemon points tempfile at its spool; put it back afterwards
+    try:
+        return _run(state, broker, dicom_file, timeout)
+    finally:
+        tempfile.tempdir = temp_before
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _run(state: Path, broker: str | None, dicom_file: Path | None, timeout: float) -> int:
     local = None
     if broker:
         host, _, port = broker.rpartition(":")
         host, port_n = host or "127.0.0.1", int(port)
     else:
-        local = LocalBroker().start()
+        (state / "broker").mkdir()
+        local = LocalBroker(state / "broker").start()
         host, port_n = "127.0.0.1", local.port
         print(f"started mosquitto on 127.0.0.1:{port_n}")
-    state = Path(tempfile.mkdtemp(prefix="edged-demo-"))
+    try:
+        return _demo(state, host, port_n, dicom_file, timeout)
+    finally:
+        if local:
+            local.stop()
+
+
+def _demo(state: Path, host: str, port_n: int, dicom_file: Path | None, timeout: float) -> int:
     cfg = load_config(None, [f"state_dir={state}/state", f"cache_dir={state}/cache", "node_id=demo",
-                             "dicom.bind=127.0.0.1", "dicom.port=0", f"mqtt.host={host}", f"mqtt.port={port_n}"])
+                             "dicom.bind=127.0.0.1", "dicom.port=0", f"mqtt.host={host}", f"mqtt.port={port_n}",
+                             f"power.control_socket={state}/control.sock"])
     ensure_reference_model(cfg)
     results: queue.Queue[dict] = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edged-demo-viewer", protocol=mqtt.MQTTv5)
@@ -99,8 +123,6 @@ def run_demo(broker: str | None = None, dicom_file: Path | None = None, timeout:
         daemon.stop()
         sub.loop_stop()
         sub.disconnect()
-        if local:
-            local.stop()
 
 
 def _table(result: dict) -> str:

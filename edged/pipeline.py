@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from edged.batcher.dynamic import Completion, QueueFull, Request
 from edged.batcher.served import ServedModel
@@ -36,9 +37,20 @@ class _Progress:
     incomplete: bool = False
 
 
+class Observer(Protocol):
+    """What metrics hear from the pipeline (:class:`edged.metrics.Metrics` implements it): every
+    (item, model) completion, and every request that never reached its batch."""
+
+    def inference(self, model: ServedModel, completion: Completion) -> None: ...
+
+    def failure_before_batch(self, model: ServedModel, reason: str) -> None: ...
+
+
 class Pipeline:
-    def __init__(self, models: dict[str, ServedModel], workers: int = 1, backend_timeout_s: float = 60.0):
+    def __init__(self, models: dict[str, ServedModel], workers: int = 1, backend_timeout_s: float = 60.0,
+                 observer: Observer | None = None):
         self.models = models
+        self.observer = observer
         self.backend_timeout_s = backend_timeout_s
         self._work: queue.Queue[WorkItem | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -135,12 +147,17 @@ class Pipeline:
         models = [self.models[name] for name in item.models]
         tensors = self._prepare(item, models)
         if tensors is None:
+            if self.observer is not None:
+                for m in models:
+                    self.observer.failure_before_batch(m, "preprocess")
             return
         progress = _Progress(len(models))
         for m in models:
             tensor, pre = tensors[(m.manifest.input, m.manifest.preprocess)]
             if item.live:
                 if not m.try_reserve():
+                    if self.observer is not None:
+                        self.observer.failure_before_batch(m, "dropped")
                     item.sink.dropped(item, m)
                     self._settle_unsent(item, progress)
                     continue
@@ -166,6 +183,11 @@ class Pipeline:
     def _on_done(self, c: Completion) -> None:
         item, m, pre, progress = c.request.context
         m.release()
+        if self.observer is not None:
+            try:
+                self.observer.inference(m, c)
+            except Exception:  # counting must never cost a result
+                log.exception("metrics: could not count a completion of %s", m.name)
         with self._lock:
             progress.remaining -= 1
             last, incomplete = progress.remaining == 0, progress.incomplete

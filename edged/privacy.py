@@ -40,6 +40,11 @@ def load_or_create_site_key(path: Path) -> bytes:
         finally:
             os.unlink(tmp)
         fsync_dir(path.parent)
+    return read_site_key(path)
+
+
+def read_site_key(path: Path) -> bytes:
+    """The existing site key (``edged pseudonym`` must never create one: its pseudonyms would match nothing)."""
     key = path.read_bytes()
     if len(key) < 32:
         raise ValueError(f"{path}: site key is shorter than 32 bytes")

@@ -96,9 +96,9 @@ def test_duplicate_keys_nested_sets_and_missing_files_are_config_errors(tmp_path
     assert run.returncode == 2 and f"{dup}:4: dicom.port: duplicate key" in run.stderr
     run = edged("check", "--set", "dicom={port: 99999}", "--set", "models=[{name: chexnet, bakend: x}]")
     assert "--set dicom: dicom.port:" in run.stderr
-    assert "--set models: models[0].bakend: unknown key" in run.stderr
+    assert "--set models: models[0].bakend: unknown key (did you mean backend?)" in run.stderr
     cfg = tmp_path / "edged.yaml"
     cfg.write_text("mqtt:\n  username_file: /nonexistent/user\n  password_file: /nonexistent/pass\n")
     run = edged("check", "-c", str(cfg))  # found before any model is loaded, with line and key
     assert run.returncode == 2
-    assert f"{cfg}:2: mqtt.username_file: Path does not point to a file" in run.stderr
+    assert f"{cfg}:2: mqtt.username_file: /nonexistent/user: no such file" in run.stderr

@@ -224,6 +224,9 @@ def report(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> bool:
+    """Three panels, each series on its own axis: raw backend throughput against batch size; end-to-end
+    throughput per scenario (a scenario is not a batch size); latency percentiles per scenario.
+    Legends sit below the axes, where they cover no data."""
     try:
         import matplotlib
 
@@ -231,22 +234,32 @@ def plot(res: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot([r["batch"] for r in res["backend"]], [r["img_per_s"] for r in res["backend"]], "o-", label="raw backend")
-    for i, r in enumerate(res["e2e"]):
-        a.axhline(r["img_per_s"], ls="--", color=f"C{i + 1}",
-                  label=f"end to end, {r['senders']} sender(s), assoc. {r['association']}")
-    a.set(xlabel="batch size", ylabel="images / s", title="Throughput (ONNX Runtime, CPU)", ylim=(0, None))
-    a.legend()
-    names = [f"{r['senders']} sender(s)\n{r['association']}" for r in res["e2e"]]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    batches = [r["batch"] for r in res["backend"]]
+    a.plot(batches, [r["img_per_s"] for r in res["backend"]], "o-", color="C0")
+    for x, r in zip(batches, res["backend"]):
+        a.annotate(f"{r['img_per_s']:.0f}", (x, r["img_per_s"]), textcoords="offset points", xytext=(0, 6),
+                   ha="center", fontsize=8)
+    a.set(xlabel="batch size", ylabel="images / s", title="Raw backend (ONNX Runtime, CPU)",
+          ylim=(0, max(r["img_per_s"] for r in res["backend"]) * 1.15), xticks=batches)
+    names = [f"{r['senders']} sender{'s' if r['senders'] > 1 else ''}\n{r['association']}" for r in res["e2e"]]
+    x = np.arange(len(names))
+    bars = b.bar(x, [r["img_per_s"] for r in res["e2e"]], 0.6, color="C1")
+    b.bar_label(bars, fmt="%.1f", fontsize=8)
+    best = max(r["img_per_s"] for r in res["backend"])
+    b.axhline(best, ls="--", color="C0", label=f"raw backend best ({best:.0f} img/s)")
+    b.set_xticks(x, names)
+    b.set(ylabel="images / s", title="End to end (C-STORE → MQTT)", ylim=(0, best * 1.15))
+    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
     for i, q in enumerate(("p50_ms", "p90_ms", "p99_ms")):
-        b.bar(np.arange(len(names)) + i * 0.25, [r[q] for r in res["e2e"]], 0.25, label=q.split("_")[0])
-    b.set_xticks(np.arange(len(names)) + 0.25, names)
-    b.set(ylabel="ms", title="C-STORE sent → MQTT result received")
-    b.legend()
-    fig.suptitle(f"edged {res['machine']['cpu']} ({res['machine']['cores']} cores)")
+        c.bar(x + (i - 1) * 0.27, [r[q] for r in res["e2e"]], 0.27, label=q.split("_")[0], color=f"C{i + 2}")
+    c.set_xticks(x, names)
+    c.set(ylabel="ms", title="Latency: C-STORE sent → MQTT result received")
+    c.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"edged on {res['machine']['cpu']} ({res['machine']['cores']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
 
 
@@ -254,7 +267,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=24, help="images per end-to-end run")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out")
+    ap.add_argument("--replot", type=Path, metavar="BENCH_JSON", help="only draw the plot of an earlier run's JSON")
     args = ap.parse_args()
+    if args.replot:
+        target = args.out / "bench.png"
+        args.out.mkdir(parents=True, exist_ok=True)
+        return 0 if plot(json.loads(args.replot.read_text()), target) else 1
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_manifest(REPO / "engines" / "chexnet")
     model.verify_onnx()

@@ -53,6 +53,7 @@ class Completion:
     compute_ms: float
     batch_size: int
     window: tuple[float, float]  # monotonic start/end of the backend call
+    index: int = 0  # position in its batch (metrics count an execution once, at 0)
 
 
 class DynamicBatcher:
@@ -165,11 +166,11 @@ class DynamicBatcher:
         compute_ms = (end - start) * 1000.0
         for i, req in enumerate(batch):
             out = {k: v[i] for k, v in outputs.items()} if outputs is not None and error is None else None
-            _complete(req, out, error, (start - req.enqueued_at) * 1000.0, compute_ms, (start, end), len(batch))
+            _complete(req, out, error, (start - req.enqueued_at) * 1000.0, compute_ms, (start, end), len(batch), i)
 
 
-def _complete(req: Request, out, error, queue_ms, compute_ms, window, batch_size: int = 0) -> None:
+def _complete(req: Request, out, error, queue_ms, compute_ms, window, batch_size: int = 0, index: int = 0) -> None:
     try:
-        req.on_done(Completion(req, out, error, queue_ms, compute_ms, batch_size, window))
+        req.on_done(Completion(req, out, error, queue_ms, compute_ms, batch_size, window, index))
     except Exception:
         log.exception("completion callback failed")

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edged.config.hints import explain
+
 Loc = tuple[str | int, ...]
 
 
@@ -108,8 +110,6 @@ def validate(model: type[BaseModel], src: YamlSource, overrides: dict[Loc, str] 
             if origin is None:
                 line = src.line_of(loc)
                 origin = f"{src.name}:{line}" if line else src.name
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+            msg = explain(model, err)
             problems.append(f"{origin}: {key}: {msg}")
         raise ConfigError(problems) from None

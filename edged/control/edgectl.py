@@ -36,36 +36,42 @@ Under sudo (the sudoers rule)
     ``SUDO_USER``; unset it there to test against a fake tree.
 
 Read-only commands (``status``, ``power list``, ``power get``, ``power clocks status``) work
-without root and without the daemon. Exit status: 0 done (or nothing to do), 1 failed,
-2 bad usage or unknown MODE, 3 pending reboot (nothing changed), 4 refused (not root, or the
-reboot was not confirmed), 5 no power modes on this host. ``--root``/``EDGED_SYSROOT`` point
-every /proc, /sys and /etc read at a fake tree; ``--nvpmodel`` picks another nvpmodel binary
-(both refused under sudo, above).
+without root and without the daemon (``status`` then shows the board and exits 1, so scripts
+and ``--watch`` users see that the daemon is down). Exit statuses are listed in ``--help``
+(:data:`EXIT_CODES`). ``--root``/``EDGED_SYSROOT`` point every /proc, /sys and /etc read at a
+fake tree; ``--nvpmodel`` picks another nvpmodel binary (both refused under sudo, above, and
+hidden from ``--help`` with ``--profiles``: they are for tests and bring-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 
 from edged.config.yamlsrc import ConfigError
+from edged.control import status_view
 from edged.control.cli_support import _config, _emit, _sudo_overrides
 from edged.control.client import ControlClient, ControlError, DaemonUnavailable
 from edged.control.power_commands import _header, cmd_power_clocks, cmd_power_get, cmd_power_list, cmd_power_set
 from edged.power.context import PowerContext, open_power
 from edged.power.telemetry import TelemetrySampler
+from edged.service.console import guarded
 
 
-def cmd_status(args: argparse.Namespace, ctx: PowerContext) -> int:
+def status_data(ctx: PowerContext) -> tuple[dict, int]:
+    """Everything ``status`` shows, and its exit status (0 the daemon answered, 1 it did not, 4 refused)."""
+    code = 0
     try:
         daemon = {
             "running": True,
             **ControlClient(ctx.config.control_socket, ctx.config.control_timeout_s).call("status"),
         }
     except DaemonUnavailable as exc:
-        daemon = {"running": False, "reason": str(exc)}
+        daemon, code = {"running": False, "reason": str(exc)}, 1
     except ControlError as exc:
-        daemon = {"running": None, "reason": str(exc)}
+        daemon, code = {"running": None, "reason": str(exc)}, 4 if exc.code == "forbidden" else 1
     mode = ctx.current_mode()
     sample = TelemetrySampler(ctx.platform.root, mode_provider=lambda: mode).sample()
     data = {
@@ -75,55 +81,89 @@ def cmd_status(args: argparse.Namespace, ctx: PowerContext) -> int:
         "power_mode": mode,
         "telemetry": sample,
     }
-    power = sample["power"]
-    lines = [
-        "daemon: " + ("running" if daemon["running"] else daemon["reason"]),
-        "platform: " + (_header(ctx) if ctx.platform.is_jetson else f"generic Linux ({ctx.platform.machine})"),
-        "power mode: " + (f"{mode['id']} {mode['name']}" if mode else "none on this host"),
-        "power: "
-        + (
-            f"{power['total_mw']:.0f} mW ({power['source']}{', sum of rails' if power['total_is_sum'] else ''})"
-            if power and power["total_mw"] is not None
-            else "unavailable"
-        ),
-    ]
-    if sample["thermal_c"]:
-        zone, temp = max(sample["thermal_c"].items(), key=lambda kv: kv[1])
-        lines.append(f"hottest zone: {zone} {temp:.1f} C")
-    lines += [f"unavailable: {k}: {v}" for k, v in sample["unavailable"].items()]
-    lines += [f"{k}: {v}" for k, v in daemon.items() if k not in ("running", "reason")]
-    _emit(args, data, "\n".join(lines))
-    return 0
+    return data, code
+
+
+def cmd_status(args: argparse.Namespace, ctx: PowerContext) -> int:
+    platform = _header(ctx) if ctx.platform.is_jetson else f"generic Linux ({ctx.platform.machine})"
+    if args.watch is None:
+        data, code = status_data(ctx)
+        _emit(args, data, status_view.render(data, platform))
+        return code
+    clear = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            data, code = status_data(ctx)
+            if args.json:
+                print(json.dumps(data, default=str), flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S")
+                head = f"edgectl status --watch {args.watch:g} (every {args.watch:g} s; Ctrl-C ends) {stamp}"
+                print(("\x1b[H\x1b[2J" if clear else "") + head + "\n" + status_view.render(data, platform) +
+                      ("" if clear else "\n"), flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:  # the way a watch ends
+        return 0
+
+
+EXIT_CODES = """exit status:
+  0  done (status: the daemon answered), or nothing to do
+  1  failed (status: the daemon is not running or did not answer)
+  2  bad usage, unknown MODE, or an invalid config file
+  3  pending reboot: the mode needs one and --reboot was not given (nothing changed)
+  4  refused: not root, not allowed on the control socket, or the reboot was not confirmed
+  5  no power modes on this host (not a Jetson, or nvpmodel missing)
+  130 interrupted (Ctrl-C); 141 the output was closed early (| head)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("--config", default=argparse.SUPPRESS, help="edged config file (env EDGED_CONFIG)")
-    common.add_argument(
-        "--root", default=argparse.SUPPRESS, help="filesystem root for /proc, /sys, /etc (env EDGED_SYSROOT)"
-    )
-    common.add_argument("--nvpmodel", default=argparse.SUPPRESS, help="nvpmodel binary to use")
-    common.add_argument("--profiles", default=argparse.SUPPRESS, help="power profile directory")
+    # Test and bring-up overrides (refused under sudo): not for everyday use, so not in --help.
+    common.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--nvpmodel", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--profiles", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon control socket")
-    parser = argparse.ArgumentParser(prog="edgectl", parents=[common], description="Control a running edged.")
+    kw = {"epilog": EXIT_CODES, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    parser = argparse.ArgumentParser(prog="edgectl", parents=[common], description="Control a running edged.", **kw)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", parents=[common], help="daemon, platform, power mode, telemetry")
-    power = sub.add_parser("power", parents=[common], help="nvpmodel power modes").add_subparsers(
+    status = sub.add_parser("status", parents=[common], help="daemon, models, queues, MQTT, power, temperatures",
+                            description="What the daemon serves and how it is doing, with power and temperatures.",
+                            **kw)
+    status.add_argument("--watch", nargs="?", type=_seconds, const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
+    power = sub.add_parser("power", parents=[common], help="nvpmodel power modes", **kw).add_subparsers(
         dest="action", required=True
     )
-    power.add_parser("list", parents=[common], help="modes of this module")
-    power.add_parser("get", parents=[common], help="the current mode")
-    setp = power.add_parser("set", parents=[common], help="switch mode (root)")
+    power.add_parser("list", parents=[common], help="modes of this module", **kw)
+    power.add_parser("get", parents=[common], help="the current mode", **kw)
+    setp = power.add_parser("set", parents=[common], help="switch mode (root)", **kw)
     setp.add_argument("mode", help="mode ID, name or alias (max, balanced, eco)")
     setp.add_argument("--reboot", action="store_true", help="reboot now if the mode needs it")
     setp.add_argument("--yes", action="store_true", help="do not ask before rebooting")
-    clocks = power.add_parser("clocks", parents=[common], help="jetson_clocks on/off/status")
+    clocks = power.add_parser("clocks", parents=[common], help="jetson_clocks on/off/status", **kw)
     clocks.add_argument("clock_action", nargs="?", choices=("status", "on", "off"), default="status")
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("between 0.1 and 3600 seconds")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a closed pipe (``| head``) or Ctrl-C ends it without a traceback."""
+    return guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key in ("json", "config", "root", "nvpmodel", "profiles", "socket"):
         if not hasattr(args, key):

@@ -17,6 +17,7 @@ from edged.backends.base import Backend
 from edged.backends.selection import make_backend
 from edged.batcher.dynamic import DynamicBatcher
 from edged.batcher.served import ServedModel
+from edged.config.hints import did_you_mean
 from edged.config.schema import Config, ModelEntry
 from edged.config.yamlsrc import ConfigError
 from edged.models.manifest import BatchingSpec, ModelManifest, load_manifest
@@ -50,7 +51,12 @@ class ModelLoader:
         return served, unavailable
 
     def load(self, entry: ModelEntry) -> ServedModel:
-        model = load_manifest(self.cfg.manifest_path(entry))
+        path = self.cfg.manifest_path(entry)
+        if entry.manifest is None and not path.exists():
+            have = sorted(p.parent.name for p in self.cfg.model_repository.glob("*/model.yaml"))
+            raise ValueError(f"no model {entry.name} in {self.cfg.model_repository}{did_you_mean(entry.name, have)}; "
+                             f"the repository has: {', '.join(have) or 'no models'}")
+        model = load_manifest(path)
         if model.name != entry.name:
             raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
         model.verify_onnx()
@@ -68,8 +74,8 @@ class ModelLoader:
         except BaseException:
             backend.close()
             raise
-        log.info("model %s %s (sha256 %s…): %s; clinical=%s; batching %d / %.0f ms", model.name,
-                 model.manifest.version, model.sha256[:12], reason, model.manifest.clinical,
+        log.info("model %s %s (sha256 %s…): %s; clinical: %s; batching %d / %.0f ms", model.name,
+                 model.manifest.version, model.sha256[:12], reason, str(model.manifest.clinical).lower(),
                  spec.max_batch_size, spec.max_queue_delay_ms)
         if not model.manifest.clinical:
             log.warning("model %s is marked clinical: false — results must not be used for care", model.name)
@@ -79,7 +85,8 @@ class ModelLoader:
         """Worker and engine events (crash, restart, engine built/rejected) → a ``backend`` event."""
         def emit(kind: str, fields: dict) -> None:
             level = logging.WARNING if kind.startswith(("worker_", "engine_failed", "engine_rejected")) else logging.INFO
-            log.log(level, "model %s: %s %s", model, kind, {k: v for k, v in fields.items() if k != "stderr_tail"})
+            shown = ", ".join(f"{k} {v}" for k, v in fields.items() if k not in ("stderr_tail", "model"))
+            log.log(level, "model %s: %s%s", model, kind, f" ({shown})" if shown else "")
             detail = fields.get("reason") or fields.get("message") or kind.replace("_", " ")
             self.events.emit("backend", kind, model=model, detail=str(detail), fields=fields)
         return emit

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import sys
 import threading
@@ -62,18 +63,7 @@ class Publisher(threading.Thread):
 
     # -- paho setup ----------------------------------------------------------------------
     def _make_client(self, client_id: str) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if self.cfg.username_file and self.cfg.password_file:
-            c.username_pw_set(_read_secret(self.cfg.username_file), _read_secret(self.cfg.password_file))
-        if self.cfg.tls is not None:
-            t = self.cfg.tls
-            c.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            c.tls_insecure_set(t.insecure)
+        c = configured_client(self.cfg, client_id)
         c.will_set(self.status_topic, encode(self.offline()), qos=1, retain=True)
         c.max_inflight_messages_set(self.cfg.max_inflight)
         c.max_queued_messages_set(0)
@@ -83,7 +73,7 @@ class Publisher(threading.Thread):
         c.on_publish = lambda cl, ud, mid, rc, props: self._acks.put(("puback", (mid, rc)))
         # paho calls this inside its ``except OSError`` around a failed (re)connect and keeps the
         # exception to itself; it is still the one being handled, so its reason can be read here.
-        c.on_connect_fail = lambda cl, ud: self._acks.put(("connect_fail", _describe(sys.exc_info()[1])))
+        c.on_connect_fail = lambda cl, ud: self._acks.put(("connect_fail", describe_failure(sys.exc_info()[1])))
         return c
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -240,7 +230,25 @@ class Publisher(threading.Thread):
             del self._inflight[mid]
 
 
-def _describe(exc: BaseException | None) -> str:
+def configured_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client with the configured credentials and TLS (``edged check --connect`` uses the
+    same, so it tries exactly what the daemon will)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if cfg.username_file and cfg.password_file:
+        c.username_pw_set(_read_secret(cfg.username_file), _read_secret(cfg.password_file))
+    if cfg.tls is not None:
+        t = cfg.tls
+        c.tls_set(
+            ca_certs=str(t.ca_file) if t.ca_file else None,
+            certfile=str(t.cert_file) if t.cert_file else None,
+            keyfile=str(t.key_file) if t.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        c.tls_insecure_set(t.insecure)
+    return c
+
+
+def describe_failure(exc: BaseException | None) -> str:
     """A connection failure in words: TLS verification and host name errors say so plainly."""
     if exc is None:
         return "connection failed"
@@ -250,7 +258,11 @@ def _describe(exc: BaseException | None) -> str:
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running on that port?)"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's host name ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "connection failed"
 
 
 def _read_secret(path: Path) -> str:

@@ -43,7 +43,11 @@ CREATE TABLE IF NOT EXISTS results (
     study         TEXT NOT NULL,
     instance      TEXT NOT NULL,
     scores        TEXT NOT NULL,        -- JSON {label: score}
-    created_at    REAL NOT NULL
+    created_at    REAL NOT NULL,
+    backend       TEXT,                 -- onnxruntime | tensorrt (NULL: archived by an earlier version)
+    precision     TEXT,
+    device        TEXT,
+    timings       TEXT                  -- JSON: the result's timings_ms
 );
 CREATE INDEX IF NOT EXISTS results_model ON results(model, created_at);
 -- DICOM SR results waiting for the PACS (edged.sr.outbox); dataset holds PHI, on-device only
@@ -65,6 +69,23 @@ CREATE INDEX IF NOT EXISTS sr_pending ON sr_outbox(next_at) WHERE delivered_at I
 """
 
 
+# Columns added since the first release: (table, column, definition). A database written by an
+# earlier version gets them at open; its old rows keep the default (NULL: not recorded then).
+ADDED_COLUMNS = (
+    ("instances", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "backend", "TEXT"),
+    ("results", "precision", "TEXT"),
+    ("results", "device", "TEXT"),
+    ("results", "timings", "TEXT"),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 class Database:
     """Per-thread connections to one SQLite file (sqlite3 connections are not shareable).
 
@@ -79,9 +100,7 @@ class Database:
         self._local = threading.local()
         conn = self.connect()
         conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(instances)")}
-        if "attempts" not in columns:  # a database written by an earlier version
-            conn.execute("ALTER TABLE instances ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+        migrate(conn)
 
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

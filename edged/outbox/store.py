@@ -46,6 +46,10 @@ class ArchiveRow:
     study: str
     instance: str
     scores: dict[str, float]
+    backend: str | None = None  # how the result was made, for validation exports
+    precision: str | None = None
+    device: str | None = None
+    timings: dict[str, float | int] | None = None  # the result's timings_ms
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,12 @@ class Outbox:
                 if rec.archive is not None and new:
                     a = rec.archive
                     conn.execute(
-                        "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR IGNORE INTO results(message_id, model, model_version, model_sha256, clinical,"
+                        " study, instance, scores, created_at, backend, precision, device, timings)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (rec.payload["message_id"], a.model, a.model_version, a.model_sha256, int(a.clinical),
-                         a.study, a.instance, json.dumps(a.scores, sort_keys=True), now),
+                         a.study, a.instance, json.dumps(a.scores, sort_keys=True), now, a.backend, a.precision,
+                         a.device, json.dumps(a.timings, sort_keys=True) if a.timings is not None else None),
                     )
                 if rec.sr is not None:
                     insert_sr(conn, rec.sr, now)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -51,6 +52,12 @@ class Settle(Protocol):
     def retry(self, item: WorkItem, reason: str) -> None: ...
 
 
+class Observer(Protocol):
+    """Metrics: each result, once committed, with the seconds since its item arrived."""
+
+    def request_done(self, model: ServedModel, seconds: float) -> None: ...
+
+
 @dataclass
 class _Entry:
     item: WorkItem
@@ -71,9 +78,11 @@ class _ItemState:
 class ResultWriter:
     def __init__(self, outbox: Outbox, events: EventEmitter, pseudo: Pseudonymizer, topics: messages.Topics,
                  source: Settle, accounting: EnergyAccounting | None = None, max_group: int = 64,
-                 sr: SrDerive | None = None):
+                 observer: Observer | None = None, sr: SrDerive | None = None):
         self.outbox, self.events, self.pseudo, self.topics = outbox, events, pseudo, topics
+        self.observer = observer
         self.sr = sr  # DICOM SR jobs, committed with their results (edged.sr.derive)
+        self._timed: list[tuple[ServedModel, float]] = []  # results of the group being built: model, arrival
         self.source = source
         self.accounting = accounting or EnergyAccounting(None)
         self.max_group = max_group
@@ -118,6 +127,7 @@ class ResultWriter:
             if None in entries:
                 stopping = True
                 entries = [e for e in entries if e is not None]
+            self._timed = []
             try:
                 records, settled, retries = self._build(entries)
             except Exception:  # a bug while building must not kill the writer: retry those items
@@ -129,11 +139,22 @@ class ResultWriter:
                 continue
             if self._commit(records):
                 self.on_commit()
+                self._observe()
                 for item, state in settled:
                     self.source.settled(item, state)
                     self.settled_count += 1
                 for item, reason in retries:
                     self.source.retry(item, reason)
+
+    def _observe(self) -> None:
+        if self.observer is None:
+            return
+        now = time.monotonic()
+        for model, arrived in self._timed:
+            try:
+                self.observer.request_done(model, now - arrived)
+            except Exception:  # counting must never cost a result
+                log.exception("metrics: could not time a result of %s", model.name)
 
     def _commit(self, records: list[Record]) -> bool:
         delay = 0.5
@@ -212,12 +233,14 @@ class ResultWriter:
         if energy is not None:
             timings["energy_mj"] = round(energy, 3)
         self.accounting.count(1, energy)
+        self._timed.append((m, item.arrived))
         msg_id = self.pseudo.message_id("result", m.name, m.manifest.onnx.sha256, item.key)
         payload = messages.result(node=self.topics.node, message_id=msg_id, manifest=m.manifest, info=m.info,
                                   study=item.group, instance=item.key, outputs=outputs, timings=timings,
                                   source=item.source)
         archive = ArchiveRow(m.name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
-                             item.group or "", item.key, payload["scores"])
+                             item.group or "", item.key, payload["scores"], backend=m.info.backend,
+                             precision=m.info.precision, device=m.info.device, timings=timings)
         log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, m.name, timings["total"], c.batch_size)
         records = [Record(self.topics.results(m.name), payload, archive=archive)]
         if self.sr is not None:

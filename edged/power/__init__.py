@@ -7,7 +7,7 @@ Entry points for the daemon (see each module for the why):
   for power-aware batching after a mode change.
 * :class:`edged.power.telemetry.TelemetrySampler` for ``{prefix}/{node}/telemetry`` payloads.
 * :class:`edged.power.energy.EnergyMeter` for ``energy_mj_per_image``.
-* :class:`edged.power.prometheus.PrometheusExporter` for the optional loopback /metrics.
+* :class:`edged.power.prometheus.PowerCollector`: the power and thermal gauges of /metrics.
 """
 
 from edged.power.config import PowerConfig, PrometheusConfig, TelemetryConfig

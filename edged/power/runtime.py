@@ -18,7 +18,6 @@ from edged.power.config import PowerConfig, TelemetryConfig
 from edged.power.context import PowerContext, open_power
 from edged.power.accounting import EnergyAccounting
 from edged.power.energy import EnergyMeter
-from edged.power.prometheus import PrometheusExporter
 from edged.power.table import effective_batching
 from edged.power.telemetry import TelemetrySampler
 
@@ -35,12 +34,13 @@ class PowerRuntime:
         self.last_sample: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._exporter: PrometheusExporter | None = None
         self.accounting = EnergyAccounting(self.meter)
         reason = self.ctx.unavailable_reason()
-        log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic",
-                 self.mode and f"{self.mode['id']} {self.mode['name']}", self.sampler.power_source and
-                 type(self.sampler.power_source).__name__ or f"unavailable {self.sampler.power_unavailable}")
+        source = self.sampler.power_source
+        why = "; ".join(f"{k}: {v}" for k, v in (self.sampler.power_unavailable or {}).items()) or "none found"
+        log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic Linux",
+                 f"{self.mode['id']} {self.mode['name']}" if self.mode else "none",
+                 getattr(source, "name", "unnamed") if source else f"unavailable ({why})")
         if reason:
             log.info("power modes unavailable: %s", reason)
         for warning in self.ctx.warnings:
@@ -58,14 +58,12 @@ class PowerRuntime:
 
     # -- telemetry -----------------------------------------------------------------------
     def start(self, node: str, offer: Callable[[dict], None] | None) -> None:
-        """Start energy metering, the optional Prometheus endpoint, and — when there is somewhere
-        to ``offer`` samples (MQTT) — periodic telemetry."""
+        """Start energy metering and — when there is somewhere to ``offer`` samples (MQTT) or
+        ``/metrics`` serves them (:attr:`last_sample`) — periodic telemetry."""
         if self.meter.available:
             self.meter.start()
-        if self.telemetry_cfg.prometheus.enabled:
-            self._exporter = PrometheusExporter(lambda: self.last_sample, self.telemetry_cfg.prometheus.port).start()
-            if offer is None:  # no MQTT: the endpoint still needs fresh samples
-                offer = lambda sample: None  # noqa: E731
+        if self.telemetry_cfg.prometheus.enabled and offer is None:  # no MQTT: /metrics needs fresh samples
+            offer = lambda sample: None  # noqa: E731
         if self.telemetry_cfg.enabled and offer is not None:
             self._thread = threading.Thread(target=self._run, args=(node, offer), name="telemetry", daemon=True)
             self._thread.start()
@@ -87,5 +85,3 @@ class PowerRuntime:
     def stop(self) -> None:
         self._stop.set()
         self.meter.stop()
-        if self._exporter is not None:
-            self._exporter.stop()

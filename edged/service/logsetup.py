@@ -33,6 +33,24 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Libraries that dump PDUs/datasets (with patient names) at DEBUG: never below INFO.
 _CHATTY_PHI_LOGGERS = ("pynetdicom",)
+# ... and whose INFO is per association and per image ("Received Store Request"): shown as
+# DEBUG, i.e. only with log_level debug, so a busy SCP does not fill the journal.
+_DEMOTED_INFO = ("pynetdicom",)
+
+
+class DemoteInfo(logging.Filter):
+    """INFO records of :data:`_DEMOTED_INFO` loggers become DEBUG, and pass only when the daemon's
+    level is DEBUG (the logger itself must stay at INFO for them to exist at all)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.split(".")[0] in _DEMOTED_INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.level <= logging.DEBUG
+        return True
 
 
 def syslog_priority(levelno: int) -> int:
@@ -136,7 +154,7 @@ class RateLimitFilter(logging.Filter):
     def pending(self) -> list[str]:
         """Summaries for keys with suppressed records not yet reported (and forget them)."""
         with self._lock:
-            out = [f"{name}: suppressed {int(w[2])} similar messages like {msg!r}"
+            out = [f'{name}: suppressed {int(w[2])} similar messages like "{msg}"'
                    for (name, _, msg), w in self._windows.items() if w[2]]
             self._windows.clear()
         return out
@@ -198,6 +216,7 @@ def setup_logging(level: str, journald: bool | None = None, *, stream: TextIO | 
     if journald is None:
         journald = stream_is_journal(stream)
     handler = _EdgedHandler(stream, RateLimitFilter(burst=burst, interval=interval))
+    handler.addFilter(DemoteInfo(logging.getLevelName(name)))
     handler.setFormatter(JournalFormatter() if journald else ConsoleFormatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _EdgedHandler)]:

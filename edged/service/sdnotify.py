@@ -60,7 +60,7 @@ class Notifier:
                 os.environ.pop(key, None)
         self._address = _parse_address(self._socket_name) if self._socket_name else None
         if self._socket_name and self._address is None:
-            log.warning("NOTIFY_SOCKET=%r is not a path or @abstract name; notifications disabled",
+            log.warning("NOTIFY_SOCKET=%s is not a path or @abstract name; notifications disabled",
                         self._socket_name)
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -137,7 +137,7 @@ class Notifier:
         try:
             usec = int(self._watchdog_usec)
         except ValueError:
-            log.warning("ignoring malformed WATCHDOG_USEC=%r", self._watchdog_usec)
+            log.warning("ignoring malformed WATCHDOG_USEC=%s", self._watchdog_usec)
             return None
         if usec <= 0:
             return None
@@ -146,7 +146,7 @@ class Notifier:
                 if int(self._watchdog_pid) != os.getpid():
                     return None
             except ValueError:
-                log.warning("ignoring malformed WATCHDOG_PID=%r", self._watchdog_pid)
+                log.warning("ignoring malformed WATCHDOG_PID=%s", self._watchdog_pid)
                 return None
         return usec / 1_000_000
 

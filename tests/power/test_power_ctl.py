@@ -157,7 +157,8 @@ def test_status_with_and_without_daemon(jetson, run, daemon):
     assert rc == 0 and data["daemon"]["running"] is True and data["daemon"]["models"] == ["cxr"]
     assert data["power_mode"]["name"] == "MAXN" and data["telemetry"]["power"]["total_rail"] == "POM_5V_IN"
     rc, out, _ = run("status")
-    assert rc == 0 and "daemon: edged is not running" in out and "power mode: 0 MAXN" in out
+    assert rc == 1 and "daemon: not running — edged is not running" in out and "power mode: 0 MAXN" in out
+    assert "power: " in out and "mW (ina3221" in out and "temperatures: PMIC-Die 100.0 C, AO-therm 38.5 C, CPU-therm 35.0 C" in out
 
 
 def test_clocks_on_off_status(jetson, run, daemon):

@@ -293,5 +293,5 @@ def test_config_defaults_and_errors(tmp_path):
     cfg.write_text("power:\n  nvpmodl: x\ntelemetry:\n  prometheus:\n    port: 80\n")
     with pytest.raises(ConfigError) as exc:
         load_power_sections(cfg)
-    assert f"{cfg}:2: power.nvpmodl: unknown key" in exc.value.problems
+    assert f"{cfg}:2: power.nvpmodl: unknown key (did you mean nvpmodel?)" in exc.value.problems
     assert any(p.startswith(f"{cfg}:5: telemetry.prometheus.port:") for p in exc.value.problems)

@@ -12,7 +12,8 @@ import pytest
 
 from edged.power.platform import detect_platform, parse_tegra_release
 from edged.power.profiles import board_matches
-from edged.power.prometheus import PrometheusExporter, render
+from edged.metrics import Metrics, MetricsServer
+from edged.power.prometheus import PowerCollector, render
 from edged.power.rails import Ina3221Hwmon, Ina3221Iio, RaplSource, discover_power_source, is_nc
 from edged.power.telemetry import TelemetrySampler
 
@@ -203,15 +204,19 @@ def test_prometheus_endpoint_on_loopback(jetson):
     text = render(sample)
     assert 'edged_power_rail_milliwatts{rail="VDD_GPU_SOC",source="ina3221-hwmon"} 5482.4' in text
     assert 'edged_power_total_milliwatts{source="ina3221-hwmon",sum="true"}' in text
-    assert 'edged_power_mode{id="2",name="MODE_30W"} 1' in text
-    exporter = PrometheusExporter(lambda: sample, port=0).start()
+    assert 'edged_power_mode{id="2",name="MODE_30W"} 1.0' in text
+    metrics = Metrics("n", process=False)
+    metrics.add(PowerCollector(lambda: sample))
+    server = MetricsServer(metrics.registry, 0, live=lambda: (True, "alive"), ready=lambda: (False, "loading")).start()
     try:
-        assert exporter._server.server_address[0] == "127.0.0.1"
-        body = urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5).read().decode()
-        assert body == text
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/", timeout=5)
+        assert server._server.server_address[0] == "127.0.0.1"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+        assert 'edged_power_rail_milliwatts{rail="VDD_GPU_SOC",source="ina3221-hwmon"} 5482.4' in body
+        assert "edged_build_info" in body
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5)
+        assert exc.value.code == 404
     finally:
-        exporter.stop()
+        server.stop()
     unavailable = render({"unavailable": {"power": 'no "rails"'}})
-    assert 'edged_telemetry_unavailable{section="power",reason="no \\"rails\\""} 1' in unavailable
+    assert 'edged_telemetry_unavailable{reason="no \\"rails\\"",section="power"} 1.0' in unavailable

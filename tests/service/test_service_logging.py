@@ -127,7 +127,7 @@ def test_repeated_errors_are_suppressed_then_summarized(clean_root: None) -> Non
     handler.close()  # shutdown reports the count nobody has seen yet
     assert out.getvalue().splitlines()[-1] == (
         "<4>edged.logging: edged.mqtt: suppressed 3 similar messages like "
-        "'publish to %s failed: attempt %d'")
+        '"publish to %s failed: attempt %d"')
 
 
 def test_rate_limiter_memory_is_bounded() -> None:
@@ -223,3 +223,24 @@ def test_a_huge_line_on_one_thread_does_not_hold_up_logging_on_another(clean_roo
     for t in threads:
         t.join(30)
     assert waited and waited[0] < 0.5, waited
+
+
+def test_pynetdicom_per_image_info_shows_only_at_debug() -> None:
+    import io
+
+    for level, journald, expect in (("info", True, None), ("debug", True, "<7>pynetdicom._handlers: Received Store Request"),
+                                    ("debug", False, "DEBUG    pynetdicom._handlers: Received Store Request")):
+        out = io.StringIO()
+        handler = setup_logging(level, journald=journald, stream=out)
+        try:
+            logging.getLogger("pynetdicom._handlers").info("Received Store Request")
+            logging.getLogger("pynetdicom.assoc").warning("Association Aborted")
+            logging.getLogger("pynetdicom.dsutils").debug("(0010,0010) PN [DOE^JANE]")  # never: PHI at DEBUG
+        finally:
+            logging.getLogger().removeHandler(handler)
+        text = out.getvalue()
+        assert "Association Aborted" in text and "DOE" not in text
+        if expect is None:
+            assert "Received Store Request" not in text
+        else:
+            assert expect in text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -85,11 +86,28 @@ class Rejected(Exception):
         self.status, self.reason = status, reason
 
 
+class Observer(Protocol):
+    """Metrics: every association's outcome and every C-STORE status answered."""
+
+    def association(self, result: str, reason: str = "") -> None: ...
+
+    def store(self, status: int) -> None: ...
+
+
+class _Uncounted:
+    def association(self, result: str, reason: str = "") -> None:
+        pass
+
+    def store(self, status: int) -> None:
+        pass
+
+
 class StorageSCP:
     def __init__(self, cfg: DicomConfig, spool: Spool, outbox: Outbox, pseudo: Pseudonymizer, source: DicomSource,
-                 events: EventEmitter):
+                 events: EventEmitter, observer: Observer | None = None):
         self.cfg, self.spool, self.outbox, self.pseudo = cfg, spool, outbox, pseudo
         self.source, self.events = source, events
+        self.observer: Observer = observer or _Uncounted()
         self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self._server = None
         self.port: int | None = None
@@ -110,7 +128,7 @@ class StorageSCP:
         ae.acse_timeout = self.cfg.acse_timeout_s
         ae.dimse_timeout = self.cfg.dimse_timeout_s
         ae.network_timeout = self.cfg.network_timeout_s
-        ae.require_called_aet = self.cfg.require_called_ae
+        ae.require_called_aet = False  # checked in handle_requested, which logs and reports it
         for problem in idle.problems(self.cfg.network_timeout_s):
             log.warning("%s", problem)
         self._decodable = frozenset(str(u) for u in decodable_syntaxes())
@@ -125,6 +143,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_REJECTED, self.handle_rejected),
             (evt.EVT_ABORTED, idle.handle_aborted),
         ]
         if self.cfg.storage_commitment.enabled:
@@ -145,19 +164,36 @@ class StorageSCP:
     def handle_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         host = assoc.requestor.address
-        calling = assoc.requestor.primitive.calling_ae_title.strip() if assoc.requestor.primitive else ""
-        reason = None
+        primitive = assoc.requestor.primitive
+        calling = primitive.calling_ae_title.strip() if primitive else ""
+        called = primitive.called_ae_title.strip() if primitive else ""
+        reason, detail = None, "association refused by the allow-list"
         if self._networks and not any(_in(host, n) for n in self._networks):
             reason, diag = "host_not_allowed", 0x01
         elif self.cfg.allowed_calling_aes and calling not in self.cfg.allowed_calling_aes:
             reason, diag = "calling_ae_not_allowed", 0x03
+        elif self.cfg.require_called_ae and called != self.cfg.ae_title:
+            reason, diag = "called_ae_not_recognized", 0x07
+            detail = (f"association addressed to AE title {vocab.ae_title(called)}; this node is "
+                      f"{self.cfg.ae_title} (dicom.ae_title; dicom.require_called_ae: false accepts any)")
         if reason is None:
             return
         calling = vocab.ae_title(calling)
-        log.warning("association from %s (AE %s) refused: %s", host, calling, reason)
+        log.warning("association from %s (AE %s) refused: %s", host, calling,
+                    detail if reason == "called_ae_not_recognized" else reason)
         assoc.acse.send_reject(0x01, 0x01, diag)
-        self.events.emit("rejected", reason, calling_ae=calling, peer=host,
-                         detail="association refused by the allow-list")
+        self.observer.association("rejected", reason)
+        self.events.emit("rejected", reason, calling_ae=calling, peer=host, detail=detail)
+
+    def handle_rejected(self, event: evt.Event) -> None:
+        """pynetdicom refused the association itself: too many at once (``max_associations``)."""
+        host = event.assoc.requestor.address
+        calling = vocab.ae_title(event.assoc.requestor.ae_title)
+        log.warning("association from %s (AE %s) refused: more than %d associations at once (dicom.max_associations)",
+                    host, calling, self.cfg.max_associations)
+        self.observer.association("rejected", "too_many_associations")
+        self.events.emit("rejected", "too_many_associations", calling_ae=calling, peer=host,
+                         detail=f"more than {self.cfg.max_associations} associations at once")
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Report refused presentation contexts that leave a peer's store or echo unservable.
@@ -166,6 +202,7 @@ class StorageSCP:
         each SOP class in several transfer syntaxes. A refused context is a problem (warning and
         a ``rejected`` event) only when it is for storage or verification *and* no other context
         of the same SOP class was accepted; everything else is normal negotiation (debug)."""
+        self.observer.association("accepted")
         assoc = event.assoc
         refused = assoc.rejected_contexts
         if not refused:
@@ -185,6 +222,11 @@ class StorageSCP:
 
     # -- C-STORE -------------------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int:
+        status = self._answer(event)
+        self.observer.store(status)
+        return status
+
+    def _answer(self, event: evt.Event) -> int:
         calling = vocab.ae_title(event.assoc.requestor.ae_title)
         try:
             return self._store(event, calling)
