@@ -166,3 +166,23 @@ def test_malformed_requests_get_an_n_action_failure(daemon_factory):
         assoc.release()
     time.sleep(0.2)
     assert d.alive()
+
+
+def test_a_requester_that_leaves_without_a_peer_entry_is_told_in_the_log(tmp_path, daemon_factory):
+    """No peers entry and the requesting association already released: the report cannot be
+    delivered; the log says why and what to configure, and nothing hangs."""
+    d = daemon_factory().start()
+    ae = AE(ae_title="LEAVER")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    for _ in range(3):
+        assoc = ae.associate("127.0.0.1", d.port, ae_title="EDGED")
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(_request([("1.2.840.10008.5.1.4.1.1.1", generate_uid())]), 1,
+                                        StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+        assoc.release()
+        assert status.Status == 0x0000
+    deadline = time.monotonic() + 10
+    while d.log.read_text().count("dicom.storage_commitment.peers has no entry") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert d.log.read_text().count("report for LEAVER not delivered") == 3
+    assert storescu(d.port, small_cr(tmp_path / "after.dcm", 32, 32)).returncode == 0  # still serving

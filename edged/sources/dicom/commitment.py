@@ -170,7 +170,7 @@ class StorageCommitment:
 
     def _same_association(self, job: _Job, event_type: int, ds: Dataset) -> bool:
         assoc = job.assoc
-        if not getattr(assoc, "is_established", False):
+        if not getattr(assoc, "is_established", False) or not _pause(assoc):
             return False
         try:
             status, _ = assoc.send_n_event_report(ds, event_type, StorageCommitmentPushModel,
@@ -209,3 +209,27 @@ class StorageCommitment:
         self.delivered += 1
         log.info("storage commitment report delivered %s (%s)", how, who)
         return True
+
+
+def _pause(assoc, timeout_s: float = 5.0) -> bool:
+    """Pause an acceptor association's reactor before sending on it, with a deadline.
+
+    pynetdicom 3's ``send_n_event_report`` pauses the reactor itself by waiting, without a
+    deadline, for ``_is_paused``; a reactor that ended meanwhile (the peer released the
+    association between our check and the send) never sets it, and the sender would spin
+    forever. Paused here first, the send finds it paused and goes on; a reactor that does not
+    pause in time (ended, or serving a long request) is left running and the report is not sent
+    on this association. The send itself is bounded by the DIMSE timeout."""
+    checkpoint, deadline = getattr(assoc, "_reactor_checkpoint", None), time.monotonic() + timeout_s
+    if checkpoint is None or not hasattr(assoc, "_is_paused"):
+        return False  # another pynetdicom: do not risk it
+    checkpoint.clear()
+    while not assoc._is_paused:
+        if time.monotonic() > deadline or not assoc.is_established or not assoc.is_alive():
+            checkpoint.set()
+            return False
+        time.sleep(0.001)
+    if not assoc.is_established:
+        checkpoint.set()
+        return False
+    return True
