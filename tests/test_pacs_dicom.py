@@ -115,3 +115,37 @@ def test_the_originating_modality_is_visible_through_a_router(tmp_path, daemon_f
     log = d.log.read_text()
     for token in phi_tokens():
         assert token not in log
+
+
+def test_pacs_settings_fail_fast_with_file_line_and_key(tmp_path):
+    from edged.config.loader import load_config
+    from edged.config.yamlsrc import ConfigError
+
+    bad_pem = tmp_path / "ca.pem"
+    bad_pem.write_text("not a certificate\n")
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"""dicom:
+  storage_commitment:
+    peers:
+      - {{ae_title: ORTHANC, host: 10.0.0.5, port: 4242}}
+      - {{ae_title: ORTHANC, host: 10.0.0.6, port: 4242}}
+  sr_destination:
+    ae_title: "A\\\\B"
+    host: 10.0.0.5
+    port: 4242
+    tls: {{ca_file: {bad_pem}}}
+models:
+  - name: chexnet
+    sr: true
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    text = "\n".join(err.value.problems)
+    assert "edged.yaml:3: dicom.storage_commitment.peers: Value error, AE title listed twice: ORTHANC" in text
+    assert "dicom.sr_destination.ae_title" in text and "backslash" in text
+    assert "dicom.sr_destination.tls" in text and "do not load" in text
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("models:\n  - name: chexnet\n    sr: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(ok)
+    assert "sr: true but dicom.sr_destination is not set" in "\n".join(err.value.problems)

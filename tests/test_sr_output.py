@@ -166,3 +166,47 @@ def test_a_refused_sr_is_an_error_event_and_unreachable_gives_up(tmp_path, daemo
     assert storescu(d2.port, small_cr(tmp_path / "b.dcm", 64, 64)).returncode == 0
     collector.wait_for(lambda c: any(e["reason"] == "sr_delivery_failed" for e in c.events("error")), 60)
     assert len(collector.results()) == 2
+
+
+def _pki(where: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 (the PACS) and a client certificate (edged)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True)
+
+    where.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pacs-ca", "-keyout",
+            "ca.key", "-out", "ca.crt")
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out",
+                f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt")
+    return where
+
+
+@pytest.mark.slow
+def test_sr_over_dicom_tls_to_a_pacs_that_requires_client_certificates(tmp_path, daemon_factory, collector):
+    """DCMTK's storescp as a TLS PACS (BCP 195 profile, client certificate required): edged
+    verifies the PACS against sr_destination.tls.ca_file and presents its own certificate."""
+    pki = _pki(tmp_path / "pki")
+    port, out = free_port(), tmp_path / "tls-pacs"
+    out.mkdir()
+    pacs = subprocess.Popen([STORESCP, "-aet", "PACS", "-od", str(out), "+tls", str(pki / "server.key"),
+                             str(pki / "server.crt"), "+cf", str(pki / "ca.crt"), "-rc", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, pacs, 10, "storescp")
+        tls = {"ca_file": str(pki / "ca.crt"), "cert_file": str(pki / "client.crt"),
+               "key_file": str(pki / "client.key")}
+        d = daemon_factory(dicom={"sr_destination": {"ae_title": "PACS", "host": "127.0.0.1", "port": port,
+                                                     "tls": tls}},
+                           models=[{"name": "chexnet-tiny", "sr": True}]).start()
+        assert storescu(d.port, small_cr(tmp_path / "chest.dcm", 64, 64)).returncode == 0
+        deadline = time.monotonic() + 30
+        while not list(out.glob("SR*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(out.glob("SR*"))) == 1, d.log.read_text()[-2000:]
+    finally:
+        pacs.kill()
+        pacs.wait(5)
