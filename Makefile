@@ -1,11 +1,11 @@
 # Two entry points for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
-# Both install what they need: Debian packages (mosquitto, DCMTK, dicom3tools, Orthanc) when missing, and a
+# Both install what they need: Debian packages (mosquitto, DCMTK, dicom3tools, Orthanc and its GDCM plugin) when missing, and a
 # virtual environment in .venv with edged and its test dependencies.
 
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc systemd python3-venv
+APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc orthanc-gdcm systemd python3-venv
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-deps models bench clean
@@ -30,6 +30,7 @@ system-deps:
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
 	[ -x /usr/bin/dciodvfy ] || missing="$$missing dicom3tools"; \
 	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || missing="$$missing orthanc-gdcm"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

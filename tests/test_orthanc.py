@@ -26,6 +26,7 @@ from edged.localbroker import LocalBroker, free_port, wait_listening
 from helpers import PHI, Collector, DaemonProcess, phi_tokens, small_cr, storescu, write_config
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+GDCM = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")  # Debian's orthanc-gdcm
 ROOM = "CR_ROOM_3"  # the modality whose images Orthanc's Lua script routes to edged
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(ORTHANC).exists(),
@@ -41,15 +42,17 @@ end
 
 
 class Orthanc:
-    def __init__(self, workdir: Path, edged_port: int):
+    def __init__(self, workdir: Path, edged_port: int, noj2k_port: int):
         self.http, self.dicom = free_port(), free_port()
         (workdir / "route.lua").write_text(LUA)
         config = {
             "Name": "edged-ci", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
             "HttpPort": self.http, "DicomPort": self.dicom, "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "Plugins": [str(GDCM)] if GDCM.exists() else [],
             "LuaScripts": [str(workdir / "route.lua")], "SaveJobs": False, "DicomScuTimeout": 10,
-            "DicomModalities": {"edged": {"AET": "EDGED", "Host": "127.0.0.1", "Port": edged_port}},
+            "DicomModalities": {"edged": {"AET": "EDGED", "Host": "127.0.0.1", "Port": edged_port},
+                                "noj2k": {"AET": "EDGED", "Host": "127.0.0.1", "Port": noj2k_port}},
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.log = workdir / "orthanc.log"
@@ -111,8 +114,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory, tiny_repo: Path) -> Iterator[
     (work / "broker").mkdir()
     broker = LocalBroker(work / "broker").start()
     collector = Collector(broker.port)
-    edged_port = free_port()
-    orthanc = Orthanc(work, edged_port)
+    edged_port, noj2k_port = free_port(), free_port()
+    orthanc = Orthanc(work, edged_port, noj2k_port)
+    orthanc.noj2k_port, orthanc.broker_port, orthanc.work = noj2k_port, broker.port, work
     cfg = {
         "node_id": "pacs-node", "state_dir": str(work / "state"), "cache_dir": str(work / "cache"),
         "model_repository": str(tiny_repo),
@@ -252,6 +256,46 @@ def test_edged_down_during_a_job_then_resubmitted(pacs, tmp_path):
     results_for(collector, base + 5)
     got = {r["instance"] for r in collector.results()[base:]}
     assert len(got) == 5
+
+
+def test_a_device_without_a_j2k_decoder_behind_orthanc(pacs, tiny_repo, tmp_path):
+    """The study job that used to fail after its first image: with the default
+    (accept_undecodable) it succeeds, the J2K image is an error/no_decoder and the rest is
+    inferred; with accept_undecodable: false Orthanc's GDCM plugin transcodes and it is inferred."""
+    from test_pacs_dicom import _without_openjpeg
+
+    from helpers import dicom_file
+
+    orthanc, edged, collector = pacs
+    j2k = dicom_file("RG1_J2KR.dcm")
+    (plain,) = study(tmp_path, "plain", 1)
+    studies = [orthanc.upload(j2k), orthanc.upload(plain)]  # one job: the J2K image first
+    env = _without_openjpeg(tmp_path)
+    cfg = {"node_id": "pacs-node", "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+           "model_repository": str(tiny_repo), "dicom": {"bind": "127.0.0.1", "port": orthanc.noj2k_port},
+           "mqtt": {"host": "127.0.0.1", "port": orthanc.broker_port}, "models": [{"name": "chexnet-tiny"}],
+           "power": {"control_socket": str(tmp_path / "control.sock")}}
+    noj2k = DaemonProcess(write_config(tmp_path / "a.yaml", **cfg), tmp_path / "noj2k.log", env).start()
+    base, errors = len(collector.results()), len(collector.events("error"))
+    try:
+        job = orthanc.rest("POST", "/modalities/noj2k/store", {"Resources": studies, "Asynchronous": True})
+        assert orthanc.job(job["ID"])["State"] == "Success"
+        collector.wait_for(lambda c: len(c.results()) == base + 1 and len(c.events("error")) == errors + 1, 60)
+        assert collector.events("error")[-1]["reason"] == "no_decoder"
+        noj2k.terminate()
+        if not GDCM.exists():
+            pytest.skip("Orthanc's GDCM plugin is not installed (Debian package orthanc-gdcm): no transcoding")
+        shutil.rmtree(tmp_path / "state")
+        cfg["dicom"]["accept_undecodable"] = False
+        noj2k = DaemonProcess(write_config(tmp_path / "b.yaml", **cfg), tmp_path / "noj2k.log", env).start()
+        job = orthanc.rest("POST", "/modalities/noj2k/store", {"Resources": studies, "Asynchronous": True})
+        assert orthanc.job(job["ID"])["State"] == "Success"
+        results_for(collector, base + 3)  # both images inferred, the J2K one transcoded by Orthanc
+        syntaxes = sorted(r["source"]["transfer_syntax"] for r in collector.results()[base + 1:])
+        assert syntaxes == ["Explicit VR Little Endian", "Explicit VR Little Endian"]
+    finally:
+        if noj2k.alive():
+            noj2k.terminate()
 
 
 def test_no_phi_left_the_device(pacs):
