@@ -13,7 +13,11 @@ Bad input gets the status PS3.4 prescribes plus an event:
 =========  ==========================================================
 
 A header that makes pydicom raise anything at all is "cannot understand" (0xC000), never "out of
-resources": 0xA7xx invites the sender to retry the same bytes forever.
+resources": 0xA7xx invites the sender to retry the same bytes forever. An image in a transfer
+syntax this device cannot decode is acknowledged like any other (``dicom.accept_undecodable``: a
+router's study must not fail on one image) and reported as ``no_decoder``. Storage commitment
+(:mod:`~edged.sources.dicom.commitment`) and the idle-association rule (:mod:`~edged.sources.dicom.idle`)
+are registered here and live in their own modules.
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ class StorageSCP:
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
         self.outbox.mark_spooled(key, d.study, calling)
-        syntax = str(ds.file_meta.TransferSyntaxUID)
+        syntax = str(event.context.transfer_syntax)
         if syntax not in self._decodable:  # acknowledged like any image, kept in quarantine, reported
             self.source.no_decoder(key, d, calling, sop_class_name(syntax))
             return SUCCESS
