@@ -191,21 +191,27 @@ def test_storage_commitment_success_and_failure(pacs, tmp_path):
     orthanc, edged, collector = pacs
     paths = study(tmp_path, "commit", 2)
     base = len(collector.results())
-    orthanc.rest("POST", "/modalities/edged/store", {"Resources": [orthanc.upload(*paths)], "Synchronous": True})
-    results_for(collector, base + 2)
     refs = [{"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "SOPInstanceUID": uid} for uid in sorted(instances(paths))]
 
-    def commit(refs: list[dict]) -> dict:
-        answer = orthanc.rest("POST", "/modalities/edged/storage-commitment", {"DicomInstances": refs})
+    def report_of(path: str) -> dict:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            report = orthanc.rest("GET", answer["Path"])
+            report = orthanc.rest("GET", path)
             if report["Status"] != "Pending":
                 return report
             time.sleep(0.2)
         raise AssertionError("storage commitment report never arrived")
 
-    report = commit(refs)
+    def commit(refs: list[dict]) -> dict:
+        return report_of(orthanc.rest("POST", "/modalities/edged/storage-commitment", {"DicomInstances": refs})["Path"])
+
+    # C-STORE chained with storage commitment, as Orthanc does it for a store job
+    stored = orthanc.rest("POST", "/modalities/edged/store", {"Resources": [orthanc.upload(*paths)],
+                                                              "Synchronous": True, "StorageCommitment": True})
+    report = report_of(f"/storage-commitment/{stored['StorageCommitmentTransactionUID']}")
+    assert report["Status"] == "Success", report
+    results_for(collector, base + 2)
+    report = commit(refs)  # asked again later, when both are processed
     assert report["Status"] == "Success", report
     assert sorted(s["SOPInstanceUID"] for s in report["Success"]) == [r["SOPInstanceUID"] for r in refs]
     unknown = {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1", "SOPInstanceUID": "1.2.826.0.1.3680043.8.498.1"}
