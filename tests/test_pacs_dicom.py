@@ -149,3 +149,16 @@ models:
     with pytest.raises(ConfigError) as err:
         load_config(ok)
     assert "sr: true but dicom.sr_destination is not set" in "\n".join(err.value.problems)
+
+
+def test_edged_check_warns_about_an_idle_timeout_that_cuts_a_senders_close_delay(tmp_path, tiny_repo):
+    from helpers import REPO, write_config
+
+    cfg = write_config(tmp_path / "edged.yaml", node_id="n", state_dir=str(tmp_path / "state"),
+                       cache_dir=str(tmp_path / "cache"), model_repository=str(tiny_repo),
+                       models=[{"name": "chexnet-tiny"}], mqtt={"enabled": False},
+                       dicom={"network_timeout_s": 30}, power={"control_socket": str(tmp_path / "ctl.sock")})
+    run = subprocess.run([sys.executable, "-m", "edged", "check", "-c", str(cfg)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr  # a warning, not an error: a site without such senders may want it
+    assert "warning: dicom.network_timeout_s is 30 s" in run.stderr and "routers" in run.stderr
