@@ -5,7 +5,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc orthanc-gdcm systemd python3-venv
+APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc orthanc-gdcm systemd python3-venv openssl
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-deps models bench clean
@@ -32,6 +32,7 @@ system-deps:
 	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || missing="$$missing orthanc-gdcm"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \

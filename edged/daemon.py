@@ -47,6 +47,7 @@ from edged.privacy import Pseudonymizer, load_or_create_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
 from edged.sources.dicom.scp import StorageSCP
 from edged.sources.dicom.source import DicomSource
+from edged.sources.dicom.transport import check_pynetdicom
 from edged.spool.spool import Spool
 from edged.sr.derive import SrDerivation
 from edged.sr.outbox import SrOutbox
@@ -88,6 +89,8 @@ class Daemon:
     def start(self) -> None:
         cfg = self.cfg
         limit_malloc_arenas()
+        if cfg.dicom.enabled:  # before minutes of model loading: an unverified pynetdicom is a setup error
+            check_pynetdicom()
         for d in (cfg.state_dir, cfg.cache_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.pseudo = Pseudonymizer(load_or_create_site_key(cfg.site_key_path))

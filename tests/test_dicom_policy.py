@@ -18,7 +18,7 @@ def test_wrong_called_ae_is_logged_and_reported(daemon_factory, collector, tmp_p
     collector.wait_for(lambda c: len(c.results()) == 1)
     assert d.terminate() == 0
     log = d.log.read_text()
-    assert "association from 127.0.0.1 (AE CR_ROOM_1) refused: association addressed to AE title EDGED; " \
+    assert "DICOM peer 127.0.0.1 (AE CR_ROOM_1) refused: called_ae_not_recognized: association addressed to AE title EDGED; " \
            "this node is EDGED_WARD3" in log
 
 

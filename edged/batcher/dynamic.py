@@ -11,6 +11,8 @@ The queue is bounded: a request that does not fit is refused at once with :class
 — cameras drop the frame, the DICOM path never gets here because it bounds its own in-flight
 work. Each completion carries its own queue time and the batch's compute time and window (for
 energy per inference).
+With a ``windows`` recorder (:class:`edged.power.accounting.EnergyAccounting`) the window's edges
+come from it, so the energy of batches that overlap — two models at once — can be shared between them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,10 +58,19 @@ class Completion:
     index: int = 0  # position in its batch (metrics count an execution once, at 0)
 
 
+class WindowRecorder(Protocol):
+    """Records inference windows: ``begin() -> (token, start)``, ``end(token) -> end`` (monotonic)."""
+
+    def begin(self) -> tuple[int, float]: ...
+
+    def end(self, token: int) -> float: ...
+
+
 class DynamicBatcher:
-    def __init__(self, name: str, backend: Backend, spec: BatchingSpec):
+    def __init__(self, name: str, backend: Backend, spec: BatchingSpec, windows: WindowRecorder | None = None):
         self.name = name
         self.backend = backend
+        self.windows = windows
         self.max_batch_size = spec.max_batch_size
         self.max_queue_delay_s = spec.max_queue_delay_ms / 1000.0
         self.max_queue_size = spec.max_queue_size
@@ -146,7 +157,7 @@ class DynamicBatcher:
                     self._busy = False
 
     def _infer(self, batch: list[Request]) -> None:
-        start = time.monotonic()
+        token, start = self.windows.begin() if self.windows is not None else (0, time.monotonic())
         self.busy_since = start
         outputs, error = None, None
         try:
@@ -157,7 +168,7 @@ class DynamicBatcher:
         except Exception as exc:  # a backend bug must not kill the batcher thread
             log.exception("%s: backend failed", self.name)
             error = f"backend failure: {type(exc).__name__}"
-        end = time.monotonic()
+        end = self.windows.end(token) if self.windows is not None else time.monotonic()
         self.busy_since = None
         self.stats["batches"] += 1
         self.stats["requests"] += len(batch)

@@ -139,6 +139,17 @@ class Checker:
             self.warning(f"{where}: TensorRT will not be used ({why}); ONNX Runtime serves the model"
                          + ("" if on_jetson else " (this host is not a Jetson)"))
 
+    def dicom(self) -> None:
+        """The DICOM transport patches pynetdicom in version-guarded ways: an unknown version is an error."""
+        if not self.cfg.dicom.enabled:
+            return
+        from edged.sources.dicom.transport import UnsupportedPynetdicom, check_pynetdicom
+
+        try:
+            check_pynetdicom()
+        except UnsupportedPynetdicom as exc:
+            self.error(f"dicom: {exc}")
+
     # -- directories and files -------------------------------------------------------------------
     def directories(self) -> None:
         dirs = [("state_dir", self.cfg.state_dir), ("cache_dir", self.cfg.cache_dir)]
@@ -267,6 +278,7 @@ def check(cfg: Config, root: Path | None = None, connect: bool = False) -> Check
     from edged.sources.dicom.idle import problems as idle_problems
 
     c = Checker(cfg, root)
+    c.dicom()
     c.directories()
     c.files()
     c.models()

@@ -105,6 +105,32 @@ class StorageCommitmentConfig(Strict):
         return v
 
 
+class DicomTls(Strict):
+    """DICOM TLS (PS3.15 B.12 BCP 195 profile: TLS 1.2/1.3, AEAD ciphers): the whole port speaks TLS."""
+
+    cert_file: FilePath
+    key_file: FilePath
+    ca_file: FilePath | None = Field(default=None, description="CA that signs client certificates")
+    require_client_cert: bool = False
+    handshake_timeout_s: float = Field(default=10, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _loads(self) -> "DicomTls":
+        # Fail at `edged check`, with file and line, not when the first modality connects.
+        import ssl
+
+        from edged.sources.dicom.tls import server_context
+
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs the client certificates)")
+        try:
+            server_context(self.cert_file, self.key_file, self.ca_file, self.require_client_cert)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"cert_file/key_file/ca_file do not load as PEM certificate, matching key and CA: "
+                             f"{getattr(exc, 'reason', None) or exc}") from None
+        return self
+
+
 class DicomConfig(Strict):
     enabled: bool = True
     ae_title: str = "EDGED"
@@ -114,7 +140,15 @@ class DicomConfig(Strict):
     allowed_hosts: list[str] = Field(default_factory=list, description="IPs or CIDR networks; empty: any")
     require_called_ae: bool = True
     max_associations: int = Field(default=10, ge=1, le=200)
-    max_pdu_size: int = Field(default=0, ge=0, description="0: unlimited")
+    max_associations_per_host: int | None = Field(default=None, ge=1, le=200,
+                                                  description="default: min(5, max_associations)")
+    max_pdu_size: int = Field(default=262144, ge=4096, le=16 << 20,
+                              description="our maximum receive PDU length; larger PDUs are refused unread")
+    max_associate_rq_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
+    min_transfer_bytes_per_s: float = Field(default=4096, ge=0)
+    transfer_window_s: float = Field(default=10, gt=0, le=3600)
+    max_inflated_mb: float = Field(default=256, gt=0, description="deflated datasets may inflate to this")
+    tls: DicomTls | None = None
     spool_quota_mb: float = Field(default=2048, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     acse_timeout_s: float = Field(default=30, gt=0)
@@ -128,6 +162,23 @@ class DicomConfig(Strict):
     sr_destination: SrDestination | None = None
     quarantine_mb: float = Field(default=512, ge=0, description="images that can never be inferred are kept this long")
     quarantine_days: float = Field(default=30, ge=0)
+
+    @field_validator("max_pdu_size", mode="before")
+    @classmethod
+    def _bounded_pdu(cls, v: object) -> object:
+        if v == 0:
+            raise ValueError("0 (unlimited) is no longer accepted: a peer could make edged read a PDU of any "
+                             "size into memory; 262144 is the default, 16777216 the most")
+        return v
+
+    @model_validator(mode="after")
+    def _per_host(self) -> "DicomConfig":
+        if self.max_associations_per_host is None:
+            self.max_associations_per_host = min(5, self.max_associations)
+        elif self.max_associations_per_host > self.max_associations:
+            raise ValueError(f"max_associations_per_host ({self.max_associations_per_host}) is more than "
+                             f"max_associations ({self.max_associations})")
+        return self
 
     @field_validator("ae_title")
     @classmethod

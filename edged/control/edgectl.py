@@ -3,7 +3,8 @@
 Who switches the mode (the root-privilege decision)
     The daemon never needs root. ``nvpmodel -m`` does, so **edgectl runs it**: a technician
     uses ``sudo edgectl power set MODE``; edgectl calls nvpmodel itself (stdin closed, timeout,
-    verified by a second ``nvpmodel -q``), then tells the daemon over the control socket::
+    verified on the board: online CPUs, clock caps, gating masks; jetson_clocks turned off around
+    the switch and on again in the new mode), then tells the daemon over the control socket::
 
         power.changed {"who", "via_sudo", "from": {id, name}, "to": {id, name}, "outcome", "reason"}
 
@@ -37,7 +38,8 @@ Under sudo (the sudoers rule)
 
 Read-only commands (``status``, ``power list``, ``power get``, ``power clocks status``) work
 without root and without the daemon (``status`` then shows the board and exits 1, so scripts
-and ``--watch`` users see that the daemon is down). Exit statuses are listed in ``--help``
+and ``--watch`` users see that the daemon is down; ``clocks status`` reads sysfs, because
+jetson_clocks refuses ``--show`` without root). Exit statuses are listed in ``--help``
 (:data:`EXIT_CODES`). ``--root``/``EDGED_SYSROOT`` point every /proc, /sys and /etc read at a
 fake tree; ``--nvpmodel`` picks another nvpmodel binary (both refused under sudo, above, and
 hidden from ``--help`` with ``--profiles``: they are for tests and bring-up).

@@ -8,10 +8,10 @@ import sys
 
 from edged.control.cli_support import _emit, _fmt, _table, _who
 from edged.control.client import ControlClient, ControlError, DaemonUnavailable
+from edged.power.clocks import JetsonClocks
 from edged.power.config import PowerConfig
 from edged.power.context import PowerContext
-from edged.power.nvpmodel import JetsonClocks, NvpmodelError, SwitchResult
-from edged.power.platform import under
+from edged.power.nvpmodel import NvpmodelError, SwitchResult
 from edged.power.table import ModeView, UnknownMode
 
 EXIT = {"ok": 0, "unchanged": 0, "rebooting": 0, "failed": 1, "pending_reboot": 3, "refused": 4}
@@ -34,7 +34,7 @@ def _mode_rows(ctx: PowerContext, current: int | None) -> list[list[str]]:
         if current is None or m.id == current or current not in ctx.table.modes:
             reboot = "-"
         else:
-            reboot = {True: "yes", False: "no", None: "?"}[ctx.table.needs_reboot(current, m.id)]
+            reboot = ctx.table.reboot(current, m.id).label
         caps = [_fmt(getattr(m, k), k in u) for k in ("cpu_max_mhz", "gpu_max_mhz", "emc_max_mhz")]
         cpus = f"{_fmt(m.cpus_online, 'cpus_online' in u)}/{_fmt(m.cpus_total)}"
         batch = [str(m.batching.max_batch_size), _fmt(m.batching.max_queue_delay_ms)]
@@ -65,8 +65,13 @@ def cmd_power_list(args: argparse.Namespace, ctx: PowerContext) -> int:
         **ctx.table.as_dict(),
         "warnings": ctx.warnings,
     }
+    if current and current["id"] in ctx.table.modes:
+        for mode in data["modes"]:
+            prediction = ctx.table.reboot(current["id"], mode["id"])
+            mode["reboot"] = {"needed": prediction.needed, "why": prediction.why}
     headers = "|ID|NAME|CPUS|CPU MHz|GPU MHz|EMC MHz|BUDGET W|TPC MASK|REBOOT|BATCH|DELAY ms|ALIASES".split("|")
-    legend = "legend: * current, D default, REBOOT = needed from the current mode, ? unverified, max = uncapped"
+    legend = ("legend: * current, D default, REBOOT = from the current mode (yes / no / ? = nvpmodel decides), "
+              "? after a value = unverified, max = uncapped")
     text = "\n".join([_header(ctx), _table(headers, _mode_rows(ctx, current["id"] if current else None)), legend])
     _emit(args, data, text)
     if not args.json:
@@ -130,6 +135,9 @@ def cmd_power_set(args: argparse.Namespace, ctx: PowerContext) -> int:
         return EXIT["refused"]
     declined: list[str] = []
     told: dict = {}  # the daemon is told before a reboot, from inside the callback
+    current = ctx.current_mode()
+    before_mode = {"id": current["id"], "name": current["name"]} if current else None
+    prediction = ctx.table.reboot(current["id"], target.id) if current and current["id"] in ctx.table.modes else None
 
     def event(result_outcome: str, before: dict | None, why: str) -> dict:
         return {
@@ -152,19 +160,25 @@ def cmd_power_set(args: argparse.Namespace, ctx: PowerContext) -> int:
             if answer.strip().lower() != "reboot":
                 declined.append("reboot not confirmed")
                 return False
-        current = ctx.current_mode()
-        before = {"id": current["id"], "name": current["name"]} if current else None
-        told.update(_notify(ctx.config, "power.changed", event("rebooting", before, "rebooting into the new mode")))
+        rebooting = event("rebooting", before_mode, "rebooting into the new mode")
+        told.update(_notify(ctx.config, "power.changed", rebooting))
         return True
 
-    result: SwitchResult = ctx.nvpmodel.set_mode(target.id, on_reboot_required=on_reboot_required)
+    clocks = ctx.clocks()
+    clocks_note = _clocks_before_switch(clocks, before_mode, target)
+    result: SwitchResult = ctx.nvpmodel.set_mode(target.id, on_reboot_required=on_reboot_required,
+                                                 verifier=ctx.verifier())
     if declined and result.outcome == "pending_reboot":
         result.outcome, result.reason = "refused", f"{result.reason}; {declined[0]}"
-    before = {"id": result.before.id, "name": result.before.name} if result.before else None
+    before = {"id": result.before.id, "name": result.before.name} if result.before else before_mode
+    if clocks_note is not None:
+        clocks_note = _clocks_after_switch(clocks, result, before, target, clocks_note)
     notified: dict = told or {"notified": False, "reason": "nothing changed"}
     if result.outcome not in ("unchanged", "rebooting"):
         notified = _notify(ctx.config, "power.changed", event(result.outcome, before, result.reason))
-    data = {**result.as_dict(), "target": target.as_dict(), "daemon": notified}
+    data = {**result.as_dict(), "target": target.as_dict(), "daemon": notified,
+            "reboot_predicted": {"needed": prediction.needed, "why": prediction.why} if prediction else None,
+            "jetson_clocks": clocks_note}
     label = {"ok": "switched", "pending_reboot": "pending reboot", "failed": "FAILED"}.get(result.outcome)
     after = f"{result.after.id} {result.after.name}" if result.after else "?"
     lines = [
@@ -173,6 +187,11 @@ def cmd_power_set(args: argparse.Namespace, ctx: PowerContext) -> int:
     ]
     if result.reason:
         lines.append(f"reason: {result.reason}")
+    if prediction is not None and result.outcome not in ("unchanged",):
+        asked = "asked for one" if result.reboot_prompted else "did not ask"
+        lines.append(f"reboot: predicted {prediction.label} ({prediction.why}); nvpmodel {asked}")
+    if result.outcome == "ok" and result.verification is not None:
+        lines.append(f"verified: {result.verification.summary()}")
     if result.outcome == "pending_reboot":
         lines.append(f"to switch and reboot now: sudo edgectl power set {args.mode} --reboot")
     if result.outcome == "ok":
@@ -180,27 +199,67 @@ def cmd_power_set(args: argparse.Namespace, ctx: PowerContext) -> int:
             f"batching: max_batch_size {target.batching.max_batch_size}, "
             f"max_queue_delay_ms {target.batching.max_queue_delay_ms:g}"
         )
+    if clocks_note is not None:
+        lines.append(f"jetson_clocks: {clocks_note['summary']}")
     lines.append("daemon: " + ("told" if notified["notified"] else notified["reason"]))
     _emit(args, data, "\n".join(lines))
     return EXIT[result.outcome]
 
 
+def _clocks_before_switch(clocks: JetsonClocks, mode: dict | None, target: ModeView) -> dict | None:
+    """Turn jetson_clocks off before a switch, as jtop does; None when it was not on."""
+    if mode is not None and mode["id"] == target.id:
+        return None
+    if clocks.status().on is not True:
+        return None
+    try:
+        _, how = clocks.off(mode, switching=True)
+        return {"was_on": True, "off": how, "summary": f"turned off for the switch ({how})"}
+    except NvpmodelError as exc:
+        return {"was_on": True, "off": f"failed: {exc}", "summary": f"could not be turned off: {exc}"}
+
+
+def _clocks_after_switch(clocks: JetsonClocks, result: SwitchResult, before: dict | None, target: ModeView,
+                         note: dict) -> dict:
+    """Pin the clocks again: in the new mode after a switch, in the old one when nothing changed."""
+    if result.outcome == "rebooting":
+        return {**note, "summary": note["summary"] + "; not persistent: run `edgectl power clocks on` after the reboot"}
+    mode = {"id": target.id, "name": target.name} if result.outcome == "ok" else before
+    try:
+        _, how = clocks.on(mode)
+        where = mode["id"] if mode else "?"
+        return {**note, "on": how, "summary": f"{note['summary']}; on again in mode {where} ({how})"}
+    except NvpmodelError as exc:
+        return {**note, "on": f"failed: {exc}", "summary": f"{note['summary']}; NOT on again: {exc}"}
+
+
 def cmd_power_clocks(args: argparse.Namespace, ctx: PowerContext) -> int:
+    """``status`` reads sysfs (any user: jetson_clocks itself refuses --show without root);
+    ``on``/``off`` run jetson_clocks as root, in the current mode (see :mod:`edged.power.clocks`)."""
     if not ctx.platform.is_jetson:
         _emit(args, {"available": False}, "no jetson_clocks: " + (ctx.unavailable_reason() or ""))
         return 5
-    # The store is a device path like /etc and /sys, so it follows --root too.
-    clocks = JetsonClocks(ctx.config.jetson_clocks, under(ctx.platform.root, str(ctx.config.jetson_clocks_store)))
+    clocks = ctx.clocks()
     if args.action != "status" and os.geteuid() != 0:
         _emit(args, {"outcome": "refused"}, f"refused: jetson_clocks {args.action} needs root (sudo)")
         return 4
+    current = ctx.current_mode()
+    mode = {"id": current["id"], "name": current["name"]} if current else None
+    how = ""
     try:
-        status = {"status": clocks.status, "on": clocks.on, "off": clocks.off}[args.action]()
+        if args.action == "status":
+            status = clocks.status()
+        elif args.action == "on":
+            status, how = clocks.on(mode)
+        else:
+            status, how = clocks.off(mode, ctx.nvpmodel.apply if ctx.nvpmodel.path else None)
     except NvpmodelError as exc:
         _emit(args, {"outcome": "failed", "reason": str(exc)}, f"failed: {exc}")
         return 1
     if args.action != "status":
         who, via_sudo = _who()
         _notify(ctx.config, "power.clocks", {"who": who, "via_sudo": via_sudo, "on": status.on})
-    _emit(args, status.as_dict(), f"jetson_clocks: {'on' if status.on else 'off' if status.on is False else 'unknown'}")
+    state = "on" if status.on else "off" if status.on is False else "unknown"
+    _emit(args, {**status.as_dict(), "mode": mode, "how": how},
+          f"jetson_clocks: {state}" + (f" ({how})" if how else ""))
     return 0

@@ -66,7 +66,7 @@ class ModelLoader:
             check_tensors(model.name, model.manifest, backend)
             self.base_batching[model.name] = entry.batching or model.manifest.batching
             spec = self.power.batching(self.base_batching[model.name])
-            batcher = DynamicBatcher(model.name, backend, spec)
+            batcher = DynamicBatcher(model.name, backend, spec, windows=self.power.accounting)
             served = ServedModel(model, backend, batcher, backend.info, reason)
             backend.warmup(1, served.sample_shape())  # the first calls at a new shape allocate; before READY
             backend.warmup(spec.max_batch_size, served.sample_shape())

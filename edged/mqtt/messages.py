@@ -118,9 +118,10 @@ def model_block(manifest: Any, info: Any) -> dict:
 
 
 def result(*, node: str, message_id: str, manifest: Any, info: Any, study: str | None, instance: str,
-           outputs: dict[str, Any], timings: dict[str, float | int], source: dict) -> dict:
+           outputs: dict[str, Any], timings: dict[str, float | int], source: dict, energy: dict | None = None) -> dict:
     """One inferred image. ``scores`` is the first score output (every classifier has one);
-    a model with several decoded outputs also carries them all under ``outputs``."""
+    a model with several decoded outputs also carries them all under ``outputs``. ``energy`` says
+    what ``timings_ms.energy_mj`` covers (scope kind, rails, source, concurrent batches)."""
     specs = manifest.decoded_outputs
     first_scores = next((o.name for o in specs if kind_of(o) == "scores"), None)
     payload: dict = {
@@ -138,13 +139,18 @@ def result(*, node: str, message_id: str, manifest: Any, info: Any, study: str |
     }
     if study is None:
         del payload["study"]
+    if energy is not None:
+        payload["energy"] = energy
     if len(specs) > 1:
         payload["outputs"] = {o.name: {"decode": o.decode, kind_of(o): outputs[o.name]} for o in specs}
     return payload
 
 
-def telemetry(node: str, sample: dict, images: int, energy_mj_per_image: float | None) -> dict:
-    """Power, thermal and load sample plus the images inferred (and their mean energy) since the last one."""
+def telemetry(node: str, sample: dict, images: int, energy_mj_per_image: float | None,
+              energy_scope: dict | None = None) -> dict:
+    """Power, thermal and load sample plus the images inferred (and their mean energy, and what that
+    energy covers) since the last one."""
     payload = {"schema": TELEMETRY_SCHEMA, "node": node, "time": utc_now(), **sample}
-    payload["inference"] = {"images": images, "energy_mj_per_image": energy_mj_per_image}
+    payload["inference"] = {"images": images, "energy_mj_per_image": energy_mj_per_image,
+                            "energy_scope": energy_scope if energy_mj_per_image is not None else None}
     return payload

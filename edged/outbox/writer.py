@@ -230,14 +230,18 @@ class ResultWriter:
             "total": messages.elapsed_ms(item.arrived),
         }
         energy = self.accounting.per_image_mj(c.window, c.batch_size)
+        energy_scope = None
         if energy is not None:
             timings["energy_mj"] = round(energy, 3)
+            scope = self.accounting.scope()
+            if scope is not None:
+                energy_scope = {**scope, "concurrent_batches": self.accounting.concurrency(c.window)}
         self.accounting.count(1, energy)
         self._timed.append((m, item.arrived))
         msg_id = self.pseudo.message_id("result", m.name, m.manifest.onnx.sha256, item.key)
         payload = messages.result(node=self.topics.node, message_id=msg_id, manifest=m.manifest, info=m.info,
                                   study=item.group, instance=item.key, outputs=outputs, timings=timings,
-                                  source=item.source)
+                                  source=item.source, energy=energy_scope)
         archive = ArchiveRow(m.name, m.manifest.version, m.manifest.onnx.sha256, m.manifest.clinical,
                              item.group or "", item.key, payload["scores"], backend=m.info.backend,
                              precision=m.info.precision, device=m.info.device, timings=timings)

@@ -6,8 +6,14 @@ Entry points for the daemon (see each module for the why):
 * :meth:`edged.power.table.PowerTable.batching` and :func:`edged.power.table.effective_batching`
   for power-aware batching after a mode change.
 * :class:`edged.power.telemetry.TelemetrySampler` for ``{prefix}/{node}/telemetry`` payloads.
-* :class:`edged.power.energy.EnergyMeter` for ``energy_mj_per_image``.
+* :class:`edged.power.energy.EnergyMeter` and :class:`edged.power.accounting.EnergyAccounting`
+  for a result's ``energy_mj`` (aligned to samples, shared between concurrent batches).
 * :class:`edged.power.prometheus.PowerCollector`: the power and thermal gauges of /metrics.
+
+For edgectl and ``edged selftest``: :mod:`edged.power.nvpmodel` (switching),
+:mod:`edged.power.verify` (what a switch changed on the board), :mod:`edged.power.reboot` (will
+nvpmodel ask for a reboot), :mod:`edged.power.clocks` (jetson_clocks) and
+:func:`edged.power.checks.power_checks` (the power rows of the self-test).
 """
 
 from edged.power.config import PowerConfig, PrometheusConfig, TelemetryConfig

@@ -4,7 +4,7 @@ NVIDIA ships one conf per board (``/etc/nvpmodel.conf`` → ``/etc/nvpmodel/nvpm
 and they change between L4T releases, so edged reads the conf on the device instead of trusting
 its own profile files blindly. Format::
 
-    < PARAM TYPE=CLOCK NAME=GPU >          maps a setting name to sysfs paths (not needed here)
+    < PARAM TYPE=CLOCK NAME=GPU >          maps a setting name to sysfs paths (ARG path, ARG_KNEXT path)
     < POWER_MODEL ID=2 NAME=MODE_30W >     one mode: lines "PARAM KEY VALUE"
     CPU_ONLINE CORE_4 0
     CPU_A78_0 MAX_FREQ 1728000             CPU in kHz; GPU and EMC in Hz; -1 = no cap
@@ -12,7 +12,8 @@ its own profile files blindly. Format::
     < PM_CONFIG DEFAULT=2 >                mandatory
 
 Only what edged displays and decides on is interpreted (online CPUs, caps, masks); every raw
-line is kept so a diagnostics dump can show the whole mode.
+line is kept so a diagnostics dump can show the whole mode, and every PARAM's argument paths are
+kept so a switch can be verified where nvpmodel wrote it (:mod:`edged.power.verify`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Literal
 Cap = float | Literal["uncapped"] | None
 
 _HEADER = re.compile(r"^<\s*([A-Z_]+)((?:\s+[A-Z_]+=\S+)*)\s*>$")
-_CPU_PARAM = re.compile(r"^CPU_(A57|DENVER|CARMEL|A78|A78AE|ARM)(_\d+)?$")
+CPU_CLOCK_PARAM = re.compile(r"^CPU_(A57|DENVER|CARMEL|A78|A78AE|ARM)(_\d+)?$")
 
 
 class ConfError(ValueError):
@@ -57,9 +58,16 @@ class NvpConf:
     fan_default: str | None = None
     params: dict[str, str] = field(default_factory=dict)  # PARAM NAME -> TYPE
     warnings: tuple[str, ...] = ()  # lines skipped because edged could not read them
+    param_args: dict[str, dict[str, str]] = field(default_factory=dict)  # PARAM NAME -> {ARG: sysfs path}
 
     def names(self) -> dict[int, str]:
         return {i: m.name for i, m in self.modes.items()}
+
+    def paths(self, param: str, arg: str) -> tuple[str, ...]:
+        """The sysfs files a ``PARAM ARG`` setting may be written to: ARG's path, then ARG_KNEXT's
+        (newer kernels; nvpmodel uses whichever exists)."""
+        args = self.param_args.get(param, {})
+        return tuple(args[k] for k in (arg, f"{arg}_KNEXT") if k in args)
 
 
 def _cap(value: str, divisor: float, where: str) -> Cap:
@@ -89,7 +97,7 @@ def _build_mode(mode_id: int, name: str, line: int, settings: list[tuple[str, st
         where = f"{path}:{lineno}"
         if param == "CPU_ONLINE":
             cores[key] = value.strip() == "1"
-        elif _CPU_PARAM.match(param) and key == "MAX_FREQ":
+        elif CPU_CLOCK_PARAM.match(param) and key == "MAX_FREQ":
             cpu_caps.append(_cap(value, 1000.0, where))  # kHz -> MHz
         elif param == "GPU" and key == "MAX_FREQ":
             gpu = _cap(value, 1e6, where)
@@ -123,6 +131,7 @@ def parse_conf(text: str, path: str = "<nvpmodel.conf>") -> NvpConf:
     """Parse conf text; raise :class:`ConfError` with ``path:line`` for anything edged cannot trust."""
     modes: dict[int, ConfMode] = {}
     params: dict[str, str] = {}
+    param_args: dict[str, dict[str, str]] = {}
     default: int | None = None
     fan: str | None = None
     block: tuple[str, dict[str, str], int] | None = None
@@ -158,6 +167,7 @@ def parse_conf(text: str, path: str = "<nvpmodel.conf>") -> NvpConf:
             block, body = (kind, attrs, lineno), []
             if kind == "PARAM" and "NAME" in attrs:
                 params[attrs["NAME"]] = attrs.get("TYPE", "")
+                param_args.setdefault(attrs["NAME"], {})
             elif kind == "PM_CONFIG":
                 try:
                     default = int(attrs.get("DEFAULT", ""))
@@ -169,6 +179,8 @@ def parse_conf(text: str, path: str = "<nvpmodel.conf>") -> NvpConf:
         if block is None:
             raise ConfError(f"{path}:{lineno}: line outside any < ... > block: {raw.strip()!r}")
         parts = line.split()
+        if block[0] == "PARAM" and "NAME" in block[1] and len(parts) == 2:
+            param_args[block[1]["NAME"]][parts[0]] = parts[1]
         if block[0] == "POWER_MODEL":
             # A line edged does not understand must not take power control away on a device: skip, say so.
             if len(parts) < 3:
@@ -183,7 +195,13 @@ def parse_conf(text: str, path: str = "<nvpmodel.conf>") -> NvpConf:
     if default not in modes:
         raise ConfError(f"{path}: PM_CONFIG DEFAULT={default} is not a POWER_MODEL ID ({sorted(modes)})")
     return NvpConf(
-        path=path, modes=modes, default_mode=default, fan_default=fan, params=params, warnings=tuple(warnings)
+        path=path,
+        modes=modes,
+        default_mode=default,
+        fan_default=fan,
+        params=params,
+        warnings=tuple(warnings),
+        param_args=param_args,
     )
 
 

@@ -49,12 +49,15 @@ class PrometheusConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    """Telemetry publishing. ``energy_interval_s`` is the power-sampling period behind energy per image:
-    it has to be short next to a batch's inference window, so it is separate from ``interval_s``."""
+    """Telemetry publishing. ``energy_interval_s`` is the power-sampling period behind energy per image
+    (never shorter than the source's own refresh period, e.g. the INA3221 ``update_interval``), so it is
+    separate from ``interval_s``. ``energy_max_wait_s`` bounds how long a result waits for the power
+    sample after its inference window; a result that would wait longer carries no ``energy_mj``."""
 
     enabled: bool = True
     interval_s: float = Field(default=10.0, ge=0.5, le=3600)
     energy_interval_s: float = Field(default=0.05, ge=0.01, le=1.0)
+    energy_max_wait_s: float = Field(default=1.0, ge=0.0, le=10.0)
     prometheus: PrometheusConfig = PrometheusConfig()
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edged.config.yamlsrc import ConfigError
+from edged.power.clocks import JetsonClocks
 from edged.power.conf import ConfError, NvpConf, load_conf
 from edged.power.config import PowerConfig
 from edged.power.nvpmodel import Nvpmodel, NvpmodelError, read_status_file
-from edged.power.platform import Platform, detect_platform
+from edged.power.platform import Platform, detect_platform, under
 from edged.power.profiles import BatchingSettings, PowerProfile, load_profiles, select_profile
 from edged.power.table import PowerTable, build_table
+from edged.power.verify import ModeVerifier
 
 
 @dataclass
@@ -73,6 +75,15 @@ class PowerContext:
             out["query_error"] = error
         return out
 
+    def verifier(self) -> ModeVerifier | None:
+        """Checks a switch on the board, from the live conf's PARAM paths; None without a conf."""
+        return ModeVerifier(self.conf, self.platform.root) if self.conf is not None else None
+
+    def clocks(self) -> JetsonClocks:
+        """jetson_clocks for this board; its store is a device path, so it follows ``sysroot`` too."""
+        return JetsonClocks(self.config.jetson_clocks, under(self.platform.root, str(self.config.jetson_clocks_store)),
+                            root=self.platform.root)
+
     def batching_for(self, mode_id: int) -> BatchingSettings | None:
         """edged's batching for ``mode_id``; None on a host without power modes (use the manifest's)."""
         return self.table.batching(mode_id) if self.table is not None else None
@@ -113,5 +124,5 @@ def open_power(
         ctx.problems.append(
             "showing profile facts only: the live conf is missing or unusable, so modes cannot be switched"
         )
-    ctx.table = build_table(ctx.profile, ctx.conf)
+    ctx.table = build_table(ctx.profile, ctx.conf, platform.soc)
     return ctx

@@ -1,17 +1,28 @@
 """Energy over a time window, from power samples taken by a background thread.
 
-The batcher knows when a batch's inference started and ended (``time.monotonic()``); the
-rails only give instantaneous power. :class:`EnergyMeter` samples total power every
-``interval_s`` into a ring buffer and integrates it (trapezoids) over any recent window::
+The batcher knows when a batch's inference started and ended (monotonic time); the rails only
+give power now and then. :class:`EnergyMeter` samples total power into a ring buffer and
+integrates the piecewise-linear power curve over any recent window::
 
-    t0 = time.monotonic(); outputs = backend.infer(batch); t1 = time.monotonic()
-    mj = meter.energy_mj(t0, t1)            # None when there is no power source or no coverage
-    per_image = meter.per_image_mj(t0, t1, len(batch))
+    mj = meter.wait_energy_mj(t0, t1)   # None without a source, or when no sample closes the window in time
 
-It is *board* energy (module input, or the flagged sum of rails; CPU package on RAPL), so it
-includes the idle floor and whatever else runs: comparable across modes on one device, not an
-attribution to the model alone. INA3221 values refresh every few ms to tens of ms, so windows
-shorter than a couple of sample intervals are estimates.
+Soundness rules, because inference windows are short next to how often rails change:
+
+* **Never faster than the source refreshes.** The sampling interval is at least the source's
+  ``refresh_s`` (the INA3221 ``update_interval``, 430 ms on Xavier/Orin as NVIDIA configures it;
+  jtop's service interval): reading faster only records the same value at new times.
+* **Samples are placed where they were measured.** A value that averages the last refresh period
+  (INA3221, jtop) or the time since the previous read (RAPL) is stamped at the centre of that
+  period, not at the moment it was read.
+* **A window needs a sample on each side.** Energy is interpolated between the samples around the
+  window, never extrapolated from the last one: a batch that just ended waits (bounded by
+  ``max_wait_s``) for the sample after it; without one the figure is None, not a guess.
+
+It is *board* energy of the source's scope (module input, a sum of rails, jtop's total, or the
+CPU package on RAPL; :meth:`scope` says which), idle floor included: comparable across modes on
+one device, not the model's alone. Windows shorter than the refresh period are estimates from
+the surrounding averages. Sharing a window between concurrent batches is
+:class:`edged.power.accounting.EnergyAccounting`'s job.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from edged.power.rails import PowerSource
+from edged.power.rails import PowerReading, PowerSource
 
 
 class EnergyMeter:
@@ -33,36 +44,52 @@ class EnergyMeter:
         interval_s: float = 0.05,
         window_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        max_wait_s: float = 1.0,
     ):
         self.source = source
-        self.interval_s = interval_s
         self.clock = clock
-        self.max_gap_s = 2.5 * interval_s  # how far a value is held past the last (or before the first) sample
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max(8, int(window_s / interval_s) + 1))
-        self._lock = threading.Lock()
+        self.refresh_s: float | None = getattr(source, "refresh_s", None) if source is not None else None
+        self.interval_s = max(interval_s, self.refresh_s or 0.0)
+        if self.refresh_s:
+            self.lag_s = self.refresh_s / 2
+        elif getattr(source, "averages_between_reads", False):
+            self.lag_s = self.interval_s / 2
+        else:
+            self.lag_s = 0.0
+        self.max_wait_s = max_wait_s
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max(8, int(window_s / self.interval_s) + 1))
+        self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.total_is_sum = False
-        self.scope: str | None = None
+        self.last_reading: PowerReading | None = None
 
     @property
     def available(self) -> bool:
         return self.source is not None
 
+    @property
+    def total_is_sum(self) -> bool:
+        return bool(self.last_reading and self.last_reading.total_is_sum)
+
+    def scope(self) -> dict | None:
+        """What the energy covers (``{"kind", "rails", "source"}``), once a reading was taken."""
+        return self.last_reading.energy_scope() if self.last_reading is not None else None
+
     def add_sample(self, t: float, mw: float) -> None:
-        """Record total power ``mw`` at monotonic time ``t`` (the sampler thread calls this; tests may too)."""
-        with self._lock:
+        """Record total power ``mw`` measured around monotonic time ``t`` (already centred)."""
+        with self._cond:
             if self._samples and t <= self._samples[-1][0]:
                 return
             self._samples.append((t, mw))
+            self._cond.notify_all()
 
     def sample_once(self) -> None:
         if self.source is None:
             return
         reading = self.source.read()
         if reading is not None and reading.total_mw is not None:
-            self.total_is_sum, self.scope = reading.total_is_sum, reading.scope
-            self.add_sample(self.clock(), reading.total_mw)
+            self.last_reading = reading
+            self.add_sample(self.clock() - self.lag_s, reading.total_mw)
 
     def _run(self) -> None:
         next_at = self.clock()
@@ -88,31 +115,47 @@ class EnergyMeter:
             self._thread.join(timeout=2.0)
             self._thread = None
 
+    def wait_for(self, t: float, timeout: float | None = None) -> bool:
+        """Wait until a sample at or after ``t`` exists; False on timeout (default :attr:`max_wait_s`)."""
+        if self.source is None and not self._samples:
+            return False
+        deadline = self.clock() + (self.max_wait_s if timeout is None else timeout)
+        with self._cond:
+            while not (self._samples and self._samples[-1][0] >= t):
+                left = deadline - self.clock()
+                if left <= 0 or self._thread is None:
+                    return bool(self._samples and self._samples[-1][0] >= t)
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def wait_energy_mj(self, t0: float, t1: float, timeout: float | None = None) -> float | None:
+        """:meth:`energy_mj` once the sample after ``t1`` is in (or None after ``timeout``)."""
+        self.wait_for(t1, timeout)
+        return self.energy_mj(t0, t1)
+
     def energy_mj(self, t0: float, t1: float) -> float | None:
         """Energy in mJ between monotonic times ``t0`` and ``t1`` (mW × s = mJ).
 
-        None when there is no source, the window is inverted, or the samples do not cover it
-        (older than the ring buffer, or more than ``max_gap_s`` beyond the newest sample).
+        None when there is no source, the window is inverted, or the samples do not bracket it
+        (a sample at or before ``t0`` and one at or after ``t1``).
         """
         if t1 < t0:
             return None
-        with self._lock:
+        with self._cond:
             samples = list(self._samples)
-        if not samples or t0 < samples[0][0] - self.max_gap_s or t1 > samples[-1][0] + self.max_gap_s:
+        if not samples or samples[0][0] > t0 or samples[-1][0] < t1:
             return None
         if t1 == t0:
             return 0.0
-        # Hold the first/last value at the edges, then integrate the piecewise-linear power curve.
-        points = [(min(t0, samples[0][0]), samples[0][1]), *samples, (max(t1, samples[-1][0]), samples[-1][1])]
-        times = [p[0] for p in points]
+        times = [t for t, _ in samples]
 
         def power_at(t: float) -> float:
             i = bisect.bisect_right(times, t)
             if i <= 0:
-                return points[0][1]
-            if i >= len(points):
-                return points[-1][1]
-            (ta, pa), (tb, pb) = points[i - 1], points[i]
+                return samples[0][1]
+            if i >= len(samples):
+                return samples[-1][1]
+            (ta, pa), (tb, pb) = samples[i - 1], samples[i]
             return pa if tb == ta else pa + (pb - pa) * (t - ta) / (tb - ta)
 
         knots = [t0, *[t for t in times if t0 < t < t1], t1]
@@ -120,7 +163,7 @@ class EnergyMeter:
         return sum((knots[i + 1] - knots[i]) * (values[i] + values[i + 1]) / 2 for i in range(len(knots) - 1))
 
     def per_image_mj(self, t0: float, t1: float, images: int) -> float | None:
-        """``energy_mj(t0, t1) / images`` — what goes into a result's ``energy_mj_per_image``."""
+        """``energy_mj(t0, t1) / images`` — the whole window for one batch (see EnergyAccounting for sharing)."""
         energy = self.energy_mj(t0, t1)
         return None if energy is None or images <= 0 else energy / images
 

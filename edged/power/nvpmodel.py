@@ -1,11 +1,17 @@
-"""Driving ``nvpmodel`` and ``jetson_clocks`` — explicitly, with timeouts, and verified.
+"""Driving ``nvpmodel`` — explicitly, with timeouts, and verified on the board.
 
 What jtop's setter gets wrong and this module does not: a switch runs ``nvpmodel -m ID`` by real
 ID with stdin closed (so a reboot prompt can never be answered by accident, and never hangs on
-a terminal), a timeout, and a second ``nvpmodel -q`` that proves the mode actually changed.
+a terminal), a timeout, and a verification of what the mode sets — online CPUs, CPU and GPU
+clock caps, power-gating masks (:mod:`edged.power.verify`) — because ``nvpmodel -q`` reports
+only nvpmodel's own status file, which names the new mode even when nothing was applied.
 "Reboot required" is recognised from nvpmodel's output and reported as ``pending_reboot``;
 ``YES`` is written to nvpmodel only from ``on_reboot_required``, a callback the caller passes
 when the technician asked for the reboot (``edgectl power set MODE --reboot``).
+
+The real tool exits 255 on failure, prints ``NVPM WARN: power mode is not set!`` for ``-q``
+when it never recorded a mode, and adds ``NVPM ERROR`` lines without root: a query that names
+no mode is an :class:`NvpmodelError` whatever the exit status.
 """
 
 from __future__ import annotations
@@ -17,13 +23,18 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from edged.power.platform import read_text, under
+
+if TYPE_CHECKING:
+    from edged.power.verify import ModeVerifier, Verification
 
 Outcome = Literal["ok", "unchanged", "pending_reboot", "rebooting", "failed", "refused"]
 REBOOT_RE = re.compile(r"reboot required", re.IGNORECASE)
 _QUERY_RE = re.compile(r"NV Power Mode:\s*(\S+)\s*\n\s*(\d+)")
+_PARSE_MODE_RE = re.compile(r"POWER_MODEL:\s*ID=(\d+)\s+NAME=(\S+)")
+_PARSE_DEFAULT_RE = re.compile(r"PM_CONFIG:\s*DEFAULT=(\S+)\((\d+)\)")
 
 
 class NvpmodelError(RuntimeError):
@@ -45,6 +56,8 @@ class SwitchResult:
     after: ModeQuery | None = None
     reason: str = ""
     output: str = ""
+    reboot_prompted: bool = False  # nvpmodel asked "DO YOU WANT TO REBOOT NOW?"
+    verification: Verification | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,7 +66,17 @@ class SwitchResult:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["ok"] = self.ok
+        out["verification"] = self.verification.as_dict() if self.verification else None
         return out
+
+
+@dataclass(frozen=True)
+class ParsedConf:
+    """``nvpmodel -p --verbose``: the (ID, name) pairs and default nvpmodel itself reads from its conf."""
+
+    modes: dict[int, str]
+    default: int | None
+    output: str = ""
 
 
 def parse_query(text: str) -> ModeQuery:
@@ -63,6 +86,15 @@ def parse_query(text: str) -> ModeQuery:
         raise NvpmodelError(f"cannot read the mode from nvpmodel -q output: {text.strip()[:300]!r}")
     messages = tuple(line.strip() for line in text.splitlines() if line.strip().startswith("NVPM "))
     return ModeQuery(id=int(found.group(2)), name=found.group(1), messages=messages)
+
+
+def parse_verbose(text: str) -> ParsedConf:
+    """``NVPM VERB: POWER_MODEL: ID=2 NAME=MODE_30W`` lines and ``PM_CONFIG: DEFAULT=MODE_30W(2)``."""
+    modes = {int(i): name for i, name in _PARSE_MODE_RE.findall(text)}
+    if not modes:
+        raise NvpmodelError(f"no POWER_MODEL lines in nvpmodel -p --verbose output: {text.strip()[:300]!r}")
+    default = _PARSE_DEFAULT_RE.search(text)
+    return ParsedConf(modes, int(default.group(2)) if default else None, text)
 
 
 def read_status_file(root: str | Path = "/") -> int | None:
@@ -99,7 +131,8 @@ class Nvpmodel:
     def path(self) -> str | None:
         return _resolve(self.binary)
 
-    def _run(self, args: list[str], timeout: float, stdin_text: str | None = None) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], timeout: float, stdin_text: str | None = None,
+             user: str | None = None) -> subprocess.CompletedProcess:
         path = self.path
         if path is None:
             raise NvpmodelError(f"nvpmodel not found ({self.binary}); is this a Jetson with L4T installed?")
@@ -112,6 +145,7 @@ class Nvpmodel:
                 text=True,
                 timeout=timeout,
                 env=_env(),
+                **({"user": user} if user is not None else {}),
             )
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -122,23 +156,49 @@ class Nvpmodel:
         except OSError as exc:
             raise NvpmodelError(f"cannot run {path}: {exc.strerror}") from None
 
-    def query(self) -> ModeQuery:
-        proc = self._run(["-q"], self.query_timeout_s)
+    def query(self, user: str | None = None) -> ModeQuery:
+        """``nvpmodel -q``; ``user`` runs it as another user (the caller must be root)."""
+        proc = self._run(["-q"], self.query_timeout_s, user=user)
         return parse_query(proc.stdout + "\n" + proc.stderr)
 
-    def set_mode(self, mode_id: int, *, on_reboot_required: Callable[[], bool] | None = None) -> SwitchResult:
-        """Switch to ``mode_id`` and verify with a second query.
+    def parse_conf(self) -> ParsedConf:
+        """``nvpmodel -p --verbose``: what nvpmodel itself makes of its conf (any user may run it)."""
+        proc = self._run(["-p", "--verbose"], self.query_timeout_s)
+        return parse_verbose(proc.stdout + "\n" + proc.stderr)
+
+    def apply(self, mode_id: int) -> tuple[bool, str]:
+        """``nvpmodel -m ID`` once, stdin closed: (succeeded without a prompt, output). Used to
+        re-apply the current mode's clocks; a reboot prompt is declined, never answered."""
+        try:
+            proc = self._run(["-m", str(mode_id)], self.switch_timeout_s)
+        except NvpmodelError as exc:
+            return False, str(exc)
+        output = (proc.stdout + proc.stderr).strip()
+        return proc.returncode == 0 and not REBOOT_RE.search(output) and "ERROR" not in output, output
+
+    def set_mode(
+        self,
+        mode_id: int,
+        *,
+        on_reboot_required: Callable[[], bool] | None = None,
+        verifier: ModeVerifier | None = None,
+    ) -> SwitchResult:
+        """Switch to ``mode_id`` and verify it on the board (``verifier``; else a second query).
 
         When nvpmodel says a reboot is required, the first run has already been declined (stdin
         closed → "bad input", nothing changes). ``on_reboot_required`` is then asked; only if it
         returns True is ``nvpmodel -m ID`` run again with ``YES`` on stdin, which reboots the board.
+        A failing first query (``power mode is not set!`` on a board whose nvpmodel never recorded
+        a mode) does not stop the switch: setting a mode is how that is fixed.
         """
+        before: ModeQuery | None
         try:
             before = self.query()
-        except NvpmodelError as exc:
-            return SwitchResult("failed", mode_id, reason=f"cannot query the current mode: {exc}")
-        if before.id == mode_id:
+        except NvpmodelError:
+            before = None
+        if before is not None and before.id == mode_id:
             return SwitchResult("unchanged", mode_id, before, before, reason=f"already in mode {mode_id} {before.name}")
+        snapshot = verifier.snapshot() if verifier is not None else None
         try:
             proc = self._run(["-m", str(mode_id)], self.switch_timeout_s)
         except NvpmodelError as exc:
@@ -146,17 +206,16 @@ class Nvpmodel:
         output = (proc.stdout + proc.stderr).strip()
         if REBOOT_RE.search(output):
             if on_reboot_required is None or not on_reboot_required():
-                return self._after(
-                    "pending_reboot",
-                    mode_id,
-                    before,
-                    f"mode {mode_id} needs a reboot (GPU power-gating changes); nothing was changed",
-                    output,
-                )
+                why = f"nvpmodel says mode {mode_id} needs a reboot; nothing was changed"
+                result = self._after("pending_reboot", mode_id, before, why, output)
+                result.reboot_prompted = True
+                return result
             try:
                 proc = self._run(["-m", str(mode_id)], self.switch_timeout_s, stdin_text="YES\n")
             except NvpmodelError as exc:
-                return self._after("failed", mode_id, before, str(exc), output)
+                result = self._after("failed", mode_id, before, str(exc), output)
+                result.reboot_prompted = True
+                return result
             return SwitchResult(
                 "rebooting",
                 mode_id,
@@ -164,124 +223,36 @@ class Nvpmodel:
                 None,
                 f"switching to mode {mode_id}; the board reboots now",
                 (proc.stdout + proc.stderr).strip(),
+                reboot_prompted=True,
             )
         errors = [line.strip() for line in output.splitlines() if "ERROR" in line]
         if proc.returncode != 0 or errors:
             why = "; ".join(errors) or f"exit status {proc.returncode}"
             return self._after("failed", mode_id, before, f"nvpmodel -m {mode_id} failed: {why}", output)
-        return self._after("ok", mode_id, before, "", output)
+        result = self._after("ok", mode_id, before, "", output, trust_query=verifier is None)
+        if verifier is not None and result.outcome == "ok":
+            result.verification = check = verifier.verify(mode_id, snapshot)
+            if not check.ok:
+                result.outcome = "failed"
+                result.reason = (f"nvpmodel reported success but the board does not run mode {mode_id}: "
+                                 f"{check.summary()}")
+            elif not check.verified:
+                result.reason = f"not verified: {check.summary()}" + (
+                    f"; nvpmodel -q reports mode {result.after.id}" if result.after else "")
+        return result
 
-    def _after(self, outcome: Outcome, mode_id: int, before: ModeQuery, reason: str, output: str) -> SwitchResult:
-        """Re-query; an "ok" that the query contradicts becomes "failed" (a silent refusal)."""
+    def _after(self, outcome: Outcome, mode_id: int, before: ModeQuery | None, reason: str, output: str,
+               trust_query: bool = True) -> SwitchResult:
+        """Re-query for the record. Only without a verifier does the query decide an "ok" (weak:
+        it reports nvpmodel's status file); with one the board itself is checked after this."""
         try:
             after = self.query()
         except NvpmodelError as exc:
+            if outcome == "ok" and not trust_query:
+                return SwitchResult(outcome, mode_id, before, None, "", output)
             return SwitchResult("failed", mode_id, before, None, f"{reason}; cannot verify: {exc}".lstrip("; "), output)
-        if outcome == "ok" and after.id != mode_id:
+        if outcome == "ok" and trust_query and after.id != mode_id:
             outcome, reason = "failed", f"nvpmodel reported success but -q still shows mode {after.id} {after.name}"
-        elif outcome == "pending_reboot" and after.id != before.id:
+        elif outcome == "pending_reboot" and before is not None and after.id != before.id:
             reason += f" (but nvpmodel -q now reports mode {after.id} {after.name})"
         return SwitchResult(outcome, mode_id, before, after, reason, output)
-
-
-@dataclass(frozen=True)
-class ClocksStatus:
-    """``jetson_clocks --show`` read back: ``on`` when every online CPU and the GPU run pinned at max."""
-
-    on: bool | None
-    cpus: dict[str, dict[str, int]]
-    gpu: dict[str, int] | None
-    emc: dict[str, int] | None
-    raw: str = ""
-
-    def as_dict(self) -> dict:
-        return {"on": self.on, "cpus": self.cpus, "gpu": self.gpu, "emc": self.emc}
-
-
-def parse_clocks_show(text: str) -> ClocksStatus:
-    def fields(line: str) -> dict[str, int]:
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
-
-    cpus: dict[str, dict[str, int]] = {}
-    gpu = emc = None
-    for line in text.splitlines():
-        line = line.strip()
-        if re.match(r"^cpu\d+:", line):
-            cpus[line.split(":", 1)[0]] = fields(line)
-        elif line.startswith("GPU "):
-            gpu = fields(line)
-        elif line.startswith("EMC "):
-            emc = fields(line)
-    online = [c for c in cpus.values() if c.get("Online", 1) == 1 and "MinFreq" in c]
-    if not online:
-        return ClocksStatus(None, cpus, gpu, emc, text)
-    pinned = all(c["MinFreq"] == c.get("MaxFreq") for c in online)
-    if gpu and "MinFreq" in gpu:
-        pinned = pinned and gpu["MinFreq"] == gpu.get("MaxFreq")
-    return ClocksStatus(pinned, cpus, gpu, emc, text)
-
-
-class JetsonClocks:
-    """``jetson_clocks`` on/off/status. ``on`` stores the current clocks first so ``off`` can restore them.
-
-    An nvpmodel switch re-applies the mode's clocks, which undoes jetson_clocks: re-run ``on`` after it.
-    """
-
-    def __init__(
-        self,
-        binary: str = "jetson_clocks",
-        store: str | Path = "/var/lib/edged/jetson_clocks.conf",
-        timeout_s: float = 30.0,
-    ):
-        self.binary = binary
-        self.store = Path(store)
-        self.timeout_s = timeout_s
-
-    def _run(self, *args: str) -> str:
-        path = _resolve(self.binary)
-        if path is None:
-            raise NvpmodelError(f"jetson_clocks not found ({self.binary})")
-        try:
-            proc = subprocess.run(
-                [path, *args],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout_s,
-                env=_env(),
-            )
-        except subprocess.TimeoutExpired:
-            raise NvpmodelError(f"jetson_clocks {' '.join(args)} timed out after {self.timeout_s:g} s") from None
-        if proc.returncode != 0:
-            raise NvpmodelError(
-                f"jetson_clocks {' '.join(args)} failed ({proc.returncode}): "
-                f"{(proc.stderr or proc.stdout).strip()[:300]}"
-            )
-        return proc.stdout
-
-    def status(self) -> ClocksStatus:
-        return parse_clocks_show(self._run("--show"))
-
-    def on(self) -> ClocksStatus:
-        """Store the mode's own clocks (unless already pinned), then pin everything at max and verify."""
-        if self.status().on is not True:
-            self.store.parent.mkdir(parents=True, exist_ok=True)
-            self._run("--store", str(self.store))
-        self._run()
-        status = self.status()
-        if status.on is False:
-            raise NvpmodelError("jetson_clocks ran but the clocks are not pinned (check --show)")
-        return status
-
-    def off(self) -> ClocksStatus:
-        """Restore the stored clocks and drop the store: after a mode switch an old store would be wrong."""
-        if not self.store.exists():
-            raise NvpmodelError(
-                f"nothing to restore: {self.store} is missing (jetson_clocks was not turned on by edged)"
-            )
-        self._run("--restore", str(self.store))
-        self.store.unlink(missing_ok=True)
-        status = self.status()
-        if status.on is True:
-            raise NvpmodelError("jetson_clocks --restore ran but the clocks are still pinned")
-        return status

@@ -13,15 +13,38 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# JetPack ↔ L4T ↔ Ubuntu/Python/TensorRT, from the reference facts. edged needs Python >= 3.10,
-# which only JetPack 6 ships as the system Python.
-_STACKS = {
-    32: {"jetpack": "4.6.x", "ubuntu": "18.04", "python": "3.6", "tensorrt": "8.2"},
-    35: {"jetpack": "5.x", "ubuntu": "20.04", "python": "3.8", "tensorrt": "8.5"},
-    36: {"jetpack": "6.x", "ubuntu": "22.04", "python": "3.10", "tensorrt": "10.3"},
+# L4T release -> JetPack and its Ubuntu/Python/TensorRT, per (major, minor); the entry with the highest
+# minor not above the board's applies. TensorRT here is the minor version a JetPack line ships, for
+# reports; TensorRT decisions key on the exact release in edged/backends/tensorrt/platforms.py, and
+# tests/power/test_power_telemetry.py keeps the two tables in agreement. Sources: NVIDIA's JetPack archive pages and release notes
+# (JetPack 7.0 = L4T 38.2, 7.1 = 38.4, 7.2 = 39.2 with Orin support), the reference facts. edged needs
+# Python >= 3.10, which only JetPack 6 and 7 ship as the system Python.
+_JP4 = {"ubuntu": "18.04", "python": "3.6"}
+_JP5 = {"ubuntu": "20.04", "python": "3.8"}
+_JP6 = {"ubuntu": "22.04", "python": "3.10"}
+_JP7 = {"ubuntu": "24.04", "python": "3.12"}
+_STACKS: dict[tuple[int, int], dict[str, str]] = {
+    (32, 0): {"jetpack": "4.x", **_JP4, "tensorrt": "7.1"},
+    (32, 6): {"jetpack": "4.6", **_JP4, "tensorrt": "8.0"},
+    (32, 7): {"jetpack": "4.6.x", **_JP4, "tensorrt": "8.2"},
+    (34, 0): {"jetpack": "5.0 DP", **_JP5, "tensorrt": "8.4"},  # R34.1 / 34.1.1: developer previews
+    (35, 0): {"jetpack": "5.0.2", **_JP5, "tensorrt": "8.4"},  # R35.1
+    (35, 2): {"jetpack": "5.1.x", **_JP5, "tensorrt": "8.5"},
+    (36, 0): {"jetpack": "6.0 DP", **_JP6, "tensorrt": "8.6"},  # R36.2
+    (36, 3): {"jetpack": "6.0", **_JP6, "tensorrt": "8.6"},
+    (36, 4): {"jetpack": "6.1/6.2", **_JP6, "tensorrt": "10.3"},
+    (38, 0): {"jetpack": "7.0", **_JP7, "tensorrt": "10.x"},  # R38.2: Thor only
+    (38, 4): {"jetpack": "7.1", **_JP7, "tensorrt": "10.x"},
+    (39, 0): {"jetpack": "7.2", **_JP7, "tensorrt": "10.x"},  # R39.2: Orin and Thor
 }
-_SOCS = {"tegra210": "t210", "tegra186": "t186", "tegra194": "t194", "tegra234": "t234"}
+_SOCS = {"tegra210": "t210", "tegra186": "t186", "tegra194": "t194", "tegra234": "t234", "tegra264": "t264"}
 _RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?")
+
+
+def stack_for(major: int, minor: int) -> dict[str, str]:
+    """The JetPack stack of L4T ``major.minor``; ``{}`` for a release edged does not know."""
+    known = [key for key in _STACKS if key[0] == major and key[1] <= minor]
+    return dict(_STACKS[max(known)]) if known else {}
 
 
 def under(root: Path, path: str) -> Path:
@@ -96,10 +119,7 @@ def parse_tegra_release(text: str) -> tuple[str | None, dict[str, str]]:
         return None, {}
     major, minor, patch = int(found.group(1)), found.group(2), found.group(3)
     l4t = f"{major}.{minor}" + (f".{patch}" if patch is not None else "")
-    stack = dict(_STACKS.get(major, {}))
-    if major == 32 and int(minor) < 7:
-        stack["jetpack"] = "4.x"
-    return l4t, stack
+    return l4t, stack_for(major, int(minor))
 
 
 def _conf_location(root: Path) -> tuple[Path | None, str | None]:

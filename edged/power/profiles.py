@@ -19,10 +19,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edged.config.yamlsrc import ConfigError, load_yaml_file, validate
+from edged.power.reboot import ModeFacts, RebootPrediction, predict_reboot
 
 Cap = float | Literal["uncapped"] | None
 ALIASES = ("max", "balanced", "eco")
-SOCS = ("t210", "t194", "t234")
+SOCS = ("t210", "t194", "t234")  # SoCs a profile can describe (others are detected, with no profile)
 
 
 class Strict(BaseModel):
@@ -89,7 +90,9 @@ class PowerProfile(Strict):
     cpus_total: int = Field(ge=1, le=64)
     match: MatchRules
     default_mode: int = Field(ge=0)
-    aliases: dict[Literal["max", "balanced", "eco"], int]
+    # An alias names one mode, or a preference list (the first the live conf offers wins; the last
+    # must be a mode every conf has), e.g. ``max: [8, 2]`` where mode 8 is optional.
+    aliases: dict[Literal["max", "balanced", "eco"], int | tuple[int, ...]]
     modes: dict[int, ModeSpec] = Field(min_length=1)
     provenance: Provenance
 
@@ -104,9 +107,11 @@ class PowerProfile(Strict):
         missing = [a for a in ALIASES if a not in self.aliases]
         if missing:
             raise ValueError(f"aliases: missing {', '.join(missing)}")
-        for alias, mode_id in self.aliases.items():
-            if mode_id not in self.modes or self.modes[mode_id].optional:
-                raise ValueError(f"alias {alias} -> {mode_id}: not a (non-optional) mode ID")
+        for alias in self.aliases:
+            targets = self.alias_targets(alias)
+            if not targets or any(t not in self.modes for t in targets) or self.modes[targets[-1]].optional:
+                shown = targets[0] if len(targets) == 1 else list(targets)
+                raise ValueError(f"alias {alias} -> {shown}: not a (non-optional) mode ID")
         names = [m.name.upper() for m in self.modes.values()]
         if len(set(names)) != len(names):
             raise ValueError("mode names must be unique")
@@ -122,19 +127,19 @@ class PowerProfile(Strict):
         """True when ``key`` or one of its parents (``modes.4`` covers ``modes.4.gpu_max_mhz``) is unverified."""
         return any(key == u or key.startswith(u + ".") for u in self.provenance.unverified)
 
-    def needs_reboot(self, from_id: int, to_id: int) -> bool | None:
-        """The reboot rule on profile facts alone: a differing mask → reboot; TPC mask unknown → None.
+    def alias_targets(self, alias: str) -> tuple[int, ...]:
+        target = self.aliases[alias]  # type: ignore[index]
+        return (target,) if isinstance(target, int) else tuple(target)
 
-        The facts give TPC masks for most modules and FBP masks for none, so equal TPC masks with
-        FBP unstated count as "no reboot". With a live conf, :mod:`edged.power.table` decides instead.
-        """
-        a, b = self.modes[from_id], self.modes[to_id]
-        pairs = [(a.tpc_pg_mask, b.tpc_pg_mask), (a.fbp_pg_mask, b.fbp_pg_mask)]
-        if any(x is not None and y is not None and x != y for x, y in pairs):
-            return True
-        if a.tpc_pg_mask is None or b.tpc_pg_mask is None or (a.fbp_pg_mask is None) != (b.fbp_pg_mask is None):
-            return None
-        return False
+    def facts(self, mode_id: int) -> ModeFacts:
+        """A mode for the reboot rule. The facts state TPC masks for most modules and FBP masks for
+        few: an unstated mask is unknown here (with a live conf, a missing line means "no gating")."""
+        m = self.modes[mode_id]
+        return ModeFacts(mode_id, m.tpc_pg_mask, m.fbp_pg_mask, m.cpus_online, masks_known=False)
+
+    def reboot(self, from_id: int, to_id: int) -> RebootPrediction:
+        """The reboot prediction on profile facts alone (:func:`edged.power.reboot.predict_reboot`)."""
+        return predict_reboot(self.soc, self.facts(from_id), self.facts(to_id))
 
 
 def _resolves(profile: PowerProfile, key: str) -> bool:
@@ -207,9 +212,13 @@ def select_profile(
             return 0
         return sum(1 for i, m in p.modes.items() if conf_modes.get(i, "").upper() == m.name.upper())
 
-    candidates = [
-        p for p in profiles.values() if any(board_matches(b, part) for b in p.match.compatible for part in parts)
-    ]
+    def specificity(p: PowerProfile) -> int:
+        """Length of the most specific part number that matched (p2888-0008 beats p2888)."""
+        return max((len(b) for b in p.match.compatible for part in parts if board_matches(b, part)), default=0)
+
+    matched = [p for p in profiles.values() if specificity(p)]
+    best_fit = max((specificity(p) for p in matched), default=0)
+    candidates = [p for p in matched if specificity(p) == best_fit]
     if conf_name:
         by_name = [p for p in candidates or profiles.values() if conf_name in p.match.nvpmodel_conf]
         if len(by_name) == 1:

@@ -10,6 +10,13 @@
 The total is the first of VDD_IN / POM_5V_IN / VIN; otherwise the sum of the rails, flagged,
 because rails overlap on some boards and the sum is then not the module's input power.
 Reads never raise: a rail that fails to read is left out of that reading.
+
+Every reading says what its total covers (:meth:`PowerReading.energy_scope`): ``module-input``
+(one input rail), ``rail-sum`` (the listed rails added up: on AGX boards a partial sum, not the
+module's input), ``jtop-total`` (what jtop calls the total) or ``cpu-package`` (RAPL). Each source
+also says how often its values change (``refresh_s``): the INA3221 hwmon driver's
+``update_interval`` (NVIDIA's nvpower.sh sets 430 ms on Xavier/Orin: 512 samples x 3 channels),
+jtop's service interval. Reading faster only repeats the same value.
 """
 
 from __future__ import annotations
@@ -42,13 +49,20 @@ class PowerReading:
     total_mw: float | None
     total_rail: str | None  # which rail is the total; None when it is a sum (or unknown)
     total_is_sum: bool = False
-    scope: str = "board"  # "board" (module input) or "cpu-package" (RAPL)
+    scope: str = "module-input"  # "module-input", "rail-sum", "jtop-total" or "cpu-package"
     extra: dict[str, float] = field(default_factory=dict)
+    refresh_s: float | None = None  # how often the source's values change, where known
+
+    def energy_scope(self) -> dict:
+        """What an energy figure from this source covers: ``{"kind", "rails", "source"}``."""
+        rails = [self.total_rail] if self.total_rail and not self.total_is_sum else sorted(self.rails)
+        return {"kind": self.scope, "rails": rails, "source": self.source}
 
     def as_dict(self) -> dict:
         return {
             "source": self.source,
             "scope": self.scope,
+            "refresh_ms": None if self.refresh_s is None else round(self.refresh_s * 1000, 1),
             "total_mw": None if self.total_mw is None else round(self.total_mw, 1),
             "total_rail": self.total_rail,
             "total_is_sum": self.total_is_sum,
@@ -59,6 +73,7 @@ class PowerReading:
 
 class PowerSource(Protocol):
     name: str
+    refresh_s: float | None  # how often a new value appears; None when unknown
 
     def read(self) -> PowerReading | None: ...
 
@@ -76,19 +91,21 @@ def is_nc(label: str) -> bool:
     return "NC" in re.split(r"[\s_\-]+", label.strip().upper())
 
 
-def _with_total(source: str, rails: dict[str, Rail]) -> PowerReading | None:
+def _with_total(source: str, rails: dict[str, Rail], refresh_s: float | None = None) -> PowerReading | None:
     if not rails:
         return None
     for name in TOTAL_RAILS:
         if name in rails:
-            return PowerReading(source, rails, rails[name].mw, name)
-    return PowerReading(source, rails, sum(r.mw for r in rails.values()), None, total_is_sum=True)
+            return PowerReading(source, rails, rails[name].mw, name, refresh_s=refresh_s)
+    return PowerReading(source, rails, sum(r.mw for r in rails.values()), None, total_is_sum=True,
+                        scope="rail-sum", refresh_s=refresh_s)
 
 
 class Ina3221Iio:
     """JetPack 4: ``/sys/bus/i2c/drivers/ina3221x/<bus>-0040/iio:device*/``."""
 
     name = "ina3221-iio"
+    refresh_s: float | None = None  # the JetPack 4 iio driver exposes no update interval
 
     def __init__(self, devices: list[Path]):
         self.devices = devices
@@ -112,7 +129,7 @@ class Ina3221Iio:
                     mw = mv * ma / 1000.0
                 if mw is not None:
                     rails[label] = Rail(label, mw, mv, ma)
-        return _with_total(self.name, rails)
+        return _with_total(self.name, rails, self.refresh_s)
 
 
 class Ina3221Hwmon:
@@ -122,6 +139,9 @@ class Ina3221Hwmon:
 
     def __init__(self, hwmons: list[Path]):
         self.hwmons = hwmons
+        # update_interval (ms) = channels x samples x conversion time; the slowest chip sets the pace
+        intervals = [v for v in (_number(h / "update_interval") for h in hwmons) if v is not None and v > 0]
+        self.refresh_s: float | None = max(intervals) / 1000.0 if intervals else None
 
     @classmethod
     def discover(cls, root: Path) -> Ina3221Hwmon | None:
@@ -151,7 +171,7 @@ class Ina3221Hwmon:
                 mv, ma = _number(hwmon / f"in{k}_input"), _number(hwmon / f"curr{k}_input")
                 if mv is not None and ma is not None:
                     rails[label] = Rail(label, mv * ma / 1000.0, mv, ma)
-        return _with_total(self.name, rails)
+        return _with_total(self.name, rails, self.refresh_s)
 
 
 class JtopSource:
@@ -161,6 +181,9 @@ class JtopSource:
 
     def __init__(self, client: object):
         self._client = client
+        # the service's own refresh period (jtop's .interval, seconds): reading faster repeats values
+        interval = getattr(client, "interval", None)
+        self.refresh_s: float | None = float(interval) if isinstance(interval, (int, float)) and interval > 0 else None
 
     @classmethod
     def discover(cls, socket_path: Path) -> tuple[JtopSource | None, str]:
@@ -195,8 +218,8 @@ class JtopSource:
         }
         total = (power or {}).get("tot", {}).get("power")
         if total is None:
-            return _with_total(self.name, rails)
-        return PowerReading(self.name, rails, float(total), "tot")
+            return _with_total(self.name, rails, self.refresh_s)
+        return PowerReading(self.name, rails, float(total), "tot", scope="jtop-total", refresh_s=self.refresh_s)
 
     def close(self) -> None:
         try:
@@ -209,6 +232,8 @@ class RaplSource:
     """Average package power between two reads of the ``energy_uj`` counter (it wraps at max_energy_range_uj)."""
 
     name = "rapl"
+    refresh_s: float | None = None  # the counter runs continuously; a reading averages since the last one
+    averages_between_reads = True
 
     def __init__(self, domain: Path, clock: Callable[[], float] = time.monotonic):
         self.domain = domain

@@ -30,7 +30,8 @@ class PowerRuntime:
         self.ctx: PowerContext = open_power(power)
         self.mode: dict | None = self.ctx.current_mode()
         self.sampler = TelemetrySampler(power.sysroot, mode_provider=lambda: self.mode)
-        self.meter = EnergyMeter(self.sampler.power_source, interval_s=telemetry.energy_interval_s)
+        self.meter = EnergyMeter(self.sampler.power_source, interval_s=telemetry.energy_interval_s,
+                                 max_wait_s=telemetry.energy_max_wait_s)
         self.last_sample: dict | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,6 +42,11 @@ class PowerRuntime:
         log.info("power: %s; mode %s; power source %s", self.ctx.platform.as_dict().get("model") or "generic Linux",
                  f"{self.mode['id']} {self.mode['name']}" if self.mode else "none",
                  getattr(source, "name", "unnamed") if source else f"unavailable ({why})")
+        if self.meter.available:
+            log.info("energy: sampling every %.0f ms (source refresh %s), a result waits up to %.1f s for the "
+                     "sample that closes its window", self.meter.interval_s * 1000,
+                     f"{self.meter.refresh_s * 1000:.0f} ms" if self.meter.refresh_s else "unknown",
+                     self.meter.max_wait_s)
         if reason:
             log.info("power modes unavailable: %s", reason)
         for warning in self.ctx.warnings:
@@ -71,7 +77,7 @@ class PowerRuntime:
     def telemetry(self, node: str) -> dict:
         sample = self.sampler.sample()
         images, per_image_mj = self.accounting.take()
-        self.last_sample = messages.telemetry(node, sample, images, per_image_mj)
+        self.last_sample = messages.telemetry(node, sample, images, per_image_mj, self.accounting.scope())
         return self.last_sample
 
     def _run(self, node: str, offer: Callable[[dict], None]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edged.power.conf import Cap, ConfMode, NvpConf
 from edged.power.profiles import ALIASES, FALLBACK_BATCHING, BatchingSettings, ModeSpec, PowerProfile
+from edged.power.reboot import ModeFacts, RebootPrediction, predict_reboot
 
 if TYPE_CHECKING:
     from edged.models.manifest import BatchingSpec
@@ -71,6 +72,7 @@ class PowerTable:
     profile: PowerProfile | None = None
     conf: NvpConf | None = None
     warnings: list[str] = field(default_factory=list)
+    soc: str | None = None  # the SoC the reboot rule applies to (the device's, else the profile's)
 
     @property
     def aliases(self) -> dict[str, int]:
@@ -94,16 +96,15 @@ class PowerTable:
             + (f" or an alias ({', '.join(sorted(self.aliases))})" if self.aliases else "")
         )
 
-    def needs_reboot(self, from_id: int, to_id: int) -> bool | None:
-        """Reboot rule: the GPU power-gating masks differ. With a conf, a missing mask line means no gating."""
-        if from_id == to_id:
-            return False
-        if self.conf is not None:
-            a, b = self.modes[from_id], self.modes[to_id]
-            return (a.tpc_pg_mask, a.fbp_pg_mask) != (b.tpc_pg_mask, b.fbp_pg_mask)
-        if self.profile is not None:
-            return self.profile.needs_reboot(from_id, to_id)
-        return None
+    def reboot(self, from_id: int, to_id: int) -> RebootPrediction:
+        """Will switching ``from_id`` -> ``to_id`` prompt for a reboot? (:mod:`edged.power.reboot`).
+
+        With a live conf a missing mask line means "no gating"; from profile facts alone it means unknown.
+        """
+        def facts(m: ModeView) -> ModeFacts:
+            return ModeFacts(m.id, m.tpc_pg_mask, m.fbp_pg_mask, m.cpus_online, masks_known=self.conf is not None)
+
+        return predict_reboot(self.soc, facts(self.modes[from_id]), facts(self.modes[to_id]))
 
     def batching(self, mode_id: int) -> BatchingSettings:
         """edged's batching for a mode; the fallback for a mode the profile does not describe."""
@@ -191,8 +192,11 @@ def _merge(cm: ConfMode, spec: ModeSpec | None, profile: PowerProfile | None, wa
     )
 
 
-def build_table(profile: PowerProfile | None, conf: NvpConf | None) -> PowerTable | None:
-    """Merge; ``None`` when there is neither (a generic Linux host has no power modes)."""
+def build_table(profile: PowerProfile | None, conf: NvpConf | None, soc: str | None = None) -> PowerTable | None:
+    """Merge; ``None`` when there is neither (a generic Linux host has no power modes).
+
+    ``soc`` is the device's (``t234``...); without it the profile's SoC picks the reboot rule.
+    """
     if profile is None and conf is None:
         return None
     warnings: list[str] = list(conf.warnings) if conf else []
@@ -223,15 +227,23 @@ def build_table(profile: PowerProfile | None, conf: NvpConf | None) -> PowerTabl
             warnings.append(f"default mode is {profile.default_mode} in the profile, {default} in the live conf{note}")
     if profile is not None:
         for alias in ALIASES:
-            target = profile.aliases[alias]
-            mode = modes.get(target)
-            if mode is None or mode.name.upper() != profile.modes[target].name.upper() or mode.origin == "conf":
+            targets = profile.alias_targets(alias)
+            target = next((t for t in targets if _offers(modes.get(t), profile.modes[t])), None)
+            if target is None:
+                last = targets[-1]
                 warnings.append(
-                    f"alias {alias} -> {target} {profile.modes[target].name} dropped: no such mode on this device"
+                    f"alias {alias} -> {last} {profile.modes[last].name} dropped: no such mode on this device"
                 )
                 continue
+            mode = modes[target]
             modes[target] = ModeView(**{**mode.__dict__, "aliases": mode.aliases + (alias,)})
-    return PowerTable(modes=modes, default_mode=default, profile=profile, conf=conf, warnings=warnings)
+    soc = soc or (profile.soc if profile else None)
+    return PowerTable(modes=modes, default_mode=default, profile=profile, conf=conf, warnings=warnings, soc=soc)
+
+
+def _offers(mode: ModeView | None, spec: ModeSpec) -> bool:
+    """The device has this profile mode: same ID and name, and known to the profile."""
+    return mode is not None and mode.name.upper() == spec.name.upper() and mode.origin != "conf"
 
 
 def effective_batching(model: BatchingSpec, mode: BatchingSettings) -> BatchingSpec:

@@ -59,13 +59,23 @@ def read_proc_stat(root: Path) -> dict[int, tuple[int, int]]:
     return out
 
 
+# Zones that report a fixed value, not a temperature: the PMIC die "sensor" of the Nano/TX family
+# reads 100 °C forever (jetson-stats skips "PMIC" zones for the same reason).
+_FIXED_ZONES = re.compile(r"pmic", re.IGNORECASE)
+
+
 def read_thermal(root: Path) -> dict[str, float]:
-    """Zone type → °C. Jetsons report invalid zones as -256 °C or similar; those are dropped."""
+    """Zone type → °C, real sensors only, so the hottest zone means something.
+
+    Dropped: fixed-value zones (PMIC-Die at 100 °C), zones reading exactly 0 (a sensor that is off,
+    e.g. a Wi-Fi card's zone while it is down) and -256 °C or below -40 °C (Jetsons' "invalid"),
+    and anything at 200 °C or more.
+    """
     zones: dict[str, float] = {}
     for zone in sorted(under(root, "/sys/class/thermal").glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0)):
         kind = (read_text(zone / "type") or zone.name).strip()
         milli = _int(zone / "temp")
-        if milli is None or milli <= -40000 or milli >= 200000:
+        if milli is None or milli == 0 or milli <= -40000 or milli >= 200000 or _FIXED_ZONES.search(kind):
             continue
         name = kind if kind not in zones else f"{kind}.{zone.name[12:]}"
         zones[name] = milli / 1000.0

@@ -6,6 +6,13 @@ profile in nvpmodel.conf format), /var/lib/nvpmodel/status, INA3221 sysfs (iio o
 hwmon on 5/6, reached through the same driver/device/class symlinks as on a device), thermal
 zones, cpufreq, GPU devfreq, /proc/stat and /proc/meminfo. Rail labels follow the reference
 facts; AGX Xavier's iio rail names (GPU, CPU, SOC, CV, VDDRQ, SYS5V) come from its tegrastats.
+
+The generated conf has the real confs' PARAM blocks (per-cluster cpufreq policy files, the GPU
+devfreq files, TPC/FBP_PG_MASK under /sys/devices/gpu.0, ``*_KNEXT`` fallbacks on the JetPack 6
+layout) and the tree holds those files as a booted board does: cpuN/cpufreq links to a shared
+policy directory with cpuinfo limits, per-CPU ``online`` files, devfreq ``available_frequencies``,
+and the INA3221 ``update_interval`` NVIDIA's nvpower.sh sets (430 ms). The stand-in tools write
+these files, so a switch or jetson_clocks shows up where edged verifies it, not in a private state.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ FAMILY = {
         "17000000.ga10b",
         "sys/devices/17000000.ga10b",
         "sys/devices/gpu.0/load",
-        [("CPU-therm", 47000), ("GPU-therm", 46000), ("tj-therm", 48500)],
+        [("CPU-therm", 47000), ("GPU-therm", 46000), ("tj-therm", 48500), ("iwlwifi_1", 0)],
     ),
     "orin-nx": (
         36,
@@ -90,6 +97,17 @@ FAMILY = {
         [("cpu-thermal", 51000), ("gpu-thermal", 49000), ("tj-thermal", 52500)],
     ),
 }
+# family -> (cpuinfo_max_freq kHz, highest GPU devfreq frequency Hz) of the fake hardware
+HW = {
+    "nano": (1479000, 921600000),
+    "agx-xavier": (2265600, 1377000000),
+    "xavier-nx": (1907200, 1109250000),
+    "agx-orin": (2201600, 1300500000),
+    "orin-nx": (1984000, 1173000000),
+}
+CPU_MIN_KHZ = 729600  # the MIN_FREQ the real t234 confs write
+CPU_HW_MIN_KHZ = 115200
+GPU_MIN_HZ = 114750000
 # Named trees used across tests: kind -> (profile module, rails/family, compatible)
 TREES = {
     "nano": (
@@ -99,7 +117,21 @@ TREES = {
     ),
     "agx-xavier": ("jetson-agx-xavier-p2888", "agx-xavier", ["nvidia,p2972-0000", "nvidia,galen", "nvidia,tegra194"]),
     "xavier-nx": ("jetson-xavier-nx-p3668", "xavier-nx", ["nvidia,p3509-0000+p3668-0001", "nvidia,tegra194"]),
-    "agx-orin": ("jetson-agx-orin-64gb-p3701-0000", "agx-orin", ["nvidia,p3737-0000+p3701-0000", "nvidia,tegra234"]),
+    "agx-orin": (
+        "jetson-agx-orin-devkit-32gb-p3701-0000",
+        "agx-orin",
+        ["nvidia,p3737-0000+p3701-0000", "nvidia,tegra234"],
+    ),
+    "agx-orin-64gb": (
+        "jetson-agx-orin-64gb-p3701-0005",
+        "agx-orin",
+        ["nvidia,p3737-0000+p3701-0005", "nvidia,tegra234"],
+    ),
+    "agx-xavier-industrial": (
+        "jetson-agx-xavier-industrial-p2888-0008",
+        "agx-xavier",
+        ["nvidia,p2822-0000+p2888-0008", "nvidia,jetson-xavier-industrial", "nvidia,tegra194"],
+    ),
     "orin-nx": ("jetson-orin-nx-16gb-p3767-0000", "orin-nx", ["nvidia,p3768-0000+p3767-0000", "nvidia,tegra234"]),
     "orin-nx-super": (
         "jetson-orin-nx-16gb-p3767-0000-super",
@@ -122,36 +154,67 @@ def _khz(cap: object) -> str:
     return "-1" if cap == "uncapped" else str(int(round(float(cap) * 1000)))  # type: ignore[arg-type]
 
 
-def conf_text(profile: PowerProfile) -> str:
-    """An nvpmodel.conf for ``profile`` in the real format; unstated (null) facts get no line."""
-    cluster, per = CLUSTER[profile.soc]
+def _hz(cap: object) -> str:
+    return "-1" if cap == "uncapped" else str(int(round(float(cap) * 1e6)))  # type: ignore[arg-type]
+
+
+def clusters(profile: PowerProfile) -> list[tuple[str, list[int]]]:
+    """(conf CLOCK name, cores) per cpufreq policy, as the real confs group them."""
+    name, per = CLUSTER[profile.soc]
     n = profile.cpus_total
-    names = sorted({cluster.format(c // per) for c in range(n)})
+    return [(name.format(i // per), list(range(i, min(i + per, n)))) for i in range(0, n, per)]
+
+
+def gpu_paths(family: str) -> tuple[str, str | None]:
+    """(path of the GPU devfreq dir in the fake tree, an absent first path the conf names before it).
+
+    The JetPack 6 layout (orin-nx family) is reached only through the conf's ``*_KNEXT`` arguments,
+    as on a device whose conf still names the JetPack 5 path first.
+    """
+    _, gpu_name, gpu_dir, _, _ = FAMILY[family]
+    real = f"/{gpu_dir}/devfreq/{gpu_name}"
+    return real, ("/sys/devices/17000000.ga10b/devfreq/17000000.ga10b" if family == "orin-nx" else None)
+
+
+def conf_text(profile: PowerProfile, family: str | None = None) -> str:
+    """An nvpmodel.conf for ``profile`` in the real format; unstated (null) facts get no line."""
+    family = family or family_of(profile)
+    n = profile.cpus_total
+    groups = clusters(profile)
+    gpu, gpu_first = gpu_paths(family)
     out = ["# generated for edged tests from " + profile.module, "< PARAM TYPE=FILE NAME=CPU_ONLINE >"]
     out += [f"CORE_{c} /sys/devices/system/cpu/cpu{c}/online" for c in range(n)]
-    for name in names:
-        out += [f"< PARAM TYPE=CLOCK NAME={name} >", "MAX_FREQ /sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq"]
-    out += ["< PARAM TYPE=CLOCK NAME=GPU >", "MAX_FREQ /sys/devices/gpu.0/devfreq/max_freq", ""]
+    out += ["", "< PARAM TYPE=FILE NAME=TPC_POWER_GATING >", "TPC_PG_MASK /sys/devices/gpu.0/tpc_pg_mask"]
+    out += ["", "< PARAM TYPE=FILE NAME=FBP_POWER_GATING >", "FBP_PG_MASK /sys/devices/gpu.0/fbp_pg_mask"]
+    for name, cores in groups:
+        base = f"/sys/devices/system/cpu/cpu{cores[0]}/cpufreq"
+        out += ["", f"< PARAM TYPE=CLOCK NAME={name} >", f"FREQ_TABLE {base}/scaling_available_frequencies",
+                f"MAX_FREQ {base}/scaling_max_freq", f"MIN_FREQ {base}/scaling_min_freq"]
+    first = gpu_first or gpu
+    out += ["", "< PARAM TYPE=CLOCK NAME=GPU >", f"FREQ_TABLE {first}/available_frequencies",
+            f"MAX_FREQ {first}/max_freq", f"MIN_FREQ {first}/min_freq"]
+    if gpu_first:
+        out += [f"FREQ_TABLE_KNEXT {gpu}/available_frequencies", f"MAX_FREQ_KNEXT {gpu}/max_freq",
+                f"MIN_FREQ_KNEXT {gpu}/min_freq"]
+    out += ["", "<PARAM TYPE=CLOCK NAME=EMC >", "MAX_FREQ /sys/kernel/nvpmodel_emc_cap/emc_iso_cap", ""]
     for mode_id, m in sorted(profile.modes.items()):
         out.append(f"< POWER_MODEL ID={mode_id} NAME={m.name} >")
-        if m.cpus_online is not None:
-            out += [f"CPU_ONLINE CORE_{c} {1 if c < m.cpus_online else 0}" for c in range(n)]
-        if m.cpu_max_mhz is not None:
-            out += [f"{name} MIN_FREQ 0" for name in names] + [
-                f"{name} MAX_FREQ {_khz(m.cpu_max_mhz)}" for name in names
-            ]
-        if m.gpu_max_mhz is not None:
-            out.append(
-                f"GPU MAX_FREQ {'-1' if m.gpu_max_mhz == 'uncapped' else int(round(float(m.gpu_max_mhz) * 1e6))}"
-            )
-        if m.emc_max_mhz is not None:
-            out.append(
-                f"EMC MAX_FREQ {'-1' if m.emc_max_mhz == 'uncapped' else int(round(float(m.emc_max_mhz) * 1e6))}"
-            )
-        if m.tpc_pg_mask is not None:
-            out.append(f"TPC_POWER_GATING TPC_PG_MASK {m.tpc_pg_mask}")
+        online = m.cpus_online
+        if online is not None:
+            out += [f"CPU_ONLINE CORE_{c} {1 if c < online else 0}" for c in range(n)]
         if m.fbp_pg_mask is not None:
             out.append(f"FBP_POWER_GATING FBP_PG_MASK {m.fbp_pg_mask}")
+        if m.tpc_pg_mask is not None:
+            out.append(f"TPC_POWER_GATING TPC_PG_MASK {m.tpc_pg_mask}")
+        if m.cpu_max_mhz is not None:
+            for name, cores in groups:
+                if online is None or cores[0] < online:
+                    out += [f"{name} MIN_FREQ {CPU_MIN_KHZ}", f"{name} MAX_FREQ {_khz(m.cpu_max_mhz)}"]
+        if m.gpu_max_mhz is not None:
+            out += ["GPU MIN_FREQ 0", f"GPU MAX_FREQ {_hz(m.gpu_max_mhz)}"]
+        if m.emc_max_mhz is not None:
+            out.append(f"EMC MAX_FREQ {_hz(m.emc_max_mhz)}")
+        out.append("")
     out += [f"< PM_CONFIG DEFAULT={profile.default_mode} >", "< FAN_CONFIG DEFAULT=cool >", ""]
     return "\n".join(out)
 
@@ -179,7 +242,17 @@ class Tree:
         return mv * ma / 1000.0
 
     def status(self) -> str:
-        return (self.root / "var/lib/nvpmodel/status").read_text()
+        """The mode nvpmodel recorded, as ``pmode:NNNN`` (the real file may add `` fmode:...``)."""
+        return (self.root / "var/lib/nvpmodel/status").read_text().split()[0] + "\n"
+
+    def read(self, path: str) -> str:
+        return (self.root / path.lstrip("/")).read_text().strip()
+
+    def online(self) -> str:
+        return self.read("/sys/devices/system/cpu/online")
+
+    def gpu_devfreq(self) -> str:
+        return gpu_paths(self.family)[0]
 
     def nvpmodel_log(self) -> list[dict]:
         import json
@@ -188,8 +261,34 @@ class Tree:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def build_tree(root: Path, kind: str, *, current: int | None = None, conf: str | None = None) -> Tree:
-    """``kind`` is a key of TREES or ``profile:<module>`` (compatible and family derived from the profile)."""
+def _apply_boot_mode(root: Path, profile: PowerProfile, family: str, mode_id: int) -> None:
+    """What the board shows after booting into ``mode_id``: online CPUs, clock caps, gating masks."""
+    cpu_hw, gpu_hw = HW[family]
+    mode = profile.modes[mode_id]
+    n = profile.cpus_total
+    online = mode.cpus_online or n
+    for c in range(n):
+        _write(root / f"sys/devices/system/cpu/cpu{c}/online", f"{1 if c < online else 0}\n")
+    _write(root / "sys/devices/system/cpu/online", (f"0-{online - 1}" if online > 1 else "0") + "\n")
+    cap = cpu_hw if mode.cpu_max_mhz in (None, "uncapped") else int(round(float(mode.cpu_max_mhz) * 1000))
+    for _, cores in clusters(profile):
+        policy = root / f"sys/devices/system/cpu/cpufreq/policy{cores[0]}"
+        _write(policy / "scaling_max_freq", f"{min(cap, cpu_hw)}\n")
+        _write(policy / "scaling_min_freq", f"{CPU_MIN_KHZ}\n")
+    gpu = root / gpu_paths(family)[0].lstrip("/")
+    gcap = gpu_hw if mode.gpu_max_mhz in (None, "uncapped") else int(round(float(mode.gpu_max_mhz) * 1e6))
+    _write(gpu / "max_freq", f"{min(gcap, gpu_hw)}\n")
+    _write(gpu / "min_freq", f"{GPU_MIN_HZ}\n")
+    _write(root / "sys/devices/gpu.0/tpc_pg_mask", f"{mode.tpc_pg_mask if mode.tpc_pg_mask is not None else 0}\n")
+    _write(root / "sys/devices/gpu.0/fbp_pg_mask", f"{mode.fbp_pg_mask if mode.fbp_pg_mask is not None else 0}\n")
+
+
+def build_tree(root: Path, kind: str, *, current: int | None = None, conf: str | None = None,
+               status: bool = True) -> Tree:
+    """``kind`` is a key of TREES or ``profile:<module>`` (compatible and family derived from the profile).
+
+    ``status=False`` leaves /var/lib/nvpmodel/status absent (a board whose nvpmodel never recorded a mode).
+    """
     if kind.startswith("profile:"):
         profile = PROFILES[kind.split(":", 1)[1]]
         family = family_of(profile)
@@ -202,10 +301,11 @@ def build_tree(root: Path, kind: str, *, current: int | None = None, conf: str |
     _write(root / "proc/device-tree/model", f"NVIDIA {profile.title} fake\0")
     _write(root / "etc/nv_tegra_release", RELEASE[major] + "\n")
     conf_name = profile.match.nvpmodel_conf[0]
-    _write(root / "etc/nvpmodel" / conf_name, conf if conf is not None else conf_text(profile))
+    _write(root / "etc/nvpmodel" / conf_name, conf if conf is not None else conf_text(profile, family))
     (root / "etc/nvpmodel.conf").symlink_to(f"/etc/nvpmodel/{conf_name}")
     mode = profile.default_mode if current is None else current
-    _write(root / "var/lib/nvpmodel/status", f"pmode:{mode:04d}\n")
+    if status:
+        _write(root / "var/lib/nvpmodel/status", f"pmode:{mode:04d} fmode:quiet\n")
     (root / "run").mkdir(parents=True, exist_ok=True)
     tree = Tree(root=root, kind=kind, profile=profile, family=family)
     driver, devices = RAILS[family]
@@ -231,6 +331,9 @@ def build_tree(root: Path, kind: str, *, current: int | None = None, conf: str |
             _write(hwmon / "in7_label", "sum of shunt voltages\n")
             _write(hwmon / "in7_input", "120\n")
             _write(hwmon / "name", "ina3221\n")
+            # what NVIDIA's nvpower.sh sets at boot on t194/t234: 512 samples, 430 ms per update
+            _write(hwmon / "samples", "512\n")
+            _write(hwmon / "update_interval", "430\n")
             _link(root / f"sys/bus/i2c/drivers/ina3221/{dev}", devdir)
             _link(root / f"sys/class/hwmon/hwmon{hw_index}", hwmon)
         _link(root / f"sys/bus/i2c/devices/{dev}", devdir)
@@ -240,20 +343,32 @@ def build_tree(root: Path, kind: str, *, current: int | None = None, conf: str |
     for i, (zone, temp) in enumerate(zones):
         _write(root / f"sys/class/thermal/thermal_zone{i}/type", zone + "\n")
         _write(root / f"sys/class/thermal/thermal_zone{i}/temp", f"{temp}\n")
+    cpu_hw, gpu_hw = HW[family]
     devfreq = root / gpu_dir / "devfreq" / gpu_name
     _write(devfreq / "cur_freq", "612000000\n")
-    _write(devfreq / "max_freq", "918000000\n")
+    caps = {int(round(float(m.gpu_max_mhz) * 1e6)) for m in profile.modes.values()
+            if m.gpu_max_mhz not in (None, "uncapped")}
+    table = sorted({GPU_MIN_HZ, 306000000, gpu_hw} | {c for c in caps if c <= gpu_hw})
+    _write(devfreq / "available_frequencies", " ".join(str(f) for f in table) + "\n")
     _link(devfreq / "device", root / gpu_dir)
     _link(root / "sys/class/devfreq" / gpu_name, devfreq)
     _write(root / "sys/devices/platform/15340000.vic/devfreq/15340000.vic/cur_freq", "115200000\n")
     _link(root / "sys/class/devfreq/15340000.vic", root / "sys/devices/platform/15340000.vic/devfreq/15340000.vic")
     _write(root / load_file.replace("DEVICE", gpu_dir), "345\n")
+    _write(root / "sys/kernel/nvpmodel_emc_cap/emc_iso_cap", "0\n")
+    _write(root / "sys/devices/gpu.0/power/control", "auto\n")
     n = profile.cpus_total
-    online = profile.modes[mode].cpus_online or n
     _write(root / "sys/devices/system/cpu/present", f"0-{n - 1}\n")
-    _write(root / "sys/devices/system/cpu/online", f"0-{online - 1}\n")
-    for c in range(online):
-        _write(root / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq", "1420800\n")
+    for _, cores in clusters(profile):
+        policy = root / f"sys/devices/system/cpu/cpufreq/policy{cores[0]}"
+        _write(policy / "cpuinfo_min_freq", f"{CPU_HW_MIN_KHZ}\n")
+        _write(policy / "cpuinfo_max_freq", f"{cpu_hw}\n")
+        _write(policy / "scaling_cur_freq", "1420800\n")
+        _write(policy / "scaling_governor", "schedutil\n")
+        for c in cores:
+            _link(root / f"sys/devices/system/cpu/cpu{c}/cpufreq", policy)
+    _apply_boot_mode(root, profile, family, mode)
+    online = profile.modes[mode].cpus_online or n
     stat = ["cpu  1000 0 500 8000 100 0 0 0 0 0"] + [f"cpu{c} 100 0 50 800 10 0 0 0 0 0" for c in range(online)]
     _write(root / "proc/stat", "\n".join(stat) + "\nintr 0\n")
     _write(
@@ -271,14 +386,15 @@ def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bindir.mkdir()
     for tool in ("nvpmodel", "jetson_clocks"):
         text = (STANDINS / tool).read_text().split("\n", 1)[1]
-        (bindir / tool).write_text(f"#!{sys.executable}\n{text}")
+        (bindir / tool).write_text(f"#!{sys.executable} -IS\n{text}")  # stdlib only: start fast
         (bindir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     for knob in (
         "FAKE_NVPMODEL_IGNORE",
         "FAKE_NVPMODEL_FAIL",
         "FAKE_NVPMODEL_HANG",
-        "FAKE_NVPMODEL_NONROOT",
+        "FAKE_NVPMODEL_REBOOT",
+        "FAKE_EUID",
         "SUDO_USER",
     ):
         monkeypatch.delenv(knob, raising=False)
@@ -344,6 +460,12 @@ def daemon(sockdir: Path):
 def profiles() -> dict[str, PowerProfile]:
     """The shipped profiles (loaded once at import: a broken file fails every test loudly)."""
     return PROFILES
+
+
+@pytest.fixture
+def build_tree_fn():
+    """``build_tree(root, kind, **kw)`` for tests that need several trees."""
+    return build_tree
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_
     tree = jetson("xavier-nx")  # default 5 MODE_10W_DESKTOP (batch 2); "max" = 8 MODE_20W_6CORE (batch 8)
     sock = sockdir / "control.sock"
     d = daemon_factory(power={"sysroot": str(tree.root), "control_socket": str(sock)},
-                       telemetry={"interval_s": 1}).start()
+                       telemetry={"interval_s": 1, "energy_max_wait_s": 5}).start()  # CI may sample late
     collector.wait_for(lambda c: any(s["state"] == "online" for s in c.of("status")))
     birth = [s for s in collector.of("status") if s["state"] == "online"][-1]
     assert birth["power_mode"]["id"] == 5 and birth["models"][0]["max_batch_size"] == 2
@@ -48,9 +48,12 @@ def test_mode_switch_retunes_batching_and_is_published(jetson, standins, daemon_
     # its batch's inference window, and the next telemetry message the mean per image
     (result,) = collector.results()
     assert result["timings_ms"]["energy_mj"] > 0
+    assert result["energy"] == {"kind": "module-input", "rails": ["VDD_IN"], "source": "ina3221-hwmon",
+                                "concurrent_batches": 1}
     collector.wait_for(lambda c: any(t["inference"]["images"] >= 1 for t in c.of("telemetry")), timeout=20)
     sample = next(t for t in collector.of("telemetry") if t["inference"]["images"] >= 1)
     assert sample["inference"]["energy_mj_per_image"] == pytest.approx(result["timings_ms"]["energy_mj"], rel=0.01)
+    assert sample["inference"]["energy_scope"] == {"kind": "module-input", "rails": ["VDD_IN"], "source": "ina3221-hwmon"}
 
     clocks = edgectl("power", "clocks", "on", "--socket", str(sock), "--root", str(tree.root))
     assert clocks.returncode == 0, clocks.stdout + clocks.stderr

@@ -19,8 +19,11 @@ EXPECTED_FILES = {
     "jetson-nano-p3448",
     "jetson-agx-xavier-p2888",
     "jetson-xavier-nx-p3668",
-    "jetson-agx-orin-64gb-p3701-0000",
+    "jetson-agx-orin-devkit-32gb-p3701-0000",
+    "jetson-agx-orin-64gb-p3701-0005",
     "jetson-agx-orin-32gb-p3701-0004",
+    "jetson-agx-orin-industrial-p3701-0008",
+    "jetson-agx-xavier-industrial-p2888-0008",
     "jetson-orin-nx-16gb-p3767-0000",
     "jetson-orin-nx-16gb-p3767-0000-super",
     "jetson-orin-nx-8gb-p3767-0001",
@@ -45,9 +48,12 @@ def test_every_module_has_a_valid_profile_with_aliases(profiles):
         ("jetson-agx-xavier-p2888", 7, "MODE_15W_DESKTOP", 4, 2188.8, 670, 0),
         ("jetson-agx-xavier-p2888", 1, "MODE_10W", 2, 1200, 520, 5),
         ("jetson-xavier-nx-p3668", 5, "MODE_10W_DESKTOP", 4, 1907.2, 510, 1),
-        ("jetson-agx-orin-64gb-p3701-0000", 2, "MODE_30W", 8, 1728, 612, 240),
+        ("jetson-agx-orin-devkit-32gb-p3701-0000", 2, "MODE_30W", 8, 1728, 612, 240),
+        ("jetson-agx-orin-64gb-p3701-0005", 1, "MODE_15W", 4, 1113.6, 408, 248),
         ("jetson-agx-orin-32gb-p3701-0004", 3, "MODE_40W", 8, 1497.6, 816, 128),
-        ("jetson-orin-nx-16gb-p3767-0000-super", 4, "40W", 8, 1497.6, 1173, None),
+        ("jetson-orin-nx-16gb-p3767-0000-super", 4, "40W", 8, 1497.6, 1173, 240),
+        ("jetson-orin-nx-8gb-p3767-0001-super", 4, "40W", 6, 1984, 1173, 240),
+        ("jetson-orin-nano-8gb-p3767-0003", 1, "7W", 4, 960, 408, 252),
         ("jetson-orin-nano-4gb-p3767-0004", 1, "7W_AI", 4, 806.4, 408, 252),
     ],
 )
@@ -62,14 +68,54 @@ def test_profile_facts_match_the_reference(module, mode_id, name, cpus, cpu, gpu
     )
 
 
-def test_defaults_and_reboot_rule_from_masks(profiles):
+def test_defaults_and_reboot_prediction_from_profile_facts(profiles):
     assert profiles["jetson-xavier-nx-p3668"].default_mode == 5
     assert profiles["jetson-orin-nx-16gb-p3767-0000-super"].default_mode == 4
     xavier = profiles["jetson-agx-xavier-p2888"]
-    assert xavier.needs_reboot(0, 1) is True and xavier.needs_reboot(2, 3) is False
-    assert profiles["jetson-nano-p3448"].needs_reboot(0, 1) is None  # the facts state no mask
+    assert xavier.reboot(0, 1).needed is True and xavier.reboot(2, 3).needed is None  # FBP masks not stated
+    assert profiles["jetson-nano-p3448"].reboot(0, 1).needed is None  # the facts state no mask
+    orin = profiles["jetson-orin-nano-4gb-p3767-0004"]
+    assert orin.reboot(0, 1).needed is True and orin.reboot(1, 2).needed is None  # Orin: CPU count / unknown
     assert xavier.is_unverified("default_mode") and xavier.is_unverified("modes.4.tpc_pg_mask")
-    assert profiles["jetson-orin-nx-8gb-p3767-0001-super"].is_unverified("modes.3.name")
+    assert profiles["jetson-agx-orin-industrial-p3701-0008"].is_unverified("modes.2.name")
+
+
+def test_p3701_0000_is_the_32gb_developer_kit_module(profiles):
+    devkit = profiles["jetson-agx-orin-devkit-32gb-p3701-0000"]
+    assert "32GB" in devkit.title and "64" not in devkit.title and devkit.cpus_total == 12
+    assert not any("64gb" in m and "p3701-0000" in m for m in profiles)
+    assert profiles["jetson-agx-orin-64gb-p3701-0005"].match.compatible == ("p3701-0005",)
+
+
+@pytest.mark.parametrize(
+    "parts, conf, module",
+    [
+        (("p3737-0000", "p3701-0000"), "nvpmodel_p3701_0000.conf", "jetson-agx-orin-devkit-32gb-p3701-0000"),
+        (("p3737-0000", "p3701-0005"), "nvpmodel_p3701_0000.conf", "jetson-agx-orin-64gb-p3701-0005"),
+        (("p3737-0000", "p3701-0008"), "nvpmodel_p3701_0008.conf", "jetson-agx-orin-industrial-p3701-0008"),
+        (("p2822-0000", "p2888-0008"), "nvpmodel_t194_agxi.conf", "jetson-agx-xavier-industrial-p2888-0008"),
+        (("p2822-0000", "p2888-0008"), None, "jetson-agx-xavier-industrial-p2888-0008"),  # most specific part wins
+        (("p2822-0000", "p2888-0004"), None, "jetson-agx-xavier-p2888"),
+    ],
+)
+def test_modules_are_told_apart(profiles, parts, conf, module):
+    assert select_profile(profiles, parts, conf, None)[0].module == module
+
+
+def test_xavier_nx_20w_modes_are_optional_and_max_falls_back(profiles, make_conf):
+    """Older JetPack 4 confs list modes 0-5 only: no divergence warning, and "max" becomes mode 2."""
+    profile = profiles["jetson-xavier-nx-p3668"]
+    old = make_conf(profile).split("< POWER_MODEL ID=6")[0] + "< PM_CONFIG DEFAULT=5 >\n"
+    table = build_table(profile, parse_conf(old, "old.conf"))
+    assert table.warnings == [] and sorted(table.modes) == [0, 1, 2, 3, 4, 5]
+    assert table.resolve("max").id == 2
+    assert build_table(profile, parse_conf(make_conf(profile), "new.conf")).resolve("max").id == 8
+
+
+def test_orin_nano_7w_modes_keep_four_cpus(profiles):
+    for module in ("jetson-orin-nano-8gb-p3767-0003", "jetson-orin-nano-8gb-p3767-0003-super"):
+        seven = next(m for m in profiles[module].modes.values() if m.name == "7W")
+        assert seven.cpus_online == 4
 
 
 def _copy_profile(tmp_path: Path, module: str, edit) -> Path:
@@ -194,11 +240,11 @@ def test_generated_conf_agrees_with_its_profile(module, profiles, make_conf):
     table = build_table(profile, parse_conf(make_conf(profile), "gen.conf"))
     assert table.warnings == []
     assert sorted(table.modes) == sorted(profile.modes) and table.default_mode == profile.default_mode
-    assert {table.resolve(a).id for a in ("max", "balanced", "eco")} == {profile.aliases[a] for a in profile.aliases}
+    assert {table.resolve(a).id for a in ("max", "balanced", "eco")} == {profile.alias_targets(a)[0] for a in profile.aliases}
 
 
 def test_live_conf_wins_and_divergences_are_warned(profiles, make_conf):
-    profile = profiles["jetson-agx-orin-64gb-p3701-0000"]
+    profile = profiles["jetson-agx-orin-devkit-32gb-p3701-0000"]
     text = make_conf(profile).replace("GPU MAX_FREQ 612000000", "GPU MAX_FREQ 624750000")
     text = text.replace("NAME=MODE_15W", "NAME=MODE_15W_NEW").replace(
         "< PM_CONFIG DEFAULT=2 >", "< PM_CONFIG DEFAULT=3 >"
@@ -221,11 +267,17 @@ def test_live_conf_wins_and_divergences_are_warned(profiles, make_conf):
 
 
 def test_reboot_rule_uses_live_masks_and_missing_modes_are_not_offered(profiles, make_conf):
+    profile = profiles["jetson-xavier-nx-p3668"]
+    text = make_conf(profile).replace("ID=1 NAME=MODE_15W_4CORE >\n", "ID=1 NAME=MODE_15W_4CORE >\nFBP_POWER_GATING FBP_PG_MASK 1\n")
+    table = build_table(profile, parse_conf(text, "live.conf"), "t194")
+    assert table.reboot(0, 1).needed is True and "FBP_PG_MASK none -> 1" in table.reboot(0, 1).why
+    assert table.reboot(0, 2).needed is False  # live conf: no FBP line on either side means no gating
     profile = profiles["jetson-orin-nx-16gb-p3767-0000"]
     text = make_conf(profile).replace("TPC_PG_MASK 252", "TPC_PG_MASK 240")
     text = text.split("< POWER_MODEL ID=3")[0] + "< PM_CONFIG DEFAULT=2 >\n"
-    table = build_table(profile, parse_conf(text, "live.conf"))
-    assert table.needs_reboot(0, 1) is False  # the conf says 240 everywhere now
+    table = build_table(profile, parse_conf(text, "live.conf"), "t234")
+    assert table.reboot(0, 1).needed is True  # the masks agree now, but Orin: 8 -> 4 CPUs
+    assert table.reboot(1, 2).needed is None  # same masks and CPUs: nvpmodel decides
     assert 3 not in table.modes and any(
         "mode 3 25W is in the profile but not in the live conf" in w for w in table.warnings
     )
@@ -273,7 +325,7 @@ def test_budget_from_name_and_effective_batching(profiles):
     eco = profiles["jetson-orin-nano-4gb-p3767-0004"].modes[1].batching
     tuned = effective_batching(model, eco)
     assert (tuned.max_batch_size, tuned.max_queue_delay_ms, tuned.max_queue_size) == (2, 50, 64)
-    big = profiles["jetson-agx-orin-64gb-p3701-0000"].modes[0].batching
+    big = profiles["jetson-agx-orin-devkit-32gb-p3701-0000"].modes[0].batching
     assert effective_batching(model, big).max_batch_size == 8  # the mode never raises the model's own limit
 
 

@@ -21,10 +21,10 @@ from edged.power.telemetry import TelemetrySampler
 CASES = {
     "nano": ("t210", "32.7.4", "4.6.x", "ina3221-iio", "POM_5V_IN"),
     "agx-xavier": ("t194", "32.7.4", "4.6.x", "ina3221-iio", None),
-    "xavier-nx": ("t194", "35.4.1", "5.x", "ina3221-hwmon", "VDD_IN"),
-    "agx-orin": ("t234", "35.4.1", "5.x", "ina3221-hwmon", None),
-    "orin-nx": ("t234", "36.4.3", "6.x", "ina3221-hwmon", "VDD_IN"),
-    "orin-nano": ("t234", "36.4.3", "6.x", "ina3221-hwmon", "VDD_IN"),
+    "xavier-nx": ("t194", "35.4.1", "5.1.x", "ina3221-hwmon", "VDD_IN"),
+    "agx-orin": ("t234", "35.4.1", "5.1.x", "ina3221-hwmon", None),
+    "orin-nx": ("t234", "36.4.3", "6.1/6.2", "ina3221-hwmon", "VDD_IN"),
+    "orin-nano": ("t234", "36.4.3", "6.1/6.2", "ina3221-hwmon", "VDD_IN"),
 }
 
 
@@ -52,13 +52,42 @@ def test_generic_linux_and_release_parsing(tmp_path):
     assert parse_tegra_release("garbage") == (None, {})
 
 
+@pytest.mark.parametrize(
+    "line, l4t, jetpack, python, tensorrt",
+    [
+        ("# R32 (release), REVISION: 6.1, GCID: 1", "32.6.1", "4.6", "3.6", "8.0"),
+        ("# R32 (release), REVISION: 7.1, GCID: 1", "32.7.1", "4.6.x", "3.6", "8.2"),
+        ("# R34 (release), REVISION: 1.1, GCID: 1, BOARD: t186ref", "34.1.1", "5.0 DP", "3.8", "8.4"),
+        ("# R35 (release), REVISION: 1.0, GCID: 1", "35.1.0", "5.0.2", "3.8", "8.4"),
+        ("# R35 (release), REVISION: 6.0, GCID: 1", "35.6.0", "5.1.x", "3.8", "8.5"),
+        ("# R36 (release), REVISION: 2.0, GCID: 1", "36.2.0", "6.0 DP", "3.10", "8.6"),
+        ("# R36 (release), REVISION: 3.0, GCID: 1", "36.3.0", "6.0", "3.10", "8.6"),
+        ("# R38 (release), REVISION: 2.1, GCID: 1, BOARD: generic", "38.2.1", "7.0", "3.12", "10.x"),
+        ("# R38 (release), REVISION: 4.0, GCID: 1", "38.4.0", "7.1", "3.12", "10.x"),
+        ("# R39 (release), REVISION: 2.0, GCID: 1", "39.2.0", "7.2", "3.12", "10.x"),
+    ],
+)
+def test_l4t_releases_r32_to_r39(line, l4t, jetpack, python, tensorrt):
+    got, stack = parse_tegra_release(line)
+    assert (got, stack["jetpack"], stack["python"], stack["tensorrt"]) == (l4t, jetpack, python, tensorrt)
+
+
+def test_unknown_release_and_new_socs(tmp_path):
+    assert parse_tegra_release("# R40 (release), REVISION: 1.0") == ("40.1.0", {})
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/compatible").write_text("nvidia,p3971-0089+p3834-0008\0nvidia,tegra264\0")
+    p = detect_platform(tmp_path)
+    assert p.is_jetson and p.soc == "t264" and p.parts == ("p3971-0089", "p3834-0008")
+
+
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_telemetry_on_each_fake_tree(jetson, kind):
     tree = jetson(kind)
     _, _, _, source, total_rail = CASES[kind]
     sample = TelemetrySampler(tree.root, mode_provider=lambda: {"id": 2, "name": "X"}).sample()
     power = sample["power"]
-    assert power["source"] == source and power["scope"] == "board"
+    assert power["source"] == source and power["scope"] == ("module-input" if total_rail else "rail-sum")
+    assert power["refresh_ms"] == (430.0 if source == "ina3221-hwmon" else None)
     assert set(power["rails"]) == set(tree.rails)  # NC channels and "sum of shunt voltages" are not rails
     for label, rail in power["rails"].items():
         assert rail["mw"] == pytest.approx(tree.rail_mw(label), abs=1.0)  # iio files hold integer mW
@@ -70,6 +99,8 @@ def test_telemetry_on_each_fake_tree(jetson, kind):
         assert power["total_mw"] == pytest.approx(sum(tree.rail_mw(r) for r in tree.rails), abs=len(tree.rails))
     assert sample["gpu"]["load_pct"] == 34.5 and sample["gpu"]["freq_mhz"] == 612.0
     assert -40 < min(sample["thermal_c"].values()) and "Tboard_tegra" not in sample["thermal_c"]
+    assert "PMIC-Die" not in sample["thermal_c"] and "iwlwifi_1" not in sample["thermal_c"]  # fixed 100 °C, reads 0
+    assert 0 not in sample["thermal_c"].values()
     online = tree.profile.modes[tree.profile.default_mode].cpus_online or tree.profile.cpus_total
     assert sample["cpu"]["online"] == online and sample["cpu"]["total"] == tree.profile.cpus_total
     assert sample["cpu"]["cores"][0]["freq_mhz"] == 1420.8
@@ -220,3 +251,14 @@ def test_prometheus_endpoint_on_loopback(jetson):
         server.stop()
     unavailable = render({"unavailable": {"power": 'no "rails"'}})
     assert 'edged_telemetry_unavailable{reason="no \\"rails\\"",section="power"} 1.0' in unavailable
+
+def test_the_jetpack_tables_of_power_and_tensorrt_agree():
+    """Two views of one fact (what each L4T release ships) must never drift apart."""
+    from edged.backends.tensorrt.platforms import RELEASES
+    from edged.power.platform import stack_for
+
+    for r in RELEASES:
+        major, minor = (int(x) for x in r.l4t.split(".")[:2])
+        stack = stack_for(major, minor)
+        assert r.tensorrt.startswith(stack["tensorrt"] + "."), (r, stack)
+        assert r.python == stack["python"], (r, stack)

@@ -13,17 +13,26 @@ Bad input gets the status PS3.4 prescribes plus an event:
 =========  ==========================================================
 
 A header that makes pydicom raise anything at all is "cannot understand" (0xC000), never "out of
-resources": 0xA7xx invites the sender to retry the same bytes forever. An image in a transfer
-syntax this device cannot decode is acknowledged like any other (``dicom.accept_undecodable``: a
-router's study must not fail on one image) and reported as ``no_decoder``. Storage commitment
-(:mod:`~edged.sources.dicom.commitment`) and the idle-association rule (:mod:`~edged.sources.dicom.idle`)
-are registered here and live in their own modules.
+resources": 0xA7xx invites the sender to retry the same bytes forever.
+
+Who may connect, how many at once, how large and how slow their PDUs may be, TLS, and where a
+streamed dataset may grow are the transport's business (:mod:`edged.sources.dicom.transport`,
+:mod:`~edged.sources.dicom.receive`): by the time a handler here runs, the peer's host is
+allowed and the dataset is on disk within the spool's quota — or
+:func:`~edged.sources.dicom.incoming.stream_failure` says why it is not (0xA700, ``spool_full``).
+
+An image in a transfer syntax this device cannot decode is acknowledged like any other
+(``dicom.accept_undecodable``: a router's study must not fail on one image) and reported as
+``no_decoder``. Storage commitment (:mod:`~edged.sources.dicom.commitment`) and the
+idle-association rule (:mod:`~edged.sources.dicom.idle`) are registered here and live in their
+own modules.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -40,9 +49,13 @@ from edged.config.schema import DicomConfig
 from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom import idle, vocab
+from edged.sources.dicom import idle, tls, transport, vocab
 from edged.sources.dicom.accept import sop_class_name, value
 from edged.sources.dicom.commitment import StorageCommitment
+from edged.sources.dicom.incoming import stream_failure
+from edged.sources.dicom.inflate import TooLarge, check_inflated_size
+from edged.sources.dicom.limits import TransportLimits
+from edged.sources.dicom.refusals import Refusals
 from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool, SpoolFull
 
@@ -83,6 +96,11 @@ def offered_syntaxes(accept_undecodable: bool) -> list[str]:
 # is normal and not reported.
 SERVED_CLASSES = frozenset({str(Verification)} | {str(cx.abstract_syntax) for cx in StoragePresentationContexts})
 
+_REJECTS = {
+    (0x01, 0x07): ("called_ae_not_recognized", "association addressed to another AE title (dicom.require_called_ae)"),
+    (0x03, 0x02): ("too_many_associations", "A-ASSOCIATE-RJ local limit exceeded"),
+}
+
 
 class Rejected(Exception):
     def __init__(self, status: int, reason: str):
@@ -112,12 +130,20 @@ class StorageSCP:
         self.cfg, self.spool, self.outbox, self.pseudo = cfg, spool, outbox, pseudo
         self.source, self.events = source, events
         self.observer: Observer = observer or _Uncounted()
-        self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self._server = None
+        self.refusals = Refusals(events.emit, count=lambda reason: self.observer.association("rejected", reason))
         self.port: int | None = None
         self.commitment = StorageCommitment(cfg.storage_commitment, cfg.ae_title, outbox, spool, pseudo,
                                             timeout_s=cfg.dimse_timeout_s)
         self._decodable: frozenset[str] = frozenset()
+
+    def limits(self) -> TransportLimits:
+        c = self.cfg
+        return TransportLimits(
+            max_associations=c.max_associations, max_per_host=c.max_associations_per_host, max_pdu=c.max_pdu_size,
+            max_associate_rq=c.max_associate_rq_bytes, min_bytes_per_s=c.min_transfer_bytes_per_s,
+            window_s=c.transfer_window_s,
+            allowed=tuple(ipaddress.ip_network(h, strict=False) for h in c.allowed_hosts))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -126,8 +152,11 @@ class StorageSCP:
         # pynetdicom writes it with tempfile, so the daemon points tempfile at the spool's
         # filesystem (Daemon.start). This setting is process-wide; the daemon owns the process.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        transport.check_pynetdicom()
         ae = AE(ae_title=self.cfg.ae_title)
-        ae.maximum_associations = self.cfg.max_associations
+        # The transport's slots enforce max_associations at connect; pynetdicom's own count (threads
+        # alive at A-ASSOCIATE-RQ time) also sees threads that released their slot and are exiting.
+        ae.maximum_associations = self.cfg.max_associations + 2
         ae.maximum_pdu_size = self.cfg.max_pdu_size
         ae.acse_timeout = self.cfg.acse_timeout_s
         ae.dimse_timeout = self.cfg.dimse_timeout_s
@@ -153,9 +182,15 @@ class StorageSCP:
         if self.cfg.storage_commitment.enabled:
             self.commitment.add_contexts(ae)
             handlers.append((evt.EVT_N_ACTION, self.commitment.handle_n_action))
-        self._server = ae.start_server((self.cfg.bind, self.cfg.port), block=False, evt_handlers=handlers)
+        t = self.cfg.tls
+        guard = transport.Guard(
+            self.limits(), self.refusals.start(), self.spool, send_timeout_s=self.cfg.network_timeout_s,
+            tls=tls.server_context(t.cert_file, t.key_file, t.ca_file, t.require_client_cert) if t else None,
+            handshake_timeout_s=t.handshake_timeout_s if t else 0.0)
+        self._server = transport.serve(ae, (self.cfg.bind, self.cfg.port), handlers, guard)
         self.port = self._server.server_address[1]
-        log.info("DICOM SCP %s listening on %s:%d", self.cfg.ae_title, self.cfg.bind, self.port)
+        log.info("DICOM SCP %s listening on %s:%d%s", self.cfg.ae_title, self.cfg.bind, self.port,
+                 " (TLS" + (", client certificates required)" if t.require_client_cert else ")") if t else "")
 
     def stop(self) -> None:
         """Stop accepting associations. Open ones are not cut: a C-STORE they still carry is
@@ -163,41 +198,36 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.refusals.stop()
 
     # -- association policy --------------------------------------------------------------
     def handle_requested(self, event: evt.Event) -> None:
+        """Calling AE allow-list (hosts were checked at connect, by the transport)."""
         assoc = event.assoc
-        host = assoc.requestor.address
         primitive = assoc.requestor.primitive
         calling = primitive.calling_ae_title.strip() if primitive else ""
         called = primitive.called_ae_title.strip() if primitive else ""
-        reason, detail = None, "association refused by the allow-list"
-        if self._networks and not any(_in(host, n) for n in self._networks):
-            reason, diag = "host_not_allowed", 0x01
-        elif self.cfg.allowed_calling_aes and calling not in self.cfg.allowed_calling_aes:
-            reason, diag = "calling_ae_not_allowed", 0x03
+        if self.cfg.allowed_calling_aes and calling not in self.cfg.allowed_calling_aes:
+            reason, diag, detail = "calling_ae_not_allowed", 0x03, "association refused by the allow-list"
         elif self.cfg.require_called_ae and called != self.cfg.ae_title:
             reason, diag = "called_ae_not_recognized", 0x07
             detail = (f"association addressed to AE title {vocab.ae_title(called)}; this node is "
                       f"{self.cfg.ae_title} (dicom.ae_title; dicom.require_called_ae: false accepts any)")
-        if reason is None:
+        else:
             return
-        calling = vocab.ae_title(calling)
-        log.warning("association from %s (AE %s) refused: %s", host, calling,
-                    detail if reason == "called_ae_not_recognized" else reason)
         assoc.acse.send_reject(0x01, 0x01, diag)
-        self.observer.association("rejected", reason)
-        self.events.emit("rejected", reason, calling_ae=calling, peer=host, detail=detail)
+        self.refusals.refuse(assoc.requestor.address, reason, detail, calling_ae=vocab.ae_title(calling))
+        _wait_sent(assoc)
 
     def handle_rejected(self, event: evt.Event) -> None:
-        """pynetdicom refused the association itself: too many at once (``max_associations``)."""
-        host = event.assoc.requestor.address
-        calling = vocab.ae_title(event.assoc.requestor.ae_title)
-        log.warning("association from %s (AE %s) refused: more than %d associations at once (dicom.max_associations)",
-                    host, calling, self.cfg.max_associations)
-        self.observer.association("rejected", "too_many_associations")
-        self.events.emit("rejected", "too_many_associations", calling_ae=calling, peer=host,
-                         detail=f"more than {self.cfg.max_associations} associations at once")
+        """pynetdicom's own A-ASSOCIATE-RJ (its association count, …): say so too."""
+        rj = event.assoc.acceptor.primitive
+        code = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        reason, detail = _REJECTS.get(code, ("association_rejected",
+                                             f"A-ASSOCIATE-RJ source {code[0]} reason {code[1]}"))
+        primitive = event.assoc.requestor.primitive
+        self.refusals.refuse(event.assoc.requestor.address, reason, detail,
+                             calling_ae=vocab.ae_title(primitive.calling_ae_title) if primitive else None)
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Report refused presentation contexts that leave a peer's store or echo unservable.
@@ -252,8 +282,13 @@ class StorageSCP:
         state, _ = self.outbox.instance(key)
         if state in ("spooled", "done", "skipped") or key in self.spool:
             return self._duplicate(key, calling, state)
+        failure = stream_failure(event)
+        if failure is not None:  # quota or disk ran out while the dataset streamed in
+            raise Rejected(OUT_OF_RESOURCES, failure)
         received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
         size = received.stat().st_size
+        if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            _check_inflated(received, self.cfg.max_inflated_mb)
         try:
             ds = _parse(received)
             _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
@@ -299,11 +334,26 @@ class StorageSCP:
         return SUCCESS
 
 
-def _in(host: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _wait_sent(assoc, timeout: float = 2.0) -> None:
+    """Let the DUL thread send the A-ASSOCIATE-RJ before returning. After a rejection in an
+    EVT_REQUESTED handler pynetdicom 3.0 shuts the socket down at once (association.py, acceptor
+    branch of ``run``), unlike its own rejections, which ``kill()`` after the DUL is done; without
+    this wait the peer sees an abort instead of the reason."""
+    deadline = time.monotonic() + timeout
+    while not assoc.dul.to_provider_queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.02)  # the primitive leaves the queue as its PDU is written
+
+
+def _check_inflated(path: Path, limit_mb: float) -> None:
+    """pydicom inflates a deflated dataset whole in memory: bound what it would inflate first."""
     try:
-        return ipaddress.ip_address(host) in net
-    except ValueError:
-        return False
+        check_inflated_size(path, int(limit_mb * 1024 * 1024))
+    except TooLarge as exc:
+        raise Rejected(OUT_OF_RESOURCES, f"too_large: {exc} (dicom.max_inflated_mb)") from None
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable: deflated dataset does not inflate ({type(exc).__name__})") \
+            from None
 
 
 def _parse(path: Path) -> Dataset:

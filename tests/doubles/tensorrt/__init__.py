@@ -358,12 +358,12 @@ def nptype(trt_type):
     """As the real one: the mapping is built on each call, reading ``np.bool`` before 8.6."""
     import numpy as np
 
-    mapping = {float32: np.float32, float16: np.float16, int8: np.int8, int32: np.int32,
+    mapping = {float32: np.float32, float16: np.float16, int8: np.int8, int32: np.int32,  # noqa: F821 (module attributes set from DataType)
                bool: np.bool if _major_minor() < (8, 6) else np.bool_}
     if _major_minor() >= (8, 5):
-        mapping[uint8] = np.uint8
+        mapping[uint8] = np.uint8  # noqa: F821
     if _major_minor() >= (10, 0):
-        mapping[int64] = np.int64
+        mapping[int64] = np.int64  # noqa: F821
     if trt_type in mapping:
         return mapping[trt_type]
     raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")

@@ -1,0 +1,241 @@
+"""The DICOM listener, bounded: who may connect, how many at once, TLS off the accept loop.
+
+pynetdicom 3.0's server accepts every connection into an association thread, reads and logs
+what even a host outside the allow-list sends, counts associations only once their
+A-ASSOCIATE-RQ has arrived, and with TLS runs each handshake in its accept loop without a
+timeout (one silent client blocks every other). Here:
+
+* the accept loop only accepts, checks the host against ``allowed_hosts`` (a refused host is
+  closed at once: nothing it sends is read, parsed or logged) and takes a connection slot
+  (:class:`~edged.sources.dicom.limits.ConnectionSlots`: in all and per host); refusals are
+  logged and become ``rejected`` events (:class:`~edged.sources.dicom.refusals.Refusals`);
+* each connection's own thread does the TLS handshake, bounded by ``handshake_timeout_s``
+  (:func:`edged.sources.dicom.tls.handshake`), then runs the association with edged's DUL,
+  DIMSE and socket (:mod:`edged.sources.dicom.receive`);
+* when the association ends, whatever way, its slot is released and the files of its
+  unfinished transfers are deleted.
+
+Where pynetdicom has a hook it is used (``AE.make_server(server_class=...)``, the request
+handler class, ``verify_request`` of :mod:`socketserver`); where it has none, a narrow subclass
+overrides one method and names the upstream code it stands for. Those overrides were checked
+against the pynetdicom versions in :data:`VERIFIED_PYNETDICOM`; :func:`check_pynetdicom` refuses
+to start with any other (the daemon and ``edged check`` call it), rather than patch code that
+may have changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from copy import deepcopy
+from socket import socket
+from typing import Any
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from edged.sources.dicom import tls as dicom_tls
+from edged.sources.dicom.limits import ConnectionSlots, Lease, ProgressMeter, TransportLimits
+from edged.sources.dicom.receive import GuardedDIMSE, GuardedDUL, GuardedSocket
+from edged.sources.dicom.refusals import Refusals
+
+log = logging.getLogger("edged.dicom")
+
+# Read in full: 3.0.4. Diffed against 3.0.0-3.0.3 for every method overridden or relied on here
+# and in receive.py (dul.py, transport.py, association.py, dimse.py, dimse_messages.py,
+# service_class.py, fsm.py): unchanged there.
+VERIFIED_PYNETDICOM = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
+
+
+class UnsupportedPynetdicom(RuntimeError):
+    pass
+
+
+def check_pynetdicom(version: str | None = None) -> None:
+    """Raise :class:`UnsupportedPynetdicom` unless the installed pynetdicom is one whose
+    internals this module and :mod:`~edged.sources.dicom.receive` were verified against."""
+    version = version or pynetdicom.__version__
+    if version not in VERIFIED_PYNETDICOM:
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {version} is installed, but edged's DICOM transport (edged/sources/dicom/transport.py, "
+            f"receive.py) overrides pynetdicom internals verified only against {', '.join(VERIFIED_PYNETDICOM)}: "
+            "install one of those (pip install 'pynetdicom==3.0.4'), or verify the overrides against this "
+            "version and add it to VERIFIED_PYNETDICOM")
+
+
+@dataclass
+class Guard:
+    """What every connection of one listener shares."""
+
+    limits: TransportLimits
+    refusals: Refusals
+    spool: Any  # edged.spool.spool.Spool: grow_incoming/drop_incoming/incoming
+    tls: ssl.SSLContext | None = None
+    handshake_timeout_s: float = 10.0
+    send_timeout_s: float = 60.0
+    slots: ConnectionSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = ConnectionSlots(self.limits.max_associations, self.limits.max_per_host)
+
+
+class GuardedAssociation(Association):
+    """An acceptor ``Association`` (pynetdicom/association.py) with edged's DUL and DIMSE
+    providers, a TLS handshake before its reactors start, and an end that always releases the
+    connection's slot and deletes unfinished transfers."""
+
+    def __init__(self, ae: Any, guard: Guard, peer: str, lease: Lease):
+        super().__init__(ae, MODE_ACCEPTOR)
+        self.guard, self.peer, self.lease = guard, peer, lease
+        self.meter = ProgressMeter(guard.limits.min_bytes_per_s, guard.limits.window_s)
+        # Association.__init__ built upstream's providers, then set the timeouts, which reach
+        # into the DUL's timers: replace both providers, then set the timeouts again.
+        self.dul = GuardedDUL(self, self.meter)
+        self.dimse = GuardedDIMSE(self, guard.spool)
+        self.acse_timeout = ae.acse_timeout
+        self.network_timeout = ae.network_timeout
+
+    def run(self) -> None:
+        try:
+            if self._start_tls():
+                super().run()
+        except Exception:
+            log.exception("association with %s failed", self.peer)
+        finally:
+            self._end()
+
+    def _start_tls(self) -> bool:
+        ctx = self.guard.tls
+        if ctx is None:
+            return True
+        sock = self.dul.socket
+        assert isinstance(sock, GuardedSocket) and sock.socket is not None
+        try:
+            tls_socket = dicom_tls.handshake(ctx, sock.socket, self.guard.handshake_timeout_s)
+        except dicom_tls.HandshakeFailed as exc:
+            quiet = exc.code == "tls_closed"
+            self.guard.refusals.refuse(self.peer, exc.code, exc.reason, event=not quiet,
+                                       level=logging.INFO if quiet else logging.WARNING)
+            sock._shutdown_socket()
+            sock.socket = None
+            return False
+        sock.adopt_tls(tls_socket)
+        log.debug("TLS with %s: %s", self.peer, dicom_tls.describe(tls_socket))
+        return True
+
+    def _end(self) -> None:
+        try:
+            n, size = self.dimse.discard_partials() if isinstance(self.dimse, GuardedDIMSE) else (0, 0)
+            if n:
+                log.info("association with %s ended: %d unfinished transfer(s) deleted (%d bytes)", self.peer, n,
+                         size)
+            sock = self.dul.socket
+            if sock is not None and sock.socket is not None:
+                sock._shutdown_socket()
+        finally:
+            self.lease.release()
+
+
+class GuardedRequestHandler(RequestHandler):
+    """``RequestHandler`` (pynetdicom/transport.py) that builds a :class:`GuardedAssociation`
+    on a :class:`GuardedSocket` and hands it the connection's slot."""
+
+    server: "GuardedServer"
+
+    def handle(self) -> None:
+        """Upstream ``handle``: create the association, trigger EVT_CONN_OPEN, start it; the
+        slot goes back here if the association never starts."""
+        lease = self.server.take_lease(self.request)
+        try:
+            assoc = self._guarded_association(lease)
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+        except BaseException:
+            lease.release()
+            raise
+
+    def _guarded_association(self, lease: Lease) -> GuardedAssociation:
+        """Upstream ``_create_association`` with edged's association and socket classes."""
+        guard = self.server.guard
+        assoc = GuardedAssociation(self.ae, guard, str(self.client_address[0]), lease)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        sock = GuardedSocket(assoc, self.request, assoc.meter, guard.send_timeout_s)
+        assoc.set_socket(sock)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
+        return assoc
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """``ThreadedAssociationServer`` whose accept loop does nothing but accept, check the host
+    and take a slot (``socketserver.BaseServer.verify_request``); TLS is the connection
+    thread's business (``ssl_context`` must stay None here)."""
+
+    request_queue_size = 64  # listen backlog: a burst of connections is refused by us, not by the kernel
+
+    def __init__(self, ae: Any, address: tuple, ae_title: str, contexts: list, ssl_context: Any = None,
+                 evt_handlers: list | None = None, *, guard: Guard):
+        if ssl_context is not None:
+            raise ValueError("GuardedServer does TLS itself: pass the context in Guard.tls")
+        self.guard = guard
+        self._leases: dict[socket, Lease] = {}
+        self._leases_lock = threading.Lock()
+        super().__init__(ae, address, ae_title, contexts, None, evt_handlers, request_handler=GuardedRequestHandler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        if not self.guard.limits.host_allowed(host):
+            self.guard.refusals.refuse(host, "host_not_allowed",
+                                       "not in dicom.allowed_hosts: closed at connect, nothing read")
+            return False
+        why = self.guard.slots.take(host)
+        if why is not None:
+            self.guard.refusals.refuse(host, "too_many_associations", f"closed at connect: {why}")
+            return False
+        with self._leases_lock:
+            self._leases[request] = Lease(self.guard.slots, host)
+        return True
+
+    def take_lease(self, request: socket) -> Lease:
+        with self._leases_lock:
+            return self._leases.pop(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed before its association started: its slot goes back, and
+        the reason goes to the log (socketserver would print a traceback on stderr)."""
+        with self._leases_lock:
+            lease = self._leases.pop(request, None)
+        if lease is not None:
+            lease.release()
+        log.exception("connection from %s failed before its association started", client_address[0])
+
+
+def serve(ae: Any, address: tuple[str, int], handlers: list, guard: Guard) -> GuardedServer:
+    """What ``AE.start_server(block=False)`` (pynetdicom/ae.py) does, with :class:`GuardedServer`:
+    ``make_server``, ``serve_forever`` in a daemon thread, the server registered in
+    ``ae._servers`` (``AssociationServer.shutdown`` removes it from there)."""
+    check_pynetdicom()
+    server = ae.make_server(address, evt_handlers=handlers, server_class=GuardedServer, guard=guard)
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}",
+                              daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
