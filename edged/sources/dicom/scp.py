@@ -21,11 +21,8 @@ streamed dataset may grow are the transport's business (:mod:`edged.sources.dico
 allowed and the dataset is on disk within the spool's quota — or
 :func:`~edged.sources.dicom.incoming.stream_failure` says why it is not (0xA700, ``spool_full``).
 
-An image in a transfer syntax this device cannot decode is acknowledged like any other
-(``dicom.accept_undecodable``: a router's study must not fail on one image) and reported as
-``no_decoder``. Storage commitment (:mod:`~edged.sources.dicom.commitment`) and the
-idle-association rule (:mod:`~edged.sources.dicom.idle`) are registered here and live in their
-own modules.
+An image in a syntax this device cannot decode is acknowledged (``dicom.accept_undecodable``) and
+reported ``no_decoder``. Storage commitment and the idle rule: :mod:`.commitment`, :mod:`.idle`.
 """
 
 from __future__ import annotations
