@@ -6,12 +6,23 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc orthanc-gdcm systemd python3-venv openssl
+# Cameras: GStreamer for the capture helper on the system Python (python3-gi), H.264 encode/decode
+# and an RTSP server library the tests use as an IP camera.
+GST_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
+	gstreamer1.0-libav gstreamer1.0-rtsp
+GST_PROBE := import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstRtspServer", "1.0"); \
+	from gi.repository import Gst; Gst.init(None); \
+	assert all(Gst.ElementFactory.find(e) for e in ("x264enc", "avdec_h264", "rtspsrc", "imagefreeze", "videorate"))
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps models bench clean
+.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean
 
 demo: setup models
 	$(BIN)/edged demo
+
+demo-camera: setup models
+	$(BIN)/edged demo --camera
 
 test: setup models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -19,6 +30,16 @@ test: setup models
 bench: setup models
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python tools/bench.py
+
+# Cameras: N = 1, 2, 4, 8 RTSP cameras at 2 and 5 fps with both detectors (~15 min), then the
+# 10-minute RSS soak on its own target (docs/performance.md).
+bench-cameras: setup models
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python tools/bench_cameras.py
+
+soak-cameras: setup models
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python tools/bench_cameras.py --soak 600
 
 setup: system-deps $(VENV)/.installed
 
@@ -34,6 +55,7 @@ system-deps:
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	/usr/bin/python3 -c '$(GST_PROBE)' >/dev/null 2>&1 || missing="$$missing $(GST_PKGS)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="loopback demo: broker, daemon, one chest radiograph over C-STORE")
     p.add_argument("--broker", metavar="HOST:PORT", help="use this broker instead of starting mosquitto")
     p.add_argument("--file", type=Path, help="DICOM file to send (default: pydicom-data's RG1_UNCR.dcm)")
+    p.add_argument("--camera", action="store_true", help="camera demo instead: an RTSP server it starts (or a test "
+                   "pattern) and a still picture, CenterFace, detections printed as they arrive over MQTT")
+    p.add_argument("--seconds", type=float, default=20.0, help="--camera: how long to show detections")
     p.set_defaults(func=cmd_demo)
 
     from edged.outbox.export import add_parsers as add_export_parsers
@@ -67,7 +70,7 @@ def engines_context(args: argparse.Namespace):
         for e in cfg.models if e.backend != "onnxruntime"
     )
     return EnginesContext(trt, args.cache_dir or cfg.cache_dir, preprocess_for=preprocess_file, models=models,
-                          power=cfg.power)
+                          power=cfg.power, config=cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +131,10 @@ def image_root(config: Path | None) -> Path | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.camera:
+        from edged.demo_camera import run_camera_demo
+
+        return run_camera_demo(broker=args.broker, seconds=args.seconds)
     from edged.demo import run_demo
 
     return run_demo(broker=args.broker, dicom_file=args.file)

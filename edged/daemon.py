@@ -45,6 +45,7 @@ from edged.power.runtime import PowerRuntime
 from edged.preprocess.pool import DecodePool
 from edged.privacy import Pseudonymizer, load_or_create_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
+from edged.sources.camera.source import CameraSource
 from edged.sources.dicom.scp import StorageSCP
 from edged.sources.dicom.source import DicomSource
 from edged.sources.dicom.transport import check_pynetdicom
@@ -64,7 +65,10 @@ class Daemon:
     def __init__(self, cfg: Config, notifier: Notifier | None = None):
         self.cfg = cfg
         self.topics = messages.Topics(cfg.mqtt.topic_prefix, cfg.node_id)
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, ServedModel] = {}  # DICOM instances
+        self.camera_models: dict[str, ServedModel] = {}  # camera instances (own backends and batchers)
+        self.camera_pipeline: Pipeline | None = None
+        self.cameras: CameraSource | None = None
         self.base_batching: dict[str, BatchingSpec] = {}  # before power-mode adjustment
         self.unavailable: dict[str, str] = {}  # model -> why it is not served
         self.publisher: Publisher | None = None
@@ -110,9 +114,9 @@ class Daemon:
         self.power = PowerRuntime(cfg.power, cfg.telemetry)
         self._start_metrics()  # live (and not ready) while models load, as Triton's endpoints are
         loader = ModelLoader(cfg, self.power, self.notifier, self.events)
-        self.models, self.unavailable = loader.load_all()
+        self.models, self.camera_models, self.unavailable = loader.load_all()
         self.base_batching = loader.base_batching
-        if not self.models:
+        if not self.models and not self.camera_models:
             raise NoModelServed("no model could be loaded: " +
                                 "; ".join(f"{n}: {why}" for n, why in self.unavailable.items()))
         if cfg.mqtt.enabled:
@@ -144,6 +148,7 @@ class Daemon:
         self.writer.start()
         self.pipeline.start()
         self.dicom.start()
+        self._start_cameras()
         self._start_control()
         if cfg.dicom.enabled:
             self.scp = StorageSCP(cfg.dicom, self.spool, self.outbox, self.pseudo, self.dicom, self.events,
@@ -154,6 +159,24 @@ class Daemon:
         self._started = True
         self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
+
+    def _start_cameras(self) -> None:
+        """Cameras get their own pipeline (preprocess workers, the camera instances' batchers):
+        nothing they do can queue ahead of, or slow down, an acknowledged DICOM image."""
+        if not self.cfg.cameras:
+            return
+        self.camera_pipeline = Pipeline(self.camera_models, workers=self.cfg.capture.preprocess_workers,
+                                        backend_timeout_s=self.cfg.pipeline.backend_timeout_s)
+        publisher = self.publisher
+
+        def publish(topic: str, data: bytes, retain: bool) -> None:
+            if publisher is not None:
+                publisher.offer(topic, data, retain=retain, qos=1 if retain else 0)
+
+        self.cameras = CameraSource(self.cfg, self.camera_models, self.camera_pipeline.submit, self.events,
+                                    self.topics, publish)
+        self.camera_pipeline.start()
+        self.cameras.start()
 
     def _start_metrics(self) -> None:
         self.metrics.add(PowerCollector(lambda: self.power.last_sample if self.power else None))
@@ -191,7 +214,9 @@ class Daemon:
             "sr_outbox": self.sr_sender.outbox.counts() if self.sr_sender else None,
             "dicom_ae": self.cfg.dicom.ae_title,
             "mqtt_broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}" if self.cfg.mqtt.enabled else None,
-            "batchers": {n: {"queue": m.batcher.depth(), **m.batcher.stats} for n, m in self.models.items()},
+            "batchers": {m.batcher.name: {"queue": m.batcher.depth(), **m.batcher.stats}
+                         for m in [*self.models.values(), *self.camera_models.values()]},
+            "cameras": self.cameras.stats() if self.cameras else {},
         })
         return payload
 
@@ -203,11 +228,11 @@ class Daemon:
         """Apply the current power mode's batching to every model and re-warm the backends."""
         assert self.power is not None
         out = {}
-        for name, m in self.models.items():
+        for name, m in [*self.models.items(), *self.camera_models.items()]:
             spec = self.power.batching(self.base_batching[name])
             m.batcher.retune(spec.max_batch_size, spec.max_queue_delay_ms)
             m.backend.warmup(spec.max_batch_size, m.sample_shape())
-            out[name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}
+            out[m.batcher.name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}
         return out
 
     def emit_event(self, type_: str, reason: str, **fields: object) -> None:
@@ -222,7 +247,9 @@ class Daemon:
         """The watchdog's question: are the pipeline, the writer and the publisher alive and
         progressing? A full disk is not a hang: the writer retries and the status says why."""
         return (self.pipeline is not None and self.pipeline.healthy() and self.writer is not None
-                and self.writer.alive() and (self.publisher is None or self.publisher.is_alive()))
+                and self.writer.alive() and (self.publisher is None or self.publisher.is_alive())
+                and (self.camera_pipeline is None or self.camera_pipeline.healthy())
+                and (self.cameras is None or self.cameras.healthy()))
 
     def wake_publisher(self) -> None:
         if self.publisher is not None:
@@ -230,12 +257,12 @@ class Daemon:
 
     def status_payload(self, state: str) -> dict:
         models = []
-        for name, m in self.models.items():
+        for name, m in [*self.models.items(), *self.camera_models.items()]:
             models.append({
                 "name": name, "version": m.manifest.version, "sha256": m.manifest.onnx.sha256,
                 "backend": m.info.backend, "precision": m.info.precision, "device": m.info.device,
                 "clinical": m.manifest.clinical, "backend_reason": m.reason,
-                "max_batch_size": m.batcher.max_batch_size,
+                "max_batch_size": m.batcher.max_batch_size, "source": m.source,
             })
         mode = self.power.mode if self.power else None
         unavailable = [{"name": n, "reason": messages.bounded(why)} for n, why in self.unavailable.items()]
@@ -273,6 +300,10 @@ class Daemon:
             self.control.stop()
         if self.dicom is not None:
             self.dicom.stop()
+        if self.cameras is not None:
+            self.cameras.stop()  # helpers end, availability "offline" is offered before the publisher stops
+        if self.camera_pipeline is not None:
+            self.camera_pipeline.stop(timeout=3.0)
         if self.pipeline is not None:
             self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
         if self.writer is not None:
@@ -285,7 +316,7 @@ class Daemon:
             self.power.stop()
         if self.publisher is not None:
             self.publisher.stop(flush_timeout=max(1.0, deadline - time.monotonic() - 2))
-        for m in self.models.values():
+        for m in [*self.models.values(), *self.camera_models.values()]:
             m.backend.close()
         if self.http is not None:
             self.http.stop()

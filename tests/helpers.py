@@ -37,6 +37,8 @@ class Collector:
     def __init__(self, port: int, topic: str = "edged/#", persistent: bool = False):
         self.messages: list[tuple[str, dict, bool]] = []
         self.invalid: list[tuple[str, str]] = []
+        self.sizes: list[tuple[str, int]] = []  # (topic, bytes) of every message
+        self.received: list[tuple[float, str]] = []  # (monotonic arrival, topic) of every message
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{os.getpid()}-{port}",
                                   protocol=mqtt.MQTTv5)
@@ -54,6 +56,16 @@ class Collector:
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
+        self.sizes.append((msg.topic, len(msg.payload)))
+        self.received.append((time.monotonic(), msg.topic))
+        if msg.topic.endswith("/availability"):  # plain text, as availability topics are by convention
+            payload = msg.payload.decode("utf-8", "replace")
+            if payload not in ("online", "offline"):
+                self.invalid.append((msg.topic, f"availability {payload[:40]!r}"))
+            with self._cond:
+                self.messages.append((msg.topic, payload, bool(msg.retain)))
+                self._cond.notify_all()
+            return
         payload = json.loads(msg.payload)
         try:
             validate_message(msg.topic, payload)
@@ -76,6 +88,11 @@ class Collector:
                     topics = [t for t, _, _ in self.messages]
                     raise AssertionError(f"timed out; got {len(topics)} messages: {topics[-20:]}")
                 self._cond.wait(min(left, 0.5))
+
+    def timed(self, topic_part: str) -> list[tuple[float, object]]:
+        """(arrival time, payload) of every message whose topic contains ``topic_part``."""
+        with self._cond:
+            return [(t, p) for (t, _), (topic, p, _) in zip(self.received, self.messages) if topic_part in topic]
 
     def results(self) -> list[dict]:
         return self.of("results/")
@@ -166,8 +183,16 @@ def schema_validator(name: str):
     return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()), registry=registry)
 
 
+def message_kind(topic: str) -> str:
+    if "/results/" in topic:
+        return "result"
+    if "/cameras/" in topic:
+        return "detections" if "/detections/" in topic else "camera_" + topic.rsplit("/", 1)[-1]
+    return topic.rsplit("/", 1)[-1].rstrip("s")
+
+
 def validate_message(topic: str, payload: dict) -> None:
-    kind = "result" if "/results/" in topic else topic.rsplit("/", 1)[-1].rstrip("s")
+    kind = message_kind(topic)
     if (SCHEMAS / f"{kind}.schema.json").exists():
         schema_validator(kind).validate(payload)
 

@@ -35,7 +35,10 @@ def test_documented_payloads_match_the_schemas(kind, payload):
 
 
 def test_every_kind_of_message_is_documented():
-    assert {kind for kind, _ in examples()} == {"result", "event", "status", "telemetry"}
+    assert {kind for kind, _ in examples()} == {"result", "event", "status", "telemetry", "detections",
+                                                "camera_state"}
+    events = {(p["type"], p["reason"]) for kind, p in examples() if kind == "event"}
+    assert {("camera", "stalled"), ("camera", "reconnected"), ("object", "new")} <= events
 
 
 def test_schema_bundles_are_current_and_work_with_plain_jsonschema():

@@ -149,3 +149,35 @@ def test_publisher_survives_a_full_disk_at_start_and_delivers_once_there_is_room
     finally:
         pub.stop(flush_timeout=2)
         collector.close()
+
+
+def test_volatile_newest_wins_per_topic_and_retained_volatile_follows_reconnects(tmp_path: Path):
+    """Camera availability is retained but volatile: a change made while the broker was away must
+    reach the broker's retained copy after the reconnect; a burst on one topic sends its newest
+    payload, never at the cost of another topic's."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = LocalBroker(workdir).start()
+    pub = publisher(broker.port, Outbox(Database(tmp_path / "edged.db")))
+    cam = TOPICS.camera_availability("door")
+    pub.start()
+    try:
+        wait(lambda: pub.connected.is_set())
+        for i in range(50):  # a burst: only the newest per topic waits, and the other topic survives it
+            pub.offer(TOPICS.detections("door", "m"), {"schema": "x", "i": i})
+        pub.offer(cam, b"online", retain=True, qos=1)
+        c = Collector(broker.port, topic="edged/v1/acl-node/cameras/#")
+        wait(lambda: any(t == cam and p == "online" for t, p, _ in c.messages))
+        c.close()
+        broker.stop()
+        wait(lambda: not pub.connected.is_set())
+        pub.offer(cam, b"offline", retain=True, qos=1)  # while the broker is away
+        broker.start()
+        wait(lambda: pub.connected.is_set(), 40)
+        late = Collector(broker.port, topic="edged/v1/acl-node/cameras/#")  # a new subscriber: retained only
+        wait(lambda: [p for t, p, r in late.messages if t == cam])
+        assert [(p, r) for t, p, r in late.messages if t == cam] == [("offline", True)]
+        late.close()
+    finally:
+        pub.stop(flush_timeout=2)
+        broker.stop()

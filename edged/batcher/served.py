@@ -22,6 +22,7 @@ class ServedModel:
     batcher: DynamicBatcher
     info: BackendInfo
     reason: str = ""  # why this backend serves the model (status message, log)
+    source: str = "dicom"  # which source's instance this is ("dicom" or "camera")
     inflight: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:

@@ -92,6 +92,10 @@ class Checker:
             manifests[entry.name] = model
             if model.name != entry.name:
                 self.error(f"{path}: name: {model.name} but the config lists it as {entry.name}")
+            for cam in self.cfg.cameras:  # what `run` refuses when loading the model for cameras
+                if entry.name in cam.models and "camera" not in model.manifest.sources:
+                    self.error(f"cameras: {cam.name} names model {entry.name}, whose manifest serves "
+                               f"{', '.join(model.manifest.sources)} only (sources: in {path})")
             onnx = model.onnx_path
             if not onnx.exists():
                 self.error(f"model {model.name}: {onnx} is missing (python tools/make_models.py generates the "
@@ -169,6 +173,13 @@ class Checker:
                            f"chmod 600 {key}")
 
     def files(self) -> None:
+        for i, cam in enumerate(self.cfg.cameras):
+            for key in ("username_file", "password_file"):
+                path = getattr(cam, key)
+                if path is not None:
+                    text = self.read(f"cameras[{i}].{key}", path)
+                    if text is not None and not text.strip():
+                        self.error(f"cameras[{i}].{key}: {path} is empty")
         m = self.cfg.mqtt
         if not m.enabled:
             return

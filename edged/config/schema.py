@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, mo
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.models.manifest import BatchingSpec
 from edged.power.config import PowerConfig, TelemetryConfig
+from edged.sources.camera.config import CameraConfig, CaptureConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -271,6 +272,8 @@ class Config(Strict):
     tensorrt: TensorRTConfig = TensorRTConfig()
     power: PowerConfig = PowerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
+    capture: CaptureConfig = CaptureConfig()
 
     @model_validator(mode="after")
     def _unique_models(self) -> "Config":
@@ -281,6 +284,16 @@ class Config(Strict):
         wants_sr = [m.name for m in self.models if m.sr]
         if wants_sr and self.dicom.sr_destination is None:
             raise ValueError(f"models {', '.join(wants_sr)} have sr: true but dicom.sr_destination is not set")
+        cams = [c.name for c in self.cameras]
+        dupes = sorted({n for n in cams if cams.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera listed twice: {', '.join(dupes)}")
+        for cam in self.cameras:
+            missing = [m for m in cam.models if m not in names]
+            if missing:
+                raise ValueError(f"camera {cam.name}: model(s) {', '.join(missing)} not in models:")
+        if self.capture.snapshots.enabled and self.capture.snapshots.redact_model not in names:
+            raise ValueError(f"capture.snapshots: redact_model {self.capture.snapshots.redact_model} not in models:")
         return self
 
     @property
@@ -298,6 +311,10 @@ class Config(Strict):
     @property
     def site_key_path(self) -> Path:
         return self.state_dir / "site.key"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.capture.snapshots.dir or self.state_dir / "snapshots"
 
     def manifest_path(self, entry: ModelEntry) -> Path:
         if entry.manifest is not None:

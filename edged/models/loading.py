@@ -1,5 +1,10 @@
 """From the config's model list to served models: manifest, backend, checks, warm-up, batcher.
 
+A model serves the sources its manifest lists. One that serves DICOM gets a DICOM instance; one
+that serves cameras and is named by an enabled camera gets a camera instance. A model listed for
+both is loaded twice (two backends, two batchers): camera frames never queue ahead of an
+acknowledged image, and a camera-heavy site cannot delay DICOM results.
+
 One model failing (a missing or altered ONNX file, a manifest that does not describe its network,
 a backend that will not load) does not stop the others: it is logged, published as a ``backend``
 event ``load_failed`` and listed as unavailable; the daemon decides what to do when none is left.
@@ -20,7 +25,7 @@ from edged.batcher.served import ServedModel
 from edged.config.hints import did_you_mean
 from edged.config.schema import Config, ModelEntry
 from edged.config.yamlsrc import ConfigError
-from edged.models.manifest import BatchingSpec, ModelManifest, load_manifest
+from edged.models.manifest import BatchingSpec, LoadedModel, ModelManifest, load_manifest
 from edged.outbox.emitter import EventEmitter
 from edged.postprocess.decode import kind_of, tensors_of
 from edged.power.runtime import PowerRuntime
@@ -34,31 +39,49 @@ class ModelLoader:
         self.cfg, self.power, self.notifier, self.events = cfg, power, notifier, events
         self.base_batching: dict[str, BatchingSpec] = {}
 
-    def load_all(self) -> tuple[dict[str, ServedModel], dict[str, str]]:
-        """Served models by name, and why each other configured model is not served."""
+    def load_all(self) -> tuple[dict[str, ServedModel], dict[str, ServedModel], dict[str, str]]:
+        """DICOM and camera instances by model name, and why each other configured model (or
+        instance, ``name@camera``) is not served."""
         check_dla_budget(self.cfg)
-        served: dict[str, ServedModel] = {}
+        served: dict[str, dict[str, ServedModel]] = {"dicom": {}, "camera": {}}
         unavailable: dict[str, str] = {}
+        for_cameras = {m for cam in self.cfg.cameras if cam.enabled for m in cam.models}
         for i, entry in enumerate(self.cfg.models, 1):
             self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
+            key = entry.name
             try:
-                served[entry.name] = self.load(entry)
+                sources = self._manifest(entry).manifest.sources
+                if entry.name in for_cameras and "camera" not in sources:
+                    raise ValueError(f"a camera names model {entry.name}, whose manifest does not list "
+                                     f"camera in its sources ({', '.join(sources)})")
+                for source in sources:
+                    if source == "camera" and entry.name not in for_cameras:
+                        log.info("model %s serves cameras but no enabled camera names it: not loaded for them",
+                                 entry.name)
+                        continue
+                    key = entry.name if source == "dicom" else f"{entry.name}@camera"
+                    served[source][entry.name] = self.load(entry, source)
             except Exception as exc:
                 why = "; ".join(exc.problems) if isinstance(exc, ConfigError) else f"{exc}"
-                log.error("model %s is not served: %s", entry.name, why, exc_info=log.isEnabledFor(logging.DEBUG))
-                unavailable[entry.name] = why
-                self.events.emit("backend", "load_failed", model=entry.name, detail=why)
-        return served, unavailable
+                log.error("model %s is not served: %s", key, why, exc_info=log.isEnabledFor(logging.DEBUG))
+                unavailable[key] = why
+                self.events.emit("backend", "load_failed", model=key, detail=why)
+        return served["dicom"], served["camera"], unavailable
 
-    def load(self, entry: ModelEntry) -> ServedModel:
+    def _manifest(self, entry: ModelEntry) -> LoadedModel:
         path = self.cfg.manifest_path(entry)
         if entry.manifest is None and not path.exists():
             have = sorted(p.parent.name for p in self.cfg.model_repository.glob("*/model.yaml"))
             raise ValueError(f"no model {entry.name} in {self.cfg.model_repository}{did_you_mean(entry.name, have)}; "
                              f"the repository has: {', '.join(have) or 'no models'}")
-        model = load_manifest(path)
+        return load_manifest(path)
+
+    def load(self, entry: ModelEntry, source: str = "dicom") -> ServedModel:
+        model = self._manifest(entry)
         if model.name != entry.name:
             raise ValueError(f"models: entry {entry.name!r} points at a manifest named {model.name!r}")
+        if source not in model.manifest.sources:
+            raise ValueError(f"model {model.name} does not serve {source} (sources: {', '.join(model.manifest.sources)})")
         model.verify_onnx()
         backend, reason = make_backend(self.cfg, entry, model, on_event=self._backend_event(model.name),
                                        progress=self._build_progress(model.name))
@@ -66,11 +89,13 @@ class ModelLoader:
             check_tensors(model.name, model.manifest, backend)
             self.base_batching[model.name] = entry.batching or model.manifest.batching
             spec = self.power.batching(self.base_batching[model.name])
-            batcher = DynamicBatcher(model.name, backend, spec, windows=self.power.accounting)
-            served = ServedModel(model, backend, batcher, backend.info, reason)
+            batcher = DynamicBatcher(model.name if source == "dicom" else f"{model.name}@{source}", backend, spec,
+                                     windows=self.power.accounting)
+            served = ServedModel(model, backend, batcher, backend.info, reason, source)
             backend.warmup(1, served.sample_shape())  # the first calls at a new shape allocate; before READY
             backend.warmup(spec.max_batch_size, served.sample_shape())
-            warm_preprocessing(model.manifest)
+            if source == "dicom":
+                warm_preprocessing(model.manifest)
         except BaseException:
             backend.close()
             raise

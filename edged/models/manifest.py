@@ -51,20 +51,33 @@ class PreprocessSpec(Strict):
     keep_aspect: bool = False
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # Frames (camera models): the channel order the network expects, and the range pixel values
+    # are scaled to before mean/std (255: the network takes 0-255, as CenterFace does).
+    color: Literal["rgb", "bgr"] = "rgb"
+    pixel_range: Literal[1, 255] = 1
+
+
+DETECTION_KEYS = ("score_threshold", "nms_iou", "max_detections", "stride")
 
 
 class OutputSpec(Strict):
     """One decoded output: which raw tensors it reads and the decoder that makes them readable.
 
     ``decode`` names a decoder of :mod:`edged.postprocess.decode` (``sigmoid``, ``softmax``,
-    ``none``; detection decoders too); ``activation`` is its older name. ``tensors`` defaults to
-    the tensor called ``name``. Score decoders need one label per value.
+    ``none``; ``centernet`` and ``yolo`` from :mod:`edged.postprocess.detection`); ``activation``
+    is its older name. ``tensors`` defaults to the tensor called ``name``. Score decoders need one
+    label per value; detection decoders one label per class, and only they take the detection
+    keys (score threshold, per-class NMS IoU, a cap on detections, the heatmap stride).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")
     decode: str = Field(default="sigmoid", validation_alias=AliasChoices("decode", "activation"))
     tensors: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    score_threshold: float = Field(default=0.5, gt=0, lt=1)
+    nms_iou: float = Field(default=0.45, gt=0, le=1)
+    max_detections: int = Field(default=50, ge=1, le=100)
+    stride: int = Field(default=4, ge=1, le=64)
 
     @field_validator("decode")
     @classmethod
@@ -83,6 +96,13 @@ class OutputSpec(Strict):
             raise ValueError(f"output {self.name}: decoder {self.decode} needs labels")
         if kind_of(self) == "scores" and len(self.tensors) > 1:
             raise ValueError(f"output {self.name}: decoder {self.decode} reads one tensor")
+        if kind_of(self) == "scores" and self.model_fields_set & set(DETECTION_KEYS):
+            keys = ", ".join(sorted(self.model_fields_set & set(DETECTION_KEYS)))
+            raise ValueError(f"output {self.name}: {keys} only apply to detection decoders")
+        if kind_of(self) == "detections":
+            from edged.postprocess.decode import DECODERS
+
+            DECODERS[self.decode].check(self)
         return self
 
 
@@ -119,12 +139,19 @@ class AccuracyGate(Strict):
     max_auroc_drop: float = Field(default=0.01, gt=0)
 
 
+Source = Literal["dicom", "camera"]
+
+
 class ModelManifest(Strict):
     schema_: Literal["edged.model/v1"] = Field(default="edged.model/v1", alias="schema")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     version: str
     description: str = ""
     clinical: bool
+    # Which sources may send this model work. DICOM routing never considers a model without
+    # "dicom"; a camera may only name a model with "camera". A model with both is served as two
+    # instances (own backend and batcher each), so camera load never queues ahead of an image.
+    sources: tuple[Source, ...] = ("dicom",)
     onnx: OnnxFile
     input: InputSpec
     preprocess: PreprocessSpec = PreprocessSpec()
@@ -144,6 +171,8 @@ class ModelManifest(Strict):
                 raise ValueError(f"preprocess.{key} needs 1 or {self.input.channels} values")
         if any(s <= 0 for s in self.preprocess.std):
             raise ValueError("preprocess.std values must be > 0")
+        if not self.sources or len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources: list dicom and/or camera, each once")
         if (self.output is None) == (not self.outputs):
             raise ValueError("give either output (one) or outputs (a list), not both and not neither")
         names = [o.name for o in self.decoded_outputs]

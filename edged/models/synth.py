@@ -88,8 +88,32 @@ KINDS: dict[str, DenseNetSpec] = {
                                heads=(("view", "softmax", ("PA", "AP", "LATERAL")),)),
 }
 
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A YOLO-style single-stage detector: a plain conv backbone (stride 2 per stage), one 1×1 head
+    per output stride, decoded in the graph to (N, 4 + classes, anchors) with boxes in input
+    pixels, as YOLOv8 exports are. Seeded weights: its detections are noise of realistic cost."""
+
+    width: int  # input width and height (multiples of the largest stride)
+    height: int
+    channels: tuple[int, ...]  # per stage; each stage halves the resolution
+    strides: tuple[int, ...] = (8, 16, 32)  # stages whose output feeds a head
+    labels: tuple[str, ...] = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "cat", "dog")
+    class_bias: float = -3.0  # sigmoid(-3) = 0.05: most anchors stay below the score threshold
+    threshold: float = 0.2  # the manifest's score threshold: a handful of noise boxes per frame
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    # ~3.4 GMAC per 640x384 frame: the cost class of the small YOLO/CenterFace models people run
+    "detector": DetectorSpec(640, 384, (32, 64, 96, 192, 384)),
+    # same graph family, ~1 ms: tests of scheduling and batching
+    "detector-tiny": DetectorSpec(160, 96, (8, 8, 16, 16, 16), threshold=0.35),
+}
+
 # Manifest name per kind when write_model() writes a model.yaml next to the ONNX file.
-_MANIFEST_NAMES = {"densenet121": "chexnet", "tiny": "chexnet-tiny", "tiny-2head": "chexnet-2head"}
+_MANIFEST_NAMES = {"densenet121": "chexnet", "tiny": "chexnet-tiny", "tiny-2head": "chexnet-2head",
+                   "detector": "detector", "detector-tiny": "detector-tiny"}
 
 
 class _GraphBuilder:
@@ -107,6 +131,10 @@ class _GraphBuilder:
 
     def _init(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def _int64(self, name: str, values: list[int]) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, output: str | None = None, **attrs) -> str:
@@ -180,14 +208,53 @@ def _densenet(spec: DenseNetSpec, seed: int) -> tuple[list[onnx.NodeProto], list
     return g.nodes, g.inits
 
 
+def _detector(spec: DetectorSpec, seed: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    g = _GraphBuilder(seed)
+    x, c_in, stride, heads = "image", 3, 1, []
+    classes = len(spec.labels)
+    for i, c_out in enumerate(spec.channels):
+        stride *= 2
+        x = g.node("Relu", [g.conv(x, f"backbone.{i}.down", c_in, c_out, 3, stride=2)], f"backbone.{i}.relu0")
+        x = g.node("Relu", [g.conv(x, f"backbone.{i}.conv", c_out, c_out, 3)], f"backbone.{i}.relu1")
+        c_in = c_out
+        if stride in spec.strides:
+            heads.append((x, c_out, stride))
+    parts = []
+    for x, c, stride in heads:
+        h, w = spec.height // stride, spec.width // stride
+        name = f"head.s{stride}"
+        weight = g._init(f"{name}.weight", g._uniform((4 + classes, c, 1, 1), np.sqrt(3.0 / c)))
+        bias = g._init(f"{name}.bias", np.array([0.0] * 4 + [spec.class_bias] * classes, np.float32))
+        t = g.node("Conv", [x, weight, bias], name, kernel_shape=[1, 1])
+        t = g.node("Reshape", [t, g._int64(f"{name}.shape", [0, 4 + classes, h * w])], f"{name}.flat")
+        t = g.node("Sigmoid", [t], f"{name}.sigmoid")
+        xy = g.node("Slice", [t, g._int64(f"{name}.xy0", [0]), g._int64(f"{name}.xy1", [2]),
+                              g._int64(f"{name}.axis", [1])], f"{name}.xy")
+        wh = g.node("Slice", [t, g._int64(f"{name}.wh0", [2]), g._int64(f"{name}.wh1", [4]),
+                              g._int64(f"{name}.axis2", [1])], f"{name}.wh")
+        cls = g.node("Slice", [t, g._int64(f"{name}.c0", [4]), g._int64(f"{name}.c1", [4 + classes]),
+                               g._int64(f"{name}.axis3", [1])], f"{name}.cls")
+        ys, xs = np.divmod(np.arange(h * w, dtype=np.float32), np.float32(w))
+        grid = g._init(f"{name}.grid", np.stack([xs, ys])[np.newaxis])
+        xy = g.node("Mul", [g.node("Add", [xy, grid], f"{name}.cell"), g._init(f"{name}.stride", np.float32([stride]))],
+                    f"{name}.centre")
+        wh = g.node("Mul", [wh, g._init(f"{name}.size", np.float32([8 * stride]))], f"{name}.box_size")
+        parts.append(g.node("Concat", [xy, wh, cls], f"{name}.out", axis=1))
+    g.node("Concat", parts, "detections", axis=2)
+    return g.nodes, g.inits
+
+
 def build_model(kind: str, seed: int = 0) -> onnx.ModelProto:
     """The ``kind`` DenseNet with seeded weights: input ``image`` (N,3,S,S), output ``logits``.
 
     Raw logits, no sigmoid: the daemon decodes them as the manifest says (``decode: sigmoid``) so
     that one code path serves every model. Extra heads (``spec.heads``) add one output each.
+    Detector kinds (:data:`DETECTORS`) output ``detections`` (N, 4 + classes, anchors) instead.
     """
+    if kind in DETECTORS:
+        return _build_detector(kind, seed)
     if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join([*KINDS, *DETECTORS])}")
     spec = KINDS[kind]
     nodes, inits = _densenet(spec, seed)
     size = spec.image_size
@@ -211,7 +278,41 @@ def build_model(kind: str, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def _build_detector(kind: str, seed: int) -> onnx.ModelProto:
+    spec = DETECTORS[kind]
+    nodes, inits = _detector(spec, seed)
+    anchors = sum((spec.height // s) * (spec.width // s) for s in spec.strides)
+    graph = helper.make_graph(
+        nodes, f"{kind}_seed{seed}",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, spec.height, spec.width])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", 4 + len(spec.labels), anchors])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name=PRODUCER, producer_version=PRODUCER_VERSION,
+                              doc_string=f"{kind}, seed {seed}: seeded UNTRAINED weights, detections are noise")
+    helper.set_model_props(model, {"edged.synth.kind": kind, "edged.synth.seed": str(seed)})
+    return model
+
+
+def _detector_manifest(kind: str, seed: int, sha256: str) -> dict:
+    spec = DETECTORS[kind]
+    return {
+        "schema": "edged.model/v1", "name": _MANIFEST_NAMES[kind], "version": f"0.1.0-seeded{seed}",
+        "description": f"Generated {kind} (seed {seed}), seeded untrained weights: detections are noise.",
+        "clinical": False, "sources": ["camera"],
+        "onnx": {"path": "model.onnx", "sha256": sha256},
+        "input": {"name": "image", "layout": "NCHW", "height": spec.height, "width": spec.width, "channels": 3},
+        "preprocess": {"resize": "linear", "keep_aspect": True, "mean": [0.0], "std": [1.0], "color": "rgb"},
+        "outputs": [{"name": "objects", "decode": "yolo", "tensors": ["detections"], "labels": list(spec.labels),
+                     "score_threshold": spec.threshold, "nms_iou": 0.45, "max_detections": 50}],
+        "batching": {"max_batch_size": 8, "max_queue_delay_ms": 10, "max_queue_size": 16},
+    }
+
+
 def _manifest(kind: str, seed: int, sha256: str) -> dict:
+    if kind in DETECTORS:
+        return _detector_manifest(kind, seed, sha256)
     spec = KINDS[kind]
     return {
         "schema": "edged.model/v1",

@@ -24,7 +24,13 @@ RESULT_SCHEMA = "edged.result/v1"
 EVENT_SCHEMA = "edged.event/v1"
 STATUS_SCHEMA = "edged.status/v1"
 TELEMETRY_SCHEMA = "edged.telemetry/v1"
+CAMERA_STATE_SCHEMA = "edged.camera_state/v1"
+DETECTIONS_SCHEMA = "edged.detections/v1"
 MAX_DETAIL = 512
+# Upper bounds of the encoded payloads of camera messages. Their schemas cap every array and
+# string so that no valid payload comes near these (tests compute the largest valid one);
+# :func:`encode_capped` refuses anything larger, so not even a bug can publish a picture.
+MAX_BYTES = {"detections": 24_000, "camera_state": 4_000, "event": 8_000, "availability": 16}
 
 EVENT_TYPES = (
     "skipped",  # acknowledged, no model accepts it
@@ -33,6 +39,8 @@ EVENT_TYPES = (
     "duplicate",  # the same instance again: stored and inferred once
     "backend",  # backend selection, worker restarts, engine activation, a model that failed to load
     "power",  # power mode changes
+    "camera",  # a camera came online, went offline, stalled, was restarted, reconnected
+    "object",  # a tracked object appeared (new), changed (update) or left (end)
 )
 
 
@@ -55,6 +63,15 @@ class Topics:
 
     def results(self, model: str) -> str:
         return f"{self.prefix}/{self.node}/results/{model}"
+
+    def camera_availability(self, camera: str) -> str:
+        return f"{self.prefix}/{self.node}/cameras/{camera}/availability"
+
+    def camera_state(self, camera: str) -> str:
+        return f"{self.prefix}/{self.node}/cameras/{camera}/state"
+
+    def detections(self, camera: str, model: str) -> str:
+        return f"{self.prefix}/{self.node}/cameras/{camera}/detections/{model}"
 
 
 def utc_now() -> str:
@@ -154,3 +171,49 @@ def telemetry(node: str, sample: dict, images: int, energy_mj_per_image: float |
     payload["inference"] = {"images": images, "energy_mj_per_image": energy_mj_per_image,
                             "energy_scope": energy_scope if energy_mj_per_image is not None else None}
     return payload
+
+
+class PayloadTooLarge(ValueError):
+    """A payload above its kind's cap in :data:`MAX_BYTES`: refused, never published."""
+
+
+def encode_capped(kind: str, payload: dict | str) -> bytes:
+    """The payload as sent (JSON, or plain text for availability), refused above its cap."""
+    import json
+
+    data = payload.encode() if isinstance(payload, str) else \
+        json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > MAX_BYTES[kind]:
+        raise PayloadTooLarge(f"{kind} payload of {len(data)} bytes exceeds its cap of {MAX_BYTES[kind]}")
+    return data
+
+
+def camera_state(node: str, camera: str, *, state: str, enabled: bool, source: str, decoder: str | None,
+                 resolution: tuple[int, int] | None, fps: dict, frames: dict, drops: dict, last_frame_age_s: float | None,
+                 reconnects: int, restarts: int, attempts: int, last_error: str | None, last_attempt: float | None,
+                 next_attempt: float | None, backoff_s: float | None, models: list[str]) -> dict:
+    """A camera's retained state: what it is doing, how fast, what it drops and why."""
+    return {
+        "schema": CAMERA_STATE_SCHEMA, "node": node, "camera": camera, "time": utc_now(), "state": state,
+        "enabled": enabled, "source": source, "decoder": decoder,
+        "resolution": {"width": resolution[0], "height": resolution[1]} if resolution else None,
+        "fps": fps, "frames": frames, "drops": drops, "last_frame_age_s": last_frame_age_s,
+        "reconnects": reconnects, "restarts": restarts, "attempts": attempts, "last_error": last_error,
+        "last_attempt": iso_time(last_attempt), "next_attempt": iso_time(next_attempt), "backoff_s": backoff_s,
+        "models": models,
+    }
+
+
+def detections(node: str, camera: str, *, manifest: Any, info: Any, frame: dict, detections_: list[dict],
+               timings: dict) -> dict:
+    """One inferred frame of one camera and model (QoS 0, newest wins): boxes, never pixels."""
+    return {
+        "schema": DETECTIONS_SCHEMA, "node": node, "camera": camera, "time": utc_now(), "clinical": manifest.clinical,
+        "model": model_block(manifest, info), "frame": frame, "detections": detections_, "timings_ms": timings,
+    }
+
+
+def iso_time(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,6 +10,12 @@ Every outbox call happens inside the thread's retry loop, the start-up reset inc
 disk is a state this thread waits out (logging it once), not a reason to die. A connection
 that fails (refused, TLS certificate or host name wrong) is logged at once with its reason,
 again whenever the reason changes, and not again while it stays the same.
+
+Volatile messages (telemetry, camera detections, camera availability and state) never touch the
+outbox: :meth:`offer` keeps the newest payload per topic until the next send, so a topic that
+is offered faster than it can be sent loses its older payloads, never other topics' ones.
+Retained volatile messages are also remembered and sent again after every (re)connect, so the
+broker's retained copy follows a change that happened while it was away.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,7 +60,10 @@ class Publisher(threading.Thread):
         self._acks: queue.Queue[tuple[str, object]] = queue.Queue()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox row id, sent at)
         self._stopping = threading.Event()
-        self._volatile: deque[tuple[str, bytes]] = deque(maxlen=16)  # telemetry: newest wins, never stored
+        # topic -> (payload, qos, retain): newest wins per topic, never stored
+        self._volatile: dict[str, tuple[bytes, int, bool]] = {}
+        self._retained: dict[str, tuple[bytes, int]] = {}  # re-sent after every (re)connect
+        self._volatile_lock = threading.Lock()
         self._wake = threading.Event()
         self.connected = threading.Event()
         self._last_failure: str | None = None
@@ -77,15 +85,22 @@ class Publisher(threading.Thread):
         return c
 
     # -- lifecycle -----------------------------------------------------------------------
-    def offer(self, topic: str, payload: dict) -> None:
-        """Publish at QoS 0 if connected, drop otherwise: for telemetry, which is stale by the time
-        a broker comes back and must not fill the outbox during an outage."""
-        self._volatile.append((topic, encode(payload)))
+    def offer(self, topic: str, payload: dict | bytes, *, retain: bool = False, qos: int = 0) -> None:
+        """Publish if connected, drop otherwise: for telemetry and detections, which are stale by
+        the time a broker comes back and must not fill the outbox during an outage. Only the
+        newest payload per topic waits. ``retain``: also remembered and re-sent after reconnects."""
+        data = payload if isinstance(payload, bytes) else encode(payload)
+        with self._volatile_lock:
+            self._volatile.pop(topic, None)  # re-insert: the order of sending follows the offers
+            self._volatile[topic] = (data, qos, retain)
+            if retain:
+                self._retained[topic] = (data, qos)
         self._wake.set()
 
     def republish_status(self) -> None:
         """Send a fresh retained birth message (after a power-mode change, a model reload)."""
-        self._volatile.append((self.status_topic, b""))
+        with self._volatile_lock:
+            self._volatile[self.status_topic] = (b"", 1, True)
         self._wake.set()
 
     def wake(self) -> None:
@@ -138,6 +153,7 @@ class Publisher(threading.Thread):
             if not self._inflight and self.outbox.pending_count() == 0:
                 break
         if self.connected.is_set():
+            self._send_volatile()  # e.g. cameras' retained "offline", offered while stopping
             info = self._client.publish(self.status_topic, encode(self.offline()), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=max(1.0, deadline - time.monotonic()))
@@ -177,6 +193,9 @@ class Publisher(threading.Thread):
             log.info("connected to broker %s:%s", self.cfg.host, self.cfg.port)
             self._last_failure = None
             self._client.publish(self.status_topic, encode(self.birth()), qos=1, retain=True)
+            with self._volatile_lock:
+                for topic, (data, qos) in self._retained.items():
+                    self._volatile.setdefault(topic, (data, qos, True))
             # In-flight rows stay in flight: paho re-sends its unacknowledged messages under the
             # same mids, so publishing them again would deliver each twice. _forget_stale() covers
             # anything paho does not re-send; its clock restarts now, when paho re-sends.
@@ -199,12 +218,13 @@ class Publisher(threading.Thread):
                 delivered.append(row_id)
 
     def _send_volatile(self) -> None:
-        while self._volatile:
-            topic, payload = self._volatile.popleft()
+        with self._volatile_lock:
+            due, self._volatile = self._volatile, {}
+        for topic, (payload, qos, retain) in due.items():
             if topic == self.status_topic:
                 self._client.publish(topic, encode(self.birth()), qos=1, retain=True)
             else:
-                self._client.publish(topic, payload, qos=0)
+                self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def _send_due(self) -> None:
         room = self.cfg.max_inflight - len(self._inflight)

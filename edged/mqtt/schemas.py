@@ -19,8 +19,8 @@ from pathlib import Path
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 BUNDLES = SCHEMAS / "bundle"
-KINDS = ("result", "event", "status", "telemetry")
-_REF = re.compile(r'"\$ref":\s*"(urn:edged:schema:[a-z]+:v[0-9]+)#')
+KINDS = ("result", "event", "status", "telemetry", "detections", "camera_state")
+_REF = re.compile(r'"\$ref":\s*"(urn:edged:schema:[a-z_]+:v[0-9]+)#')
 
 
 def load(kind: str) -> dict:

@@ -6,8 +6,9 @@ accuracy gate (per batch), so the gate compares exactly the numbers a consumer w
 
 Decoders of kind ``scores`` map a (N, K) tensor to K numbers per image under the output's
 labels: ``sigmoid`` (independent per label: multi-label), ``softmax`` (per row: one of K),
-``none`` (raw values). Detection decoders (kind ``detections``) are added by the detection
-module through :func:`register`.
+``none`` (raw values). Detection decoders (kind ``detections``: ``centernet``, ``yolo``) are
+added by :mod:`edged.postprocess.detection` through :func:`register`; they take each image's
+letterbox geometry (``geometry``) so their boxes come out normalized to the frame.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ Raw = dict[str, np.ndarray]
 class Decoder:
     name: str
     kind: str  # "scores" or "detections"
-    # (spec, raw tensors of a whole batch, each (N, ...)) -> one decoded value per image
-    batch: Callable[[Any, Raw], list[Any]]
+    # (spec, raw tensors of a whole batch, each (N, ...), per-image geometry or None) -> one
+    # decoded value per image; score decoders ignore the geometry
+    batch: Callable[[Any, Raw, Any], list[Any]]
     # scores only: (spec, raw batch) -> (N, K) float64, the array the accuracy gate compares
     dense: Callable[[Any, Raw], np.ndarray] | None = None
+    # raises ValueError when an output spec cannot work with this decoder (manifest validation)
+    check: Callable[[Any], None] = lambda spec: None
 
 
 DECODERS: dict[str, Decoder] = {}
@@ -68,7 +72,7 @@ def _scores_decoder(name: str, fn: Callable[[np.ndarray], np.ndarray]) -> Decode
     def dense(spec: Any, raw: Raw) -> np.ndarray:
         return fn(_matrix(spec, raw))
 
-    def batch(spec: Any, raw: Raw) -> list[dict[str, float]]:
+    def batch(spec: Any, raw: Raw, geometry: Any = None) -> list[dict[str, float]]:
         return [{label: round(float(v), 6) for label, v in zip(spec.labels, row)} for row in dense(spec, raw)]
 
     return Decoder(name, "scores", batch, dense)
@@ -79,19 +83,21 @@ register(_scores_decoder("softmax", softmax_rows))
 register(_scores_decoder("none", lambda x: x))
 
 
-def decode_batch(specs: tuple[Any, ...], raw: Raw) -> list[dict[str, Any]]:
-    """Every decoded output of every image of a batch: ``[{output name: value}, ...]``."""
+def decode_batch(specs: tuple[Any, ...], raw: Raw, geometry: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Every decoded output of every image of a batch: ``[{output name: value}, ...]``.
+    ``geometry`` (one per image) maps detection boxes to each image's frame."""
     n = next(iter(raw.values())).shape[0] if raw else 0
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for spec in specs:
-        for i, value in enumerate(DECODERS[spec.decode].batch(spec, raw)):
+        for i, value in enumerate(DECODERS[spec.decode].batch(spec, raw, geometry)):
             out[i][spec.name] = value
     return out
 
 
-def decode_one(specs: tuple[Any, ...], raw: Raw) -> dict[str, Any]:
+def decode_one(specs: tuple[Any, ...], raw: Raw, geometry: Any = None) -> dict[str, Any]:
     """The decoded outputs of one image whose raw tensors have no batch axis."""
-    return decode_batch(specs, {k: v[np.newaxis] for k, v in raw.items()})[0]
+    return decode_batch(specs, {k: v[np.newaxis] for k, v in raw.items()},
+                        None if geometry is None else [geometry])[0]
 
 
 def dense(spec: Any, raw: Raw) -> np.ndarray | None:

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import edged
 from edged.selftest.report import Report, Row, meta
 
-GROUPS = ("tensorrt", "power", "sandbox")
+GROUPS = ("tensorrt", "power", "sandbox", "cameras")
 
 
 @dataclass
@@ -77,6 +77,12 @@ def run_selftest(ctx: Any, opts: SelftestOptions, out: TextIO | None = None) -> 
             report.add(run_sandboxed(opts.service_user, args, ctx.cfg.build_timeout_s * 4))
         else:
             report.add(Row("sandbox", "tensorrt as the service user", "SKIP", "--no-sandbox"))
+    if opts.wants("cameras"):
+        from edged.sources.camera.check import camera_rows
+
+        config = getattr(ctx, "config", None)
+        report.add([Row.of(r) for r in camera_rows(config)] if config is not None else
+                   [Row("cameras", "capture helper", "SKIP", "no configuration given")])
     report.print_table(out)
     if opts.json_path:
         report.write_json(opts.json_path)

@@ -49,7 +49,7 @@ def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> ar
                    help="consent to switching every nvpmodel power mode (live, one by one; restores the mode after)")
     p.add_argument("--service-user", default="edged", help="the unit's User= (default: edged)")
     p.add_argument("--no-sandbox", action="store_true", help="do not rerun the checks inside the systemd sandbox")
-    p.add_argument("--only", action="append", choices=["tensorrt", "power", "sandbox"], default=[],
+    p.add_argument("--only", action="append", choices=["tensorrt", "power", "sandbox", "cameras"], default=[],
                    help="run only this group (repeatable)")
     common_options(p)
 

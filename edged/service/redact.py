@@ -39,6 +39,9 @@ _KEYWORD = re.compile(
     r"|PerformingPhysicianName|InstitutionName|InstitutionAddress)"
     r"(\s{0,3}[=:]\s{0,3})(?:'[^'\n]{0,256}'|\"[^\"\n]{0,256}\"|[^\s,;)]{1,256})")
 _QUOTE_OR_NL = re.compile(r"['\"\n]")
+# Credentials inside a URL (rtsp://user:password@host): the config refuses them, but a camera or a
+# library may still echo such a URL in an error message.
+_URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,15}://)[^\s/@:]{0,128}:[^\s/@]{0,128}@")
 
 
 def _uid(match: re.Match[str]) -> str:
@@ -70,6 +73,7 @@ def redact_phi(text: str, limit: int = MAX_CHARS) -> str:
     """Bounded, linear-time replacement of obvious PHI shapes; a safety net, not a de-identification."""
     if len(text) > limit:
         text = f"{text[:limit]} …[{len(text) - limit} more characters cut]"
+    text = _URL_CREDENTIALS.sub(r"\1[redacted]@", text)
     text = _UID.sub(_uid, text)
     text = _GROUP_0010.sub("(0010,xxxx) [redacted]", text)
     text = _KEYWORD.sub(r"\1\2[redacted]", text)

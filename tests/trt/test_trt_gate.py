@@ -110,3 +110,42 @@ def test_labels_csv_and_synthetic_fallback(tmp_path):
     assert kind == "synthetic" and x.shape == (5, 3, 8, 8)
     x, kind = validation_inputs(files, lambda p: np.full((3, 8, 8), int(Path(p).stem[-1]), np.float32), (-1, 3, 8, 8))
     assert kind == "images" and x[:, 0, 0, 0].tolist() == [0, 1, 2]
+
+
+class Moved(Backend):
+    """A detector candidate whose boxes are the reference's moved by ``dx`` input pixels."""
+
+    def __init__(self, ref: Backend, dx: float):
+        self.ref, self.dx = ref, dx
+
+    def load(self):
+        pass
+
+    info = property(lambda self: BackendInfo("fake", "int8", "dla0"))
+    input_spec = property(lambda self: self.ref.input_spec)
+    output_specs = property(lambda self: self.ref.output_specs)
+
+    def infer(self, batch):
+        out = dict(self.ref.infer(batch))
+        out["detections"] = out["detections"].copy()
+        out["detections"][:, 0] += self.dx
+        return out
+
+
+def test_detection_outputs_are_compared_as_matched_boxes(tmp_path):
+    """The gate decodes both runs into boxes: a small shift passes, a shift a consumer would see fails,
+    and the reason names the detection output (raw tensors were compared before)."""
+    from edged.models.manifest import load_manifest
+    from edged.models.synth import write_model
+
+    write_model("detector-tiny", tmp_path / "det")
+    model = load_manifest(tmp_path / "det")
+    ref = OnnxRuntimeBackend(model.onnx_path, threads=1)
+    ref.load()
+    inputs = np.random.default_rng(3).random((6, 3, 96, 160), dtype=np.float32)
+    outputs = model.manifest.decoded_outputs
+    same = run_gate(ref, ref, inputs, GATE, outputs=outputs)
+    assert same.passed and same.max_abs_diff == 0 and set(same.per_label_max) == {"objects/score", "objects/box"}
+    moved = run_gate(Moved(ref, 6.0), ref, inputs, GATE, outputs=outputs)
+    assert not moved.passed and "objects/box" in moved.reason and moved.per_label_max["objects/box"] > 0.05
+    ref.close()

@@ -43,6 +43,7 @@ class EnginesContext:
     env: dict[str, str] | None = None
     models: tuple["ModelBuild", ...] = ()  # what `build --all` builds (the config's auto/tensorrt models)
     power: Any = None  # edged.power.config.PowerConfig of the config (edged selftest's power checks)
+    config: Any = None  # the whole edged.config.schema.Config (edged selftest's camera checks)
 
 
 @dataclass(frozen=True)

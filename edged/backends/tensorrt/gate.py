@@ -4,8 +4,11 @@ Reduced precision can silently cost accuracy (INT8 with a bad calibration set, a
 a layer that fell back oddly). Before activation the candidate and ONNX Runtime FP32 run the same
 validation inputs; we compare the *decoded* outputs — the numbers a consumer sees, decoded by the
 same functions results use (:mod:`edged.postprocess.decode`): max and mean absolute difference
-per label of every score output, and, when labels are given, the AUROC drop per label. Outputs
-whose decoder has no dense form (detections) are compared on the raw tensors they read. Thresholds come from the model manifest (``accuracy:``). Without validation images the gate
+per label of every score output, and, when labels are given, the AUROC drop per label. Detection
+outputs are compared as a consumer sees them: both runs decoded into boxes (threshold, NMS), each
+reference box matched to the candidate's box of the same label it overlaps most; per image, the
+worst score difference and the worst ``1 − IoU`` of a matched pair, and 1.0 for a box that either
+run found and the other did not. Thresholds come from the model manifest (``accuracy:``). Without validation images the gate
 still runs on seeded synthetic inputs and says so: that checks numeric drift, not diagnostic
 accuracy.
 
@@ -29,7 +32,9 @@ from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.tensorrt.builder import Preprocess, calibration_digest
 from edged.backends.tensorrt.engines import EngineManager, EngineSet, preprocess_fingerprint
 from edged.models.manifest import AccuracyGate, OutputSpec, sha256_file
-from edged.postprocess.decode import dense, tensors_of
+from edged.postprocess.decode import DECODERS, dense, kind_of, tensors_of
+from edged.postprocess.detection import iou
+from edged.preprocess.geometry import identity
 
 
 @dataclass
@@ -117,6 +122,33 @@ def decoded_columns(outputs: tuple[OutputSpec, ...], raw: dict[str, np.ndarray])
     return np.concatenate(columns, axis=1), names
 
 
+def detection_differences(outputs: tuple[OutputSpec, ...], ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
+                          input_wh: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """(N, 2·K) per-image worst score and box differences of K detection outputs (see the module doc)."""
+    columns, names = [], []
+    n = len(next(iter(ref.values())))
+    geo = [identity(*input_wh)] * n
+    for spec in outputs:
+        decode = DECODERS[spec.decode].batch
+        worst = np.zeros((n, 2))
+        for i, (a, b) in enumerate(zip(decode(spec, ref, geo), decode(spec, cand, geo))):
+            free = list(b)
+            for det in a:
+                same = [(iou(det["box"], o["box"]), k) for k, o in enumerate(free) if o["label"] == det["label"]]
+                overlap, k = max(same, default=(0.0, -1))
+                if k < 0 or overlap <= 0:
+                    worst[i] = 1.0
+                    continue
+                match = free.pop(k)
+                worst[i, 0] = max(worst[i, 0], abs(det["score"] - match["score"]))
+                worst[i, 1] = max(worst[i, 1], 1.0 - overlap)
+            if free:  # boxes only the candidate found
+                worst[i] = 1.0
+        columns.append(worst)
+        names += [f"{spec.name}/score", f"{spec.name}/box"]
+    return np.concatenate(columns, axis=1), names
+
+
 def default_outputs(backend: Backend, label_names: tuple[str, ...] = ()) -> tuple[OutputSpec, ...]:
     """Sigmoid over each raw output, for callers without a manifest (tests, tools)."""
     specs = backend.output_specs
@@ -134,9 +166,18 @@ def run_gate(candidate: Backend, reference: Backend, inputs: np.ndarray, gate: A
     """Compare ``candidate`` with ``reference`` on ``inputs``; ``passed`` False names every breach.
     ``outputs`` are the manifest's decoded outputs; ``labels`` (N, K) align with their columns."""
     outputs = outputs or default_outputs(reference, label_names)
+    scores = tuple(o for o in outputs if kind_of(o) != "detections")
+    boxes = tuple(o for o in outputs if kind_of(o) == "detections")
+    n = len(inputs)
     try:
-        ref, names = decoded_columns(outputs, _run(reference, inputs, batch))
-        cand, _ = decoded_columns(outputs, _run(candidate, inputs, batch))
+        ref_raw, cand_raw = _run(reference, inputs, batch), _run(candidate, inputs, batch)
+        ref, names = decoded_columns(scores, ref_raw) if scores else (np.zeros((n, 0)), [])
+        cand, _ = decoded_columns(scores, cand_raw) if scores else (np.zeros((n, 0)), [])
+        if not all(np.all(np.isfinite(np.asarray(cand_raw[t], dtype=np.float64)))
+                   for o in boxes for t in tensors_of(o)):
+            cand = np.concatenate([cand, np.full((n, 1), np.nan)], axis=1)  # reported as NaN/Inf below
+            ref = np.concatenate([ref, np.zeros((n, 1))], axis=1)
+            names = [*names, "detections"]
     except (KeyError, ValueError) as exc:
         return GateResult(False, f"outputs do not match the reference: {exc}", float("inf"), float("inf"), None,
                           len(inputs), input_kind)
@@ -144,6 +185,15 @@ def run_gate(candidate: Backend, reference: Backend, inputs: np.ndarray, gate: A
         return GateResult(False, f"output shapes differ: {cand.shape} vs reference {ref.shape}", float("inf"),
                           float("inf"), None, len(inputs), input_kind)
     diff = np.abs(cand - ref)
+    if boxes:
+        nchw = inputs.shape[1] in (1, 3)
+        wh = (inputs.shape[3], inputs.shape[2]) if nchw else (inputs.shape[2], inputs.shape[1])
+        try:
+            extra, extra_names = detection_differences(boxes, ref_raw, cand_raw, wh)
+        except (KeyError, ValueError) as exc:
+            return GateResult(False, f"detections do not decode: {exc}", float("inf"), float("inf"), None, n,
+                              input_kind)
+        diff, names = np.concatenate([diff, extra], axis=1), [*names, *extra_names]
     max_abs, mean_abs = float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0
     per_label = {n: float(diff[:, k].max(initial=0.0)) for k, n in enumerate(names)}
     problems = []
