@@ -1,11 +1,11 @@
 # Two entry points for a fresh Debian/Ubuntu machine: `make demo` and `make test`.
-# Both install what they need: Debian packages (mosquitto, DCMTK) when missing, and a
+# Both install what they need: Debian packages (mosquitto, DCMTK, dicom3tools, Orthanc and its GDCM plugin) when missing, and a
 # virtual environment in .venv with edged and its test dependencies.
 
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := mosquitto mosquitto-clients dcmtk systemd python3-venv openssl
+APT_PKGS := mosquitto mosquitto-clients dcmtk dicom3tools orthanc orthanc-gdcm systemd python3-venv openssl
 # Cameras: GStreamer for the capture helper on the system Python (python3-gi), H.264 encode/decode
 # and an RTSP server library the tests use as an IP camera.
 GST_PKGS := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \
@@ -54,6 +54,9 @@ system-deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
+	[ -x /usr/bin/dciodvfy ] || missing="$$missing dicom3tools"; \
+	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || missing="$$missing orthanc-gdcm"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \

@@ -50,6 +50,9 @@ from edged.sources.dicom.scp import StorageSCP
 from edged.sources.dicom.source import DicomSource
 from edged.sources.dicom.versions import check_pynetdicom
 from edged.spool.spool import Spool
+from edged.sr.derive import SrDerivation
+from edged.sr.outbox import SrOutbox
+from edged.sr.sender import SrSender
 
 log = logging.getLogger("edged")
 
@@ -74,6 +77,7 @@ class Daemon:
         self.writer: ResultWriter | None = None
         self.decoders: DecodePool | None = None
         self.scp: StorageSCP | None = None
+        self.sr_sender: SrSender | None = None
         self.control: ControlServer | None = None
         self.power: PowerRuntime | None = None
         self.notifier = notifier or Notifier(unset_environment=True)
@@ -129,8 +133,17 @@ class Daemon:
                                  [m.manifest for m in self.models.values()], self.pipeline,
                                  max_attempts=cfg.pipeline.max_attempts, retry_backoff_s=cfg.pipeline.retry_backoff_s,
                                  attempts=light, decoders=self.decoders)
+        sr_models = {m.name for m in cfg.models if m.sr and m.name in self.models}
+        derive = None
+        if sr_models and cfg.dicom.sr_destination is not None:
+            derive = SrDerivation(self.spool, self.pseudo, cfg.node_id, sr_models)
+            self.sr_sender = SrSender(cfg.dicom.sr_destination, cfg.dicom.ae_title, SrOutbox(self.outbox.db),
+                                      self.events, self.pseudo)
+            self.sr_sender.start()
         self.writer = ResultWriter(self.outbox, self.events, self.pseudo, self.topics, self.dicom,
-                                   self.power.accounting, observer=self.metrics)
+                                   self.power.accounting, observer=self.metrics, sr=derive)
+        if self.sr_sender is not None:
+            self.writer.on_commit = self.sr_sender.wake
         self.dicom.attach(self.writer)
         self.writer.start()
         self.pipeline.start()
@@ -198,6 +211,7 @@ class Daemon:
             "processed": self.writer.settled_count if self.writer else 0,
             "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
             "dicom_port": self.scp.port if self.scp else None,
+            "sr_outbox": self.sr_sender.outbox.counts() if self.sr_sender else None,
             "dicom_ae": self.cfg.dicom.ae_title,
             "mqtt_broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}" if self.cfg.mqtt.enabled else None,
             "batchers": {m.batcher.name: {"queue": m.batcher.depth(), **m.batcher.stats}
@@ -294,6 +308,8 @@ class Daemon:
             self.pipeline.stop(timeout=max(1.0, 0.6 * (deadline - time.monotonic())))
         if self.writer is not None:
             self.writer.stop(timeout=max(1.0, 0.3 * (deadline - time.monotonic())))
+        if self.sr_sender is not None:
+            self.sr_sender.stop()
         if self.decoders is not None:
             self.decoders.close()
         if self.power is not None:

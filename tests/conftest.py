@@ -57,7 +57,8 @@ def collector(broker: LocalBroker) -> Iterator[Collector]:
 def daemon_factory(tmp_path: Path, broker: LocalBroker, tiny_repo: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def make(repo: Path | None = None, model: str = "chexnet-tiny", **extra) -> DaemonProcess:
+    def make(repo: Path | None = None, model: str = "chexnet-tiny", env: dict[str, str] | None = None,
+             **extra) -> DaemonProcess:
         cfg = {
             "node_id": "test-node",
             "state_dir": str(tmp_path / "state"),
@@ -70,7 +71,7 @@ def daemon_factory(tmp_path: Path, broker: LocalBroker, tiny_repo: Path) -> Iter
             "power": {"control_socket": str(tmp_path / "control.sock"), **extra.pop("power", {})},
             **extra,
         }
-        d = DaemonProcess(write_config(tmp_path / f"edged-{len(started)}.yaml", **cfg), tmp_path / "daemon.log")
+        d = DaemonProcess(write_config(tmp_path / f"edged-{len(started)}.yaml", **cfg), tmp_path / "daemon.log", env)
         started.append(d)
         return d
 

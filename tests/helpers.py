@@ -131,14 +131,14 @@ def write_config(path: Path, **overrides) -> Path:
 class DaemonProcess:
     """``edged run -c FILE`` as a real process, as systemd would run it."""
 
-    def __init__(self, config: Path, log: Path):
-        self.config, self.log = config, log
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None):
+        self.config, self.log, self.env = config, log, env or {}
         self.proc: subprocess.Popen | None = None
         cfg = yaml.safe_load(config.read_text())
         self.port = cfg["dicom"]["port"]
 
     def start(self, timeout: float = 60.0) -> "DaemonProcess":
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(self.config)],
                                          stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO)

@@ -294,11 +294,15 @@ def _ssl_reason(exc: BaseException) -> str:
 
 
 def check(cfg: Config, root: Path | None = None, connect: bool = False) -> Checker:
+    from edged.sources.dicom.idle import problems as idle_problems
+
     c = Checker(cfg, root)
     c.dicom()
     c.directories()
     c.files()
     c.models()
+    for warning in idle_problems(cfg.dicom.network_timeout_s) if cfg.dicom.enabled else ():
+        c.warning(warning)
     if connect and cfg.mqtt.enabled:
         c.connect()
     return c

@@ -36,6 +36,76 @@ def default_model_repository() -> Path:
     return here if here.is_dir() else Path("/opt/edged/engines")
 
 
+def _ae(v: str) -> str:
+    if not 0 < len(v.strip()) <= 16 or not v.isascii() or "\\" in v or not v.isprintable():
+        raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+    return v.strip()
+
+
+class RemoteAE(Strict):
+    """A DICOM peer edged opens associations to."""
+
+    ae_title: str
+    host: str = Field(pattern=r"^[A-Za-z0-9.:_-]{1,253}$")
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        return _ae(v)
+
+
+class DicomClientTls(Strict):
+    """TLS for associations edged opens (the SR destination): the PACS's CA, optionally our own
+    certificate and key when the PACS requires client certificates."""
+
+    ca_file: FilePath
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _loads(self) -> "DicomClientTls":
+        import ssl
+
+        from edged.sr.tls import client_context
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        try:
+            client_context(self.ca_file, self.cert_file, self.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"ca_file/cert_file/key_file do not load as PEM CA, certificate and matching key: "
+                             f"{getattr(exc, 'reason', None) or exc}") from None
+        return self
+
+
+class SrDestination(RemoteAE):
+    """Where DICOM SR results go (models with ``sr: true``): normally the PACS the images came from."""
+
+    tls: DicomClientTls | None = None
+    timeout_s: float = Field(default=30, gt=0, le=600, description="association and response timeouts")
+    retry_backoff_s: float = Field(default=10, gt=0, description="first retry delay; doubles up to max_backoff_s")
+    max_backoff_s: float = Field(default=600, gt=0)
+    give_up_after_h: float = Field(default=72, gt=0, description="an SR not delivered by then is an error event")
+
+
+class StorageCommitmentConfig(Strict):
+    """Storage Commitment Push Model SCP (N-ACTION, then N-EVENT-REPORT)."""
+
+    enabled: bool = True
+    peers: list[RemoteAE] = Field(default_factory=list, description="where reports go when the requesting "
+                                  "association is closed, by the requester's AE title")
+
+    @field_validator("peers")
+    @classmethod
+    def _unique(cls, v: list[RemoteAE]) -> list[RemoteAE]:
+        titles = [p.ae_title for p in v]
+        dupes = sorted({t for t in titles if titles.count(t) > 1})
+        if dupes:
+            raise ValueError(f"AE title listed twice: {', '.join(dupes)}")
+        return v
+
+
 class DicomTls(Strict):
     """DICOM TLS (PS3.15 B.12 BCP 195 profile: TLS 1.2/1.3, AEAD ciphers): the whole port speaks TLS."""
 
@@ -84,7 +154,13 @@ class DicomConfig(Strict):
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     acse_timeout_s: float = Field(default=30, gt=0)
     dimse_timeout_s: float = Field(default=30, gt=0)
-    network_timeout_s: float = Field(default=60, gt=0)
+    network_timeout_s: float = Field(default=90, gt=0, description="idle associations are closed after this; "
+                                     "must exceed every sender's close delay (edged.sources.dicom.idle)")
+    accept_undecodable: bool = Field(default=True, description="accept transfer syntaxes this device cannot "
+                                     "decode (acknowledged, then an error event no_decoder) instead of refusing "
+                                     "them so that a transcoding router converts them")
+    storage_commitment: StorageCommitmentConfig = StorageCommitmentConfig()
+    sr_destination: SrDestination | None = None
     quarantine_mb: float = Field(default=512, ge=0, description="images that can never be inferred are kept this long")
     quarantine_days: float = Field(default=30, ge=0)
 
@@ -108,9 +184,7 @@ class DicomConfig(Strict):
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, v: str) -> str:
-        if not 0 < len(v.strip()) <= 16 or not v.isascii() or "\\" in v or not v.isprintable():
-            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
-        return v.strip()
+        return _ae(v)
 
     @field_validator("bind")
     @classmethod
@@ -144,6 +218,7 @@ class ModelEntry(Strict):
     dla_core: int | None = Field(default=None, ge=0)
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
     batching: BatchingSpec | None = None
+    sr: bool = Field(default=False, description="also send each result as a DICOM SR to dicom.sr_destination")
 
 
 class TlsFiles(Strict):
@@ -210,6 +285,9 @@ class Config(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model listed twice: {', '.join(dupes)}")
+        wants_sr = [m.name for m in self.models if m.sr]
+        if wants_sr and self.dicom.sr_destination is None:
+            raise ValueError(f"models {', '.join(wants_sr)} have sr: true but dicom.sr_destination is not set")
         cams = [c.name for c in self.cameras]
         dupes = sorted({n for n in cams if cams.count(n) > 1})
         if dupes:

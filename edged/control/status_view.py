@@ -39,6 +39,10 @@ def _daemon_lines(d: dict) -> list[str]:
     lines.append(f"dicom: {dicom}")
     lines.append(f"queues: spool {d.get('spool_pending', 0)} waiting, {d.get('quarantined', 0)} quarantined; "
                  f"outbox {d.get('outbox_pending', 0)} unsent; {d.get('processed', 0)} images done since start")
+    sr = d.get("sr_outbox")
+    if sr:
+        lines.append(f"dicom sr: {sr.get('pending', 0)} waiting for the PACS, {sr.get('delivered', 0)} delivered, "
+                     f"{sr.get('failed', 0)} failed")
     broker = f" to {d['mqtt_broker']}" if d.get("mqtt_broker") else ""
     lines.append("mqtt: " + (f"connected{broker}" if d.get("mqtt_connected") else f"NOT connected{broker}"))
     return lines

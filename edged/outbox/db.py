@@ -1,7 +1,7 @@
 """SQLite state: the instance ledger, the outbox and the results archive in one file.
 
-One file means one transaction can record a result, queue its MQTT message and mark the
-instance done, so a crash leaves either all three or none. WAL with synchronous=FULL: NORMAL
+One file means one transaction can record a result, queue its MQTT message (and its DICOM SR,
+:mod:`edged.sr.outbox`) and mark the instance done, so a crash leaves either all of them or none. WAL with synchronous=FULL: NORMAL
 may lose the last commits on power loss, which would break the C-STORE promise.
 """
 
@@ -50,6 +50,22 @@ CREATE TABLE IF NOT EXISTS results (
     timings       TEXT                  -- JSON: the result's timings_ms
 );
 CREATE INDEX IF NOT EXISTS results_model ON results(model, created_at);
+-- DICOM SR results waiting for the PACS (edged.sr.outbox); dataset holds PHI, on-device only
+CREATE TABLE IF NOT EXISTS sr_outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_uid      TEXT NOT NULL UNIQUE,  -- the SR's own SOP Instance UID (on-device only)
+    model        TEXT NOT NULL,
+    instance     TEXT NOT NULL,         -- pseudonym of the source image (for events)
+    study        TEXT NOT NULL,         -- pseudonym of its study
+    dataset      BLOB,                  -- the SR file; NULL once delivered or given up
+    created_at   REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    delivered_at REAL,
+    failed_at    REAL,
+    last_error   TEXT                   -- a status code or a reason, never PHI
+);
+CREATE INDEX IF NOT EXISTS sr_pending ON sr_outbox(next_at) WHERE delivered_at IS NULL AND failed_at IS NULL;
 """
 
 

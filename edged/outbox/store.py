@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 
 from edged.outbox.db import Database
+from edged.sr.outbox import SrJob
+from edged.sr.outbox import insert as insert_sr
 
 
 def encode(payload: dict) -> bytes:
@@ -52,12 +54,13 @@ class ArchiveRow:
 
 @dataclass(frozen=True)
 class Record:
-    """One message to queue, with the ledger change and archive row that go with it."""
+    """One message to queue, with the ledger change, archive row and DICOM SR that go with it."""
 
     topic: str
     payload: dict
     ledger: Ledger | None = None
     archive: ArchiveRow | None = None
+    sr: SrJob | None = None
 
 
 class Outbox:
@@ -137,6 +140,8 @@ class Outbox:
                          a.study, a.instance, json.dumps(a.scores, sort_keys=True), now, a.backend, a.precision,
                          a.device, json.dumps(a.timings, sort_keys=True) if a.timings is not None else None),
                     )
+                if rec.sr is not None:
+                    insert_sr(conn, rec.sr, now)
         return inserted
 
     # -- publisher side ------------------------------------------------------------------

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -33,6 +34,9 @@ from edged.postprocess.decode import decode_one
 from edged.power.accounting import EnergyAccounting
 from edged.privacy import Pseudonymizer
 from edged.sources.work import WorkItem
+from edged.sr.outbox import SrJob
+
+SrDerive = Callable[[WorkItem, ServedModel, dict], "SrJob | None"]
 
 log = logging.getLogger("edged.results")
 
@@ -74,9 +78,10 @@ class _ItemState:
 class ResultWriter:
     def __init__(self, outbox: Outbox, events: EventEmitter, pseudo: Pseudonymizer, topics: messages.Topics,
                  source: Settle, accounting: EnergyAccounting | None = None, max_group: int = 64,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, sr: SrDerive | None = None):
         self.outbox, self.events, self.pseudo, self.topics = outbox, events, pseudo, topics
         self.observer = observer
+        self.sr = sr  # DICOM SR jobs, committed with their results (edged.sr.derive)
         self._timed: list[tuple[ServedModel, float]] = []  # results of the group being built: model, arrival
         self.source = source
         self.accounting = accounting or EnergyAccounting(None)
@@ -87,6 +92,7 @@ class ResultWriter:
         self._stopping = threading.Event()
         self.stalled_reason: str | None = None
         self.settled_count = 0
+        self.on_commit: Callable[[], None] = lambda: None  # e.g. wake the SR sender
 
     # -- the sink side (called from batcher threads) --------------------------------------
     def completed(self, item: WorkItem, model: ServedModel, completion: Completion, pre: dict[str, float],
@@ -132,6 +138,7 @@ class ResultWriter:
                         self.source.retry(e.item, "internal_error")
                 continue
             if self._commit(records):
+                self.on_commit()
                 self._observe()
                 for item, state in settled:
                     self.source.settled(item, state)
@@ -184,7 +191,7 @@ class ResultWriter:
                     state.retry = "inference_failed"
             else:
                 try:
-                    state.records.append(self._result(e))
+                    state.records.extend(self._result(e))
                 except Exception as exc:  # a decoder that cannot read these outputs: permanent
                     log.exception("item %s: %s outputs could not be decoded", e.item.key, e.model.name)
                     state.failed = "output_decode_failed"
@@ -208,7 +215,9 @@ class ResultWriter:
             settled.append((e.item, final))
         return records, settled, retries
 
-    def _result(self, e: _Entry) -> Record:
+    def _result(self, e: _Entry) -> list[Record]:
+        """The result record (with its DICOM SR job, if the model has one); an SR that cannot be
+        built is an ``error`` event next to the result, never a lost result."""
         m, c, item = e.model, e.completion, e.item
         assert c.outputs is not None
         outputs = decode_one(m.manifest.decoded_outputs, c.outputs)
@@ -237,7 +246,15 @@ class ResultWriter:
                              item.group or "", item.key, payload["scores"], backend=m.info.backend,
                              precision=m.info.precision, device=m.info.device, timings=timings)
         log.info("instance %s: %s done in %.0f ms (batch %d)", item.key, m.name, timings["total"], c.batch_size)
-        return Record(self.topics.results(m.name), payload, archive=archive)
+        records = [Record(self.topics.results(m.name), payload, archive=archive)]
+        if self.sr is not None:
+            try:
+                records[0] = replace(records[0], sr=self.sr(item, m, payload))
+            except Exception as exc:
+                log.error("instance %s: %s DICOM SR not built (%s)", item.key, m.name, type(exc).__name__)
+                records.append(self._error(item, m.name, "sr_build_failed",
+                                           f"the DICOM SR could not be built ({type(exc).__name__})"))
+        return records
 
     def _error(self, item: WorkItem, model: str, reason: str, detail: str) -> Record:
         return self.events.record(

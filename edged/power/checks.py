@@ -39,6 +39,19 @@ WINDOWS_S = (0.01, 0.05, 1.0)
 TOLERANCE_SHORT, TOLERANCE_LONG = 0.20, 0.10
 
 
+# What ``edged selftest --help`` lists for the power group (the rows below, in words).
+CHECKS = [
+    ("identity", "device-tree compatible and model, L4T release, the nvpmodel.conf in use and its profile"),
+    ("nvpmodel -p --verbose vs profile", "the (ID, name) pairs nvpmodel reads against the live conf and the profile"),
+    ("present CPUs", "CPUs present against the conf and the profile"),
+    ("nvpmodel -q as the service user / as root", "the daemon reads the mode without root"),
+    ("mode switches (--switch-modes)", "every live switch: reboot prompt against the prediction, CPUs and clocks after"),
+    ("jetson_clocks round trip", "on then off, sysfs status cross-checked with jetson_clocks --show"),
+    ("power rails", "rails with their update interval; VDD_IN not below any sub-rail"),
+    ("energy windows", "10 ms / 50 ms / 1 s windows against an independent integration of raw readings"),
+]
+
+
 def _row(target: str, status: str, note: str, **data: object) -> dict:
     return {"group": "power", "target": target, "status": status, "note": note, "data": data}
 

@@ -36,6 +36,7 @@ class SourceInfo:
     transfer_syntax: str | None
     rows: int | None
     columns: int | None
+    origin_ae: str | None = None  # the originating modality when a router forwards (see origin_ae())
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
@@ -99,6 +100,27 @@ class Vocabulary:
         return vocab.coded(value(ds, "PhotometricInterpretation"), self.photometric)
 
 
+ORIGIN_TAGS = ("SourceApplicationEntityTitle", "StationAETitle", "PerformedStationAETitle")
+
+
+def origin_ae(ds: Dataset) -> str | None:
+    """The AE title of the modality that made the image, when the dataset says: Source
+    Application Entity Title (0002,0016) where a sender kept it in the file meta, else Station
+    AE Title (0008,0055), else Performed Station AE Title (0040,0241). Through a router,
+    ``calling_ae`` is the router; this is the room. Checked like ``calling_ae`` (an AE title as
+    its VR allows, else ``invalid``); None when no tag has one."""
+    meta = getattr(ds, "file_meta", None)
+    for where, keyword in [(meta, ORIGIN_TAGS[0])] + [(ds, k) for k in ORIGIN_TAGS]:
+        if where is None:
+            continue
+        v = value(where, keyword)
+        if v is vocab.UNREADABLE:
+            return vocab.INVALID
+        if v not in (None, ""):
+            return vocab.ae_title(v if isinstance(v, (str, bytes)) else str(v))
+    return None
+
+
 def source_info(ds: Dataset, calling_ae: str, words: Vocabulary) -> SourceInfo:
     meta = getattr(ds, "file_meta", None)
     ts = value(meta, "TransferSyntaxUID") if meta is not None else None
@@ -113,6 +135,7 @@ def source_info(ds: Dataset, calling_ae: str, words: Vocabulary) -> SourceInfo:
         transfer_syntax=sop_class_name(ts) if ts else None,
         rows=_int(ds, "Rows", 1 << 16),
         columns=_int(ds, "Columns", 1 << 16),
+        origin_ae=origin_ae(ds),
     )
 
 

@@ -40,7 +40,11 @@ from pynetdicom.transport import AssociationSocket
 
 from edged.sources.dicom import vocab
 from edged.sources.dicom.incoming import GuardedFile
-from edged.sources.dicom.limits import MAX_COMMAND_SET, MAX_IN_MEMORY_MESSAGE, ProgressMeter
+from edged.sources.dicom.limits import (
+    MAX_COMMAND_SET,
+    MAX_IN_MEMORY_MESSAGE,
+    ProgressMeter,
+)
 
 # transport.GuardedAssociation (a pynetdicom Association with the guard's meter and slot); named
 # here without importing transport, which imports this module.

@@ -21,6 +21,9 @@ streamed dataset may grow are the transport's business (:mod:`edged.sources.dico
 :mod:`~edged.sources.dicom.receive`): by the time a handler here runs, the peer's host is
 allowed and the dataset is on disk within the spool's quota — or
 :func:`~edged.sources.dicom.incoming.stream_failure` says why it is not (0xA700, ``spool_full``).
+
+An image in a syntax this device cannot decode is acknowledged (``dicom.accept_undecodable``) and
+reported ``no_decoder``. Storage commitment and the idle rule: :mod:`.commitment`, :mod:`.idle`.
 """
 
 from __future__ import annotations
@@ -28,55 +31,40 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from pathlib import Path
 from typing import Protocol
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID,
+    DeflatedExplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification
 
 from edged.config.schema import DicomConfig
 from edged.outbox.emitter import EventEmitter
 from edged.outbox.store import Outbox
 from edged.privacy import Pseudonymizer
-from edged.sources.dicom import tls, transport, vocab
-from edged.sources.dicom.accept import sop_class_name, value
+from edged.sources.dicom import idle, tls, transport, vocab
+from edged.sources.dicom.accept import sop_class_name
+from edged.sources.dicom.commitment import StorageCommitment
+from edged.sources.dicom.header import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Rejected,
+    check,
+    check_inflated,
+    decodable_syntaxes,
+    offered_syntaxes,
+    parse,
+)
 from edged.sources.dicom.incoming import stream_failure
-from edged.sources.dicom.inflate import TooLarge, check_inflated_size
 from edged.sources.dicom.limits import TransportLimits
 from edged.sources.dicom.refusals import Refusals
 from edged.sources.dicom.source import DicomSource
 from edged.spool.spool import Spool, SpoolFull
 
 log = logging.getLogger("edged.dicom")
-
-SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
-NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
-COMPRESSED = [
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.5",
-]
-
-
-def decodable_syntaxes() -> list[str]:
-    """Uncompressed syntaxes plus every compressed one whose decoder is installed."""
-    from pydicom.pixels import get_decoder
-
-    out = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
-    for uid in COMPRESSED:
-        try:
-            if get_decoder(UID(uid)).is_available:
-                out.append(UID(uid))
-        except (NotImplementedError, ValueError):
-            continue
-    return out
-
 
 # What this SCP serves; refusing anything else a peer merely proposes (FIND, MOVE, GET, worklist)
 # is normal and not reported.
@@ -86,12 +74,6 @@ _REJECTS = {
     (0x01, 0x07): ("called_ae_not_recognized", "association addressed to another AE title (dicom.require_called_ae)"),
     (0x03, 0x02): ("too_many_associations", "A-ASSOCIATE-RJ local limit exceeded"),
 }
-
-
-class Rejected(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 class Observer(Protocol):
@@ -119,6 +101,9 @@ class StorageSCP:
         self._server = None
         self.refusals = Refusals(events.emit, count=lambda reason: self.observer.association("rejected", reason))
         self.port: int | None = None
+        self.commitment = StorageCommitment(cfg.storage_commitment, cfg.ae_title, outbox, spool, pseudo,
+                                            timeout_s=cfg.dimse_timeout_s)
+        self._decodable: frozenset[str] = frozenset()
 
     def limits(self) -> TransportLimits:
         c = self.cfg
@@ -145,7 +130,10 @@ class StorageSCP:
         ae.dimse_timeout = self.cfg.dimse_timeout_s
         ae.network_timeout = self.cfg.network_timeout_s
         ae.require_called_aet = False  # checked in handle_requested, which logs and reports it
-        syntaxes = decodable_syntaxes()
+        for problem in idle.problems(self.cfg.network_timeout_s):
+            log.warning("%s", problem)
+        self._decodable = frozenset(str(u) for u in decodable_syntaxes())
+        syntaxes = offered_syntaxes(self.cfg.accept_undecodable)
         ae.add_supported_context(Verification)
         # Every storage class is offered: routers forward whole studies and fail the whole
         # transfer on a refused context; what no model accepts is acknowledged and skipped.
@@ -157,7 +145,11 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_REJECTED, self.handle_rejected),
+            (evt.EVT_ABORTED, idle.handle_aborted),
         ]
+        if self.cfg.storage_commitment.enabled:
+            self.commitment.add_contexts(ae)
+            handlers.append((evt.EVT_N_ACTION, self.commitment.handle_n_action))
         t = self.cfg.tls
         guard = transport.Guard(
             self.limits(), self.refusals.start(), self.spool, send_timeout_s=self.cfg.network_timeout_s,
@@ -264,10 +256,10 @@ class StorageSCP:
         received = event.dataset_path  # streamed to disk by pynetdicom, on the spool's filesystem
         size = received.stat().st_size
         if event.context.transfer_syntax == DeflatedExplicitVRLittleEndian:
-            _check_inflated(received, self.cfg.max_inflated_mb)
+            check_inflated(received, self.cfg.max_inflated_mb)
         try:
-            ds = _parse(received)
-            _check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
+            ds = parse(received)
+            check(ds, req_class, req_instance, self.cfg.max_image_pixels, size)
             d = self.source.describe(ds, calling)
         except Rejected:
             raise
@@ -289,6 +281,10 @@ class StorageSCP:
         except OSError as exc:
             raise Rejected(OUT_OF_RESOURCES, f"spool_write: {exc.strerror}") from None
         self.outbox.mark_spooled(key, d.study, calling)
+        syntax = str(event.context.transfer_syntax)
+        if syntax not in self._decodable:  # acknowledged like any image, kept in quarantine, reported
+            self.source.no_decoder(key, d, calling, sop_class_name(syntax))
+            return SUCCESS
         log.info("instance %s from %s spooled for %s (%d bytes)", key, calling, ",".join(d.accepted), size)
         self.source.accept(key, d, calling)
         return SUCCESS
@@ -315,66 +311,3 @@ def _wait_sent(assoc, timeout: float = 2.0) -> None:
     while not assoc.dul.to_provider_queue.empty() and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(0.02)  # the primitive leaves the queue as its PDU is written
-
-
-def _check_inflated(path: Path, limit_mb: float) -> None:
-    """pydicom inflates a deflated dataset whole in memory: bound what it would inflate first."""
-    try:
-        check_inflated_size(path, int(limit_mb * 1024 * 1024))
-    except TooLarge as exc:
-        raise Rejected(OUT_OF_RESOURCES, f"too_large: {exc} (dicom.max_inflated_mb)") from None
-    except Exception as exc:
-        raise Rejected(CANNOT_UNDERSTAND, f"unreadable: deflated dataset does not inflate ({type(exc).__name__})") \
-            from None
-
-
-def _parse(path: Path) -> Dataset:
-    """Parse the header; Pixel Data stays on disk (deferred), so memory does not grow with image size."""
-    try:
-        ds = dcmread(path, defer_size=64 * 1024)
-        ds.get_item("PixelData", keep_deferred=True)  # walks the dataset without loading large values
-        return ds
-    except Exception as exc:
-        raise Rejected(CANNOT_UNDERSTAND, f"unreadable: dataset does not parse ({type(exc).__name__})") from None
-
-
-def _check(ds: Dataset, req_class: str, req_instance: str, max_pixels: int, file_size: int) -> None:
-    """Reject what cannot be understood before promising anything. Any exception other than
-    :class:`Rejected` raised here also means "cannot understand" (the caller maps it)."""
-    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-        # absent, not different: pydicom returns an *empty* dataset when an undefined-length
-        # element never meets its delimiter; a dataset whose identity cannot be read is one
-        # we cannot understand (0xC000), not one that names another instance (0xA900)
-        raise Rejected(CANNOT_UNDERSTAND, "unreadable: the dataset's SOP Class/Instance UID cannot be read")
-    if str(ds.get("SOPInstanceUID", "")) != req_instance or str(ds.get("SOPClassUID", "")) != req_class:
-        raise Rejected(MISMATCH, "mismatch: dataset SOP class/instance differ from the request")
-    if "PixelData" not in ds:
-        if ds.get("Rows") is not None:
-            raise Rejected(CANNOT_UNDERSTAND, "no_pixel_data: image without Pixel Data")
-        return  # a non-image object (report, presentation state): routed, then skipped
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
-        frames = int(value(ds, "NumberOfFrames") or 1)  # type: ignore[call-overload]
-    except (AttributeError, TypeError, ValueError, OverflowError):
-        raise Rejected(CANNOT_UNDERSTAND, "bad_image_header: Rows/Columns/BitsAllocated/NumberOfFrames missing "
-                                          "or invalid") from None
-    # Rows and Columns are US: a value above 65535 (sent with another VR) is an invalid header,
-    # not a large image (0xA700 would invite the sender to retry it forever)
-    if not 0 < rows <= 0xFFFF or not 0 < cols <= 0xFFFF or bits not in (1, 8, 16, 32, 64) or \
-            not 1 <= frames <= 1_000_000 or not 1 <= spp <= 4:
-        raise Rejected(CANNOT_UNDERSTAND, f"bad_image_header: {rows}x{cols}, {bits} bits allocated, "
-                                          f"{spp} samples, {frames} frames")
-    if rows * cols > max_pixels:
-        raise Rejected(OUT_OF_RESOURCES, f"too_large: {rows}x{cols} exceeds {max_pixels} pixels")
-    raw = ds.get_item("PixelData", keep_deferred=True)  # length and file offset, value unread
-    declared = getattr(raw, "length", None)
-    if declared is not None and declared != 0xFFFFFFFF:
-        present = min(declared, file_size - getattr(raw, "value_tell", 0))
-        expected = rows * cols * spp * frames * bits // 8
-        if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
-            return  # offsets are into the inflated stream, not the file: decoding will tell
-        if ds.file_meta.TransferSyntaxUID in NATIVE and bits >= 8 and present < expected:
-            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {present} of {expected} bytes")
-        if present < declared:
-            raise Rejected(CANNOT_UNDERSTAND, f"truncated: Pixel Data has {present} of {declared} bytes")

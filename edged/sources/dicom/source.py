@@ -117,6 +117,14 @@ class DicomSource:
         if self._hold(key):
             self._submit(key, d, calling_ae)
 
+    def no_decoder(self, key: str, d: Described, calling_ae: str, syntax: str) -> None:
+        """A spooled image in a transfer syntax this device cannot decode: an ``error`` event
+        (``no_decoder``) and quarantine at once, instead of a decode attempt per retry."""
+        log.error("instance %s from %s: no decoder for %s on this device", key, calling_ae, syntax)
+        self._fail(key, d, calling_ae, "no_decoder",
+                   f"no decoder for {syntax} on this device: install its pylibjpeg plugin, or have the sender "
+                   f"transcode (Orthanc: GDCM plugin; dicom.accept_undecodable: false refuses the syntax)")
+
     def offer(self, key: str) -> None:
         """A spooled instance nobody holds (recovery, rescan, a duplicate's re-offer)."""
         if not self._hold(key):
