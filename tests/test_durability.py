@@ -22,14 +22,15 @@ def test_kill9_after_ack_then_restart_delivers_every_result(daemon_factory, brok
     files = cr_variants(tmp_path, 5)
     c = Collector(broker.port, persistent=True)
     try:
-        # the batcher holds everything for 10 s, so the kill lands before any inference
+        # the batcher holds everything for 10 s, so the kill lands before inference — except for
+        # the first image, which found the backend idle and may have left at once (dispatch-when-idle)
         d = daemon_factory(models=SLOW_BATCHING).start()
         sent = storescu(d.port, *files)
         assert sent.returncode == 0, sent.stderr
         d.kill9()
         c.wait_for(lambda c: any(p["state"] == "offline" for p in c.of("status")))  # the broker's LWT
-        assert c.results() == []
-        assert len(list((tmp_path / "state" / "spool").glob("*.dcm"))) == 5
+        assert len(distinct_results(c)) <= 1
+        assert len(list((tmp_path / "state" / "spool").glob("*.dcm"))) >= 4
 
         d2 = daemon_factory().start()  # same state_dir, normal batching
         c.wait_for(lambda c: len(distinct_results(c)) == 5)
@@ -91,7 +92,7 @@ def test_sigterm_finishes_queued_work_flushes_and_goes_offline(daemon_factory, b
     try:
         d = daemon_factory(models=SLOW_BATCHING).start()
         assert storescu(d.port, *files).returncode == 0
-        assert c.results() == []
+        assert len(distinct_results(c)) <= 1  # only the first, dispatched on the idle backend, can be out
         assert d.terminate(timeout=30) == 0
         c.wait_for(lambda c: len(distinct_results(c)) == 3 and c.of("status")[-1]["state"] == "offline")
         order = [("results/" in t, p.get("state")) for t, p, _ in c.messages]
