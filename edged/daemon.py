@@ -31,6 +31,7 @@ from edged.control.handlers import control_handlers
 from edged.control.server import ControlServer
 from edged.metrics import Metrics, MetricsServer
 from edged.metrics import live as health
+from edged.metrics.cameras import add_camera_metrics
 from edged.models.loading import ModelLoader
 from edged.models.manifest import BatchingSpec
 from edged.mqtt import messages
@@ -181,6 +182,8 @@ class Daemon:
     def _start_metrics(self) -> None:
         self.metrics.add(PowerCollector(lambda: self.power.last_sample if self.power else None))
         health.add_daemon_gauges(self.metrics, self, mqtt_enabled=self.cfg.mqtt.enabled)
+        if self.cfg.cameras:
+            add_camera_metrics(self.metrics, lambda: self.cameras.runtimes if self.cameras is not None else [])
         prom = self.cfg.telemetry.prometheus
         if prom.enabled:
             self.http = MetricsServer(

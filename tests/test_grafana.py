@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from types import SimpleNamespace
 
 from prometheus_client import generate_latest
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edged.batcher.dynamic import Completion
 from edged.metrics import Metrics
+from edged.metrics.cameras import add_camera_metrics
 from edged.metrics.live import add_daemon_gauges
 from edged.power.prometheus import PowerCollector
 from helpers import REPO
@@ -35,6 +37,10 @@ def exported_names() -> set[str]:
                              publisher=SimpleNamespace(connected=SimpleNamespace(is_set=lambda: True)),
                              scp=object(), models={"m": model}, unavailable={"x": "why"}, healthy=lambda: True)
     add_daemon_gauges(m, daemon, mqtt_enabled=True)
+    counters = SimpleNamespace(frames_in=3, drops={"busy": 1}, reconnects=0, restarts=0)
+    cam = SimpleNamespace(name="c", capture=SimpleNamespace(state="streaming", counters=counters),
+                          inferred={"m": 2}, lock=threading.Lock())
+    add_camera_metrics(m, lambda: [cam])
     m.add(PowerCollector(lambda: {
         "power": {"source": "ina3221-hwmon", "total_mw": 5000.0, "total_is_sum": False, "rails": {"VDD_IN": {"mw": 1}}},
         "thermal_c": {"cpu": 40.0}, "cpu": {"online": 4, "cores": [{"id": 0, "load_pct": 5.0, "freq_mhz": 1000}]},
@@ -76,6 +82,8 @@ def test_the_dashboard_covers_the_triton_names_and_imports_with_a_datasource_inp
                  "edged_inference_count_total", "edged_inference_exec_count_total",
                  "edged_inference_queue_duration_seconds_bucket", "edged_inference_compute_duration_seconds_bucket",
                  "edged_request_duration_seconds_bucket", "edged_dicom_associations_total", "edged_dicom_stores_total",
-                 "edged_spool_pending", "edged_outbox_pending", "edged_mqtt_connected", "edged_build_info"):
+                 "edged_spool_pending", "edged_outbox_pending", "edged_mqtt_connected", "edged_build_info",
+                 "edged_camera_frames_received_total", "edged_camera_frames_inferred_total",
+                 "edged_camera_frames_dropped_total", "edged_camera_streaming"):
         assert name in used, name
     assert dashboard["__inputs"][0]["name"] == "DS_PROMETHEUS"

@@ -4,11 +4,15 @@ camera gets its share, and the DICOM path neither sees camera models nor waits f
 from __future__ import annotations
 
 import time
+import urllib.request
 from datetime import datetime
 
 import pytest
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from camkit import camera, wait_until
+from edged.localbroker import free_port
 from helpers import cr_variants, storescu
 
 pytestmark = pytest.mark.slow
@@ -21,12 +25,14 @@ def _ts(text: str) -> float:
 def test_four_cameras_batch_fairly_while_dicom_is_served(daemon_factory, collector, rtsp, camera_repo, tmp_path):
     server = rtsp(cameras=4, width=160, height=96, fps=10)
     names = [f"cam{i}" for i in range(4)]
+    port = free_port()
     d = daemon_factory(repo=camera_repo, models=[{"name": "chexnet-tiny"}, {"name": "detector-tiny", "threads": 1,
                                                   "batching": {"max_batch_size": 4, "max_queue_delay_ms": 30,
                                                                "max_queue_size": 8}}],
                        cameras=[camera(n, server.url(i), ["detector-tiny"], fps=5, latency_ms=50)
                                 for i, n in enumerate(names)],
-                       capture={"state_interval_s": 1}).start()
+                       capture={"state_interval_s": 1},
+                       telemetry={"prometheus": {"enabled": True, "port": port}}).start()
     online = lambda: {t.split("/")[-2] for t, p, _ in collector.messages  # noqa: E731
                       if t.endswith("/availability") and p == "online"}
     wait_until(lambda: online() >= set(names), 40, "four cameras online")
@@ -58,4 +64,20 @@ def test_four_cameras_batch_fairly_while_dicom_is_served(daemon_factory, collect
     status = [p for t, p, _ in collector.messages if t.endswith("/status") and p["state"] == "online"][-1]
     assert {(m["name"], m["source"]) for m in status["models"]} == {("chexnet-tiny", "dicom"),
                                                                      ("detector-tiny", "camera")}
+
+    # /metrics counts what the state messages count, per camera, model and drop reason
+    before = {n: collector.of(f"cameras/{n}/state")[-1] for n in names}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()) for s in f.samples}
+    time.sleep(1.5)  # a state message taken after the scrape
+    after = {n: collector.of(f"cameras/{n}/state")[-1] for n in names}
+    for n in names:
+        assert samples[("edged_camera_streaming", (("camera", n),))] == 1
+        inferred = samples[("edged_camera_frames_inferred_total", (("camera", n), ("model", "detector-tiny")))]
+        lo, hi = (s["frames"]["inferred"]["detector-tiny"] for s in (before[n], after[n]))
+        assert lo <= inferred <= hi, (n, lo, inferred, hi)
+        received = samples[("edged_camera_frames_received_total", (("camera", n),))]
+        assert received >= inferred > 0
+        for reason in before[n]["drops"]:
+            assert ("edged_camera_frames_dropped_total", (("camera", n), ("reason", reason))) in samples
     assert d.terminate() == 0
