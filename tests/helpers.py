@@ -269,15 +269,19 @@ def patch_element(path: Path, tag: tuple[int, int], vr: bytes | None = None, len
     return path
 
 
-def send_file(port: int, path: Path, syntaxes: list[str] | None = None, aet: str = "MODALITY") -> int | None:
-    """A pynetdicom SCU sending a file's bytes as they are (no re-encoding), like a router."""
+def send_file(port: int, path: Path, syntaxes: list[str] | None = None, aet: str = "MODALITY",
+              sop_class: str | None = None) -> int | None:
+    """A pynetdicom SCU sending a file's bytes as they are (no re-encoding), like a router. With
+    ``sop_class`` and ``syntaxes`` given the file is not read first (it may not parse)."""
     from pydicom import dcmread
     from pynetdicom import AE, _config
 
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=aet)
-    ds = dcmread(path, stop_before_pixels=True)
-    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, syntaxes or [ds.file_meta.TransferSyntaxUID])
+    if sop_class is None or not syntaxes:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        sop_class, syntaxes = sop_class or meta.MediaStorageSOPClassUID, syntaxes or [meta.TransferSyntaxUID]
+    ae.add_requested_context(sop_class, syntaxes)
     assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
     assert assoc.is_established
     try:
@@ -285,3 +289,20 @@ def send_file(port: int, path: Path, syntaxes: list[str] | None = None, aet: str
         return int(status.Status) if "Status" in status else None
     finally:
         assoc.release()
+
+
+def deflate_bomb(template: Path, folder: Path, side: int = 4096) -> Path:
+    """``template`` as a Deflated Explicit VR LE file of ``side``² zero pixels: a few tens of KB
+    that inflate to ``2·side²`` bytes (32 MB at 4096)."""
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    ds = dcmread(template)
+    ds.Rows = ds.Columns = side
+    ds.PixelData = bytes(side * side * 2)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb = folder / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    return bomb

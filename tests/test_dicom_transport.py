@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 from pydicom import dcmread
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from helpers import cr_variants, dicom_file, storescu
+from helpers import cr_variants, deflate_bomb, dicom_file, storescu
 from rawpeer import CR_CX, RawPeer, associate_rq, p_data, store_command
 from test_bad_input import send
 
@@ -113,14 +113,7 @@ def test_oversized_pdus_are_refused_from_their_header(daemon_factory, collector,
 
 def test_deflated_dataset_inflating_beyond_the_limit_is_refused(daemon_factory, collector, tmp_path):
     """Item 4: 34 KB that inflate to 32 MB; pydicom would inflate it whole in memory."""
-    ds = dcmread(CR)
-    ds.Rows = ds.Columns = 4096
-    ds.PixelData = bytes(4096 * 4096 * 2)
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    bomb = tmp_path / "bomb.dcm"
-    ds.save_as(bomb, enforce_file_format=True)
+    bomb = deflate_bomb(CR, tmp_path)
     assert bomb.stat().st_size < 64 << 10
 
     d = daemon_factory(dicom={"max_inflated_mb": 16}).start()

@@ -12,8 +12,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from edged.config.loader import ConfigError, load_config
 from edged.sources.dicom import transport
@@ -22,7 +20,7 @@ from edged.sources.dicom.limits import ConnectionSlots, Lease, ProgressMeter, Tr
 from edged.sources.dicom.incoming import GuardedFile
 from edged.sources.dicom.refusals import Refusals
 from edged.spool.spool import Spool, SpoolFull
-from helpers import dicom_file
+from helpers import deflate_bomb, dicom_file
 
 
 def test_meter_cuts_a_trickle_but_not_a_peer_we_kept_waiting():
@@ -172,14 +170,7 @@ def test_a_write_that_meets_a_full_disk_ends_the_stream_not_the_association(full
 
 
 def test_inflating_stops_at_the_limit_in_bounded_memory(tmp_path):
-    ds = dcmread(dicom_file("RG1_UNCR.dcm"))
-    ds.Rows = ds.Columns = 4096
-    ds.PixelData = bytes(4096 * 4096 * 2)
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    bomb = tmp_path / "bomb.dcm"
-    ds.save_as(bomb, enforce_file_format=True)
+    bomb = deflate_bomb(dicom_file("RG1_UNCR.dcm"), tmp_path)
     tracemalloc.start()
     try:
         with pytest.raises(TooLarge):

@@ -10,24 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, _config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.fuzz import datasets as D  # noqa: E402
 from tools.fuzz.phi import PhiRegistry  # noqa: E402
-
-
-def _store(port: int, path: Path, sop_class: str, syntax: str) -> int | None:
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the bytes as generated
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(path)
-        return int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
+from helpers import send_file  # noqa: E402
 
 
 def test_headers_edged_cannot_understand_are_0xC000(daemon_factory, collector, tmp_path):
@@ -54,13 +41,13 @@ def test_headers_edged_cannot_understand_are_0xC000(daemon_factory, collector, t
     elems = D.changed(elems, 0x7FE00010, vr="OB", value=items, length=D.UNDEFINED)  # no (FFFE,E0DD) delimiter
     path = tmp_path / "no-delimiter.dcm"
     path.write_bytes(D.file_bytes(D.encode(elems, D.JPEG_LOSSLESS), D.CR, who.instance_uid, D.JPEG_LOSSLESS))
-    assert _store(d.port, path, D.CR, D.JPEG_LOSSLESS) == 0xC000
+    assert send_file(d.port, path, [D.JPEG_LOSSLESS], sop_class=D.CR) == 0xC000
 
     who = phi.identity()
     elems = D.changed(D.base_image(rng, who), 0x00280011, vr="UL", value=b"\xff\xff\xff\xff")
     path = tmp_path / "columns.dcm"
     path.write_bytes(D.file_bytes(D.encode(elems, D.EXPLICIT_LE), D.CR, who.instance_uid, D.EXPLICIT_LE))
-    assert _store(d.port, path, D.CR, D.EXPLICIT_LE) == 0xC000
+    assert send_file(d.port, path, [D.EXPLICIT_LE], sop_class=D.CR) == 0xC000
 
     collector.wait_for(lambda c: len(c.events("rejected")) == 2)
     assert [(e["reason"], e["status"]) for e in collector.events("rejected")] == [

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.power.nvpmodel import NvpmodelError, _env, _resolve
-from edged.power.platform import read_text, under
+from edged.power.platform import read_int, read_text, under
 
 _GPU_DEVFREQ = re.compile(r"(gpu|gv11b|ga10b|gp10b|gm20b)$")
 
@@ -83,14 +83,6 @@ def parse_clocks_show(text: str) -> ClocksStatus:
     return ClocksStatus(_pinned(cpus, gpu), cpus, gpu, emc, "jetson_clocks --show", text)
 
 
-def _int(path: Path) -> int | None:
-    text = read_text(path)
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
 def read_clocks(root: str | Path = "/") -> ClocksStatus:
     """The jetson_clocks state from cpufreq and devfreq files every user may read."""
     root = Path(root)
@@ -103,14 +95,14 @@ def read_clocks(root: str | Path = "/") -> ClocksStatus:
     for cpu in online:
         folder = under(root, f"/sys/devices/system/cpu/cpu{cpu}/cpufreq")
         files = (("MinFreq", "scaling_min_freq"), ("MaxFreq", "scaling_max_freq"), ("CurrentFreq", "scaling_cur_freq"))
-        values = {k: _int(folder / f) for k, f in files}
+        values = {k: read_int(folder / f) for k, f in files}
         if values["MinFreq"] is not None and values["MaxFreq"] is not None:
             cpus[f"cpu{cpu}"] = {"Online": 1, **{k: v for k, v in values.items() if v is not None}}
     gpu = None
     for dev in sorted(under(root, "/sys/class/devfreq").glob("*")):
         if _GPU_DEVFREQ.search(dev.name):
             files = (("MinFreq", "min_freq"), ("MaxFreq", "max_freq"), ("CurrentFreq", "cur_freq"))
-            values = {k: _int(dev / f) for k, f in files}
+            values = {k: read_int(dev / f) for k, f in files}
             gpu = {k: v for k, v in values.items() if v is not None} or None
             break
     return ClocksStatus(_pinned(cpus, gpu), cpus, gpu, None)

@@ -60,6 +60,15 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+def read_int(path: Path) -> int | None:
+    """A sysfs integer (``temp``, ``cur_freq``, ``load``…) or None when absent or not a number."""
+    text = read_text(path)
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Platform:
     root: Path

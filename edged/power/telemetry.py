@@ -16,21 +16,13 @@ from pathlib import Path
 
 from edged.power.conf import ConfError, load_conf
 from edged.power.nvpmodel import read_status_file
-from edged.power.platform import detect_platform, read_text, under
+from edged.power.platform import detect_platform, read_int, read_text, under
 from edged.power.rails import PowerSource, discover_power_source
 
 # devfreq device names of the Jetson GPUs: Nano 57000000.gpu (gm20b), Xavier 17000000.gv11b,
 # Orin 17000000.ga10b (JetPack 5) or 17000000.gpu (JetPack 6).
 _GPU_DEVFREQ = re.compile(r"(gpu|gv11b|ga10b|gp10b|gm20b)$")
 _GPU_LOAD_FALLBACK = ("/sys/devices/gpu.0/load", "/sys/devices/platform/gpu.0/load")
-
-
-def _int(path: Path) -> int | None:
-    text = read_text(path)
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
 
 
 def parse_cpu_list(text: str) -> list[int]:
@@ -74,7 +66,7 @@ def read_thermal(root: Path) -> dict[str, float]:
     zones: dict[str, float] = {}
     for zone in sorted(under(root, "/sys/class/thermal").glob("thermal_zone*"), key=lambda p: int(p.name[12:] or 0)):
         kind = (read_text(zone / "type") or zone.name).strip()
-        milli = _int(zone / "temp")
+        milli = read_int(zone / "temp")
         if milli is None or milli == 0 or milli <= -40000 or milli >= 200000 or _FIXED_ZONES.search(kind):
             continue
         name = kind if kind not in zones else f"{kind}.{zone.name[12:]}"
@@ -105,11 +97,11 @@ def read_gpu(root: Path) -> dict[str, float | None] | None:
     for dev in sorted(under(root, "/sys/class/devfreq").glob("*")):
         if not _GPU_DEVFREQ.search(dev.name):
             continue
-        cur = _int(dev / "cur_freq")
-        load = _int(dev / "device" / "load")
+        cur = read_int(dev / "cur_freq")
+        load = read_int(dev / "device" / "load")
         if load is None:
-            load = next((v for v in (_int(under(root, p)) for p in _GPU_LOAD_FALLBACK) if v is not None), None)
-        max_freq = _int(dev / "max_freq")
+            load = next((v for v in (read_int(under(root, p)) for p in _GPU_LOAD_FALLBACK) if v is not None), None)
+        max_freq = read_int(dev / "max_freq")
         return {
             "device": dev.name,
             "load_pct": None if load is None else load / 10.0,
@@ -181,7 +173,7 @@ class TelemetrySampler:
             if cpu in now and cpu in last and now[cpu][1] > last[cpu][1]:
                 busy, total = now[cpu][0] - last[cpu][0], now[cpu][1] - last[cpu][1]
                 load = round(100.0 * busy / total, 1)
-            khz = _int(under(self.root, f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"))
+            khz = read_int(under(self.root, f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"))
             cores.append(
                 {
                     "id": cpu,
