@@ -30,6 +30,7 @@ from edged.sources.camera.capture import HELPER, Capture
 from edged.sources.camera.pipelines import describe, loops, source_label
 from edged.sources.camera.runtime import CameraRuntime
 from edged.sources.camera.scheduler import Scheduler
+from edged.sources.camera.secondary import SecondaryStage
 from edged.sources.camera.sink import CameraSink
 from edged.sources.camera.snapshots import SnapshotWriter
 from edged.sources.work import WorkItem
@@ -56,11 +57,14 @@ class CameraSource:
         cap = cfg.capture
         self.snapshots = SnapshotWriter(cfg.snapshot_dir, cap.snapshots.interval_s, cap.snapshots.keep,
                                         cap.snapshots.redact_model) if cap.snapshots.enabled else None
+        wants_secondary = any(cam.secondary_names for cam in cfg.cameras if cam.enabled)
+        self.secondary = SecondaryStage(submit, models, cap.secondary_wait_ms / 1000.0) if wants_secondary else None
         self.sink = CameraSink(topics, events, lambda t, d: self.publish(t, d, False),
                                max_rate_hz=cap.detections_max_rate_hz, object_timeout_s=cap.object_timeout_s,
                                object_update_s=cap.object_update_s, object_min_frames=cap.object_min_frames,
                                snapshot=self.snapshots,
-                               snapshot_model=cap.snapshots.redact_model if self.snapshots else None)
+                               snapshot_model=cap.snapshots.redact_model if self.snapshots else None,
+                               secondary=self.secondary)
         self.runtimes: list[CameraRuntime] = []
         self.probe: dict = {}
         self._submit = submit
@@ -79,8 +83,8 @@ class CameraSource:
                       "and the GStreamer plugins (see README)", cap.python, self.probe["error"])
         elements = self.probe.get("elements") or {}
         for cam in self.cfg.cameras:
-            served = tuple(m for m in cam.models if m in self.models)
-            for m in cam.models:
+            served = tuple(m for m in cam.model_names if m in self.models)
+            for m in cam.all_model_names:
                 if m not in self.models:
                     log.error("camera %s: model %s is not served for cameras; the camera runs without it", cam.name, m)
             capture = Capture(cam, describe(cam, elements, cap.decoder), cap.python, on_event=self._camera_event,
@@ -141,13 +145,14 @@ class CameraSource:
         c = rt.capture
         latest = c.counters
         with rt.lock:
-            drops, inferred = dict(latest.drops), dict(rt.inferred)
+            drops, inferred, crops = dict(latest.drops), dict(rt.inferred), dict(rt.crops)
         state = c.state if not self._stopping.is_set() or c.state == "disabled" else "stopped"
         return messages.camera_state(
             self.topics.node, rt.name, state=state, enabled=rt.cam.enabled, source=source_label(rt.cam),
             decoder=c.decoder, resolution=c.resolution, models=list(rt.models),
             fps={"configured": rt.cam.fps, "in": c.fps_in(), "inferred": rt.fps_inferred()},
-            frames={"in": latest.frames_in, "inferred": inferred, "age_ms": rt.age_ms()}, drops=drops,
+            frames={"in": latest.frames_in, "inferred": inferred, "age_ms": rt.age_ms(),
+                    **({"crops": crops} if crops else {})}, drops=drops,
             last_frame_age_s=c.frame_age_s(), reconnects=latest.reconnects, restarts=latest.restarts,
             attempts=latest.attempts, last_error=c.last_error, last_attempt=c.last_attempt,
             next_attempt=c.next_attempt, backoff_s=c.backoff_s)
