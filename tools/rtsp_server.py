@@ -42,7 +42,7 @@ def main(argv):
         factory = GstRtspServer.RTSPMediaFactory()
         if args.picture:
             source = ("filesrc location=\"%s\" ! pngdec ! videoconvert ! imagefreeze is-live=true "
-                      "! videoscale ! videoconvert ! video/x-raw,format=I420" % args.picture)
+                      "! videoscale ! videoconvert" % args.picture)
         else:
             source = "videotestsrc is-live=true pattern=%s" % args.pattern
         factory.set_launch(
