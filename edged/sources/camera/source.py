@@ -89,7 +89,11 @@ class CameraSource:
                     log.error("camera %s: model %s is not served for cameras; the camera runs without it", cam.name, m)
             capture = Capture(cam, describe(cam, elements, cap.decoder), cap.python, on_event=self._camera_event,
                               on_state=self._state_changed, loop=loops(cam))
-            self.runtimes.append(CameraRuntime(cam, capture, served))
+            rt = CameraRuntime(cam, capture, served)
+            if cam.secondary_names:  # counted from the start, so a consumer sees zeros, not absence
+                capture.counters.drops.setdefault("secondary", 0)
+                rt.crops.update({k: 0 for k in ("classified", "too_small", "late", "failed")})
+            self.runtimes.append(rt)
         self.scheduler = Scheduler(self.runtimes, self._submit, self.sink,
                                    self.snapshots.wanted if self.snapshots else (lambda rt: False))
         for rt in self.runtimes:
