@@ -137,3 +137,15 @@ def test_objects_carry_mean_scores_per_classifier_and_their_crop_count():
     obj.classified("cropcls", {"class_a": 1.0, "class_b": 0.0})
     obj.classified("cropcls", {"class_a": 1.0, "class_b": 0.0})
     assert [k for k, _ in t.update([{**det}], 7.0)] == ["update"]
+
+
+def test_selftest_times_detector_and_secondary_per_frame(tmp_path):
+    from edged.selftest.secondary import secondary_rows
+
+    cfg = load_config(_config(tmp_path, "- {name: centerface, secondary: [{model: cropcls, labels: [face]}]}\n"))
+    (row,) = secondary_rows(cfg, tmp_path / "selftest-cache", repeats=1)
+    assert (row.group, row.target, row.status) == ("secondary", "centerface + cropcls", "PASS"), row
+    assert set(row.data["ms_per_frame"]) == {0, 1, 4, 16} and all(v > 0 for v in row.data["ms_per_frame"].values())
+    assert "onnxruntime" in row.data["backends"]["cropcls"]
+    (skip,) = secondary_rows(load_config(_config(tmp_path, "- centerface\n")), tmp_path, repeats=1)
+    assert skip.status == "SKIP" and "no camera has secondary" in skip.note
