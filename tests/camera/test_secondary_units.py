@@ -149,3 +149,18 @@ def test_selftest_times_detector_and_secondary_per_frame(tmp_path):
     assert "onnxruntime" in row.data["backends"]["cropcls"]
     (skip,) = secondary_rows(load_config(_config(tmp_path, "- centerface\n")), tmp_path, repeats=1)
     assert skip.status == "SKIP" and "no camera has secondary" in skip.note
+
+
+def test_a_secondary_is_an_ordinary_model_for_tensorrt_and_dla(tmp_path):
+    """Nothing special-cases secondaries out: their DLA engines count against a core's budget and
+    `engines build --all` takes them, since they are entries of models: like any other."""
+    from edged.backends.tensorrt.dla import budget_problems, requests_from_config
+
+    path = _config(tmp_path, "- {name: centerface, secondary: [{model: cropcls, labels: [face]}]}\n")
+    text = path.read_text().replace("{name: cropcls}", "{name: cropcls, backend: tensorrt, dla_core: 0}")
+    path.write_text(text.replace("{name: centerface}", "{name: centerface, backend: tensorrt, dla_core: 0}"))
+    cfg = load_config(path)
+    manifests = {e.name: load_manifest(cfg.manifest_path(e)) for e in cfg.models}
+    requests = requests_from_config(cfg, manifests)
+    assert {(r.model, r.core, r.engines) for r in requests} >= {("cropcls", 0, 16), ("centerface", 0, 4)}
+    assert any("cropcls" in p for p in budget_problems(requests)), budget_problems(requests)
