@@ -181,6 +181,8 @@ class Daemon:
     def _start_metrics(self) -> None:
         self.metrics.add(PowerCollector(lambda: self.power.last_sample if self.power else None))
         health.add_daemon_gauges(self.metrics, self, mqtt_enabled=self.cfg.mqtt.enabled)
+        if self.cfg.cameras:
+            health.add_camera_metrics(self.metrics, self)
         prom = self.cfg.telemetry.prometheus
         if prom.enabled:
             self.http = MetricsServer(

@@ -43,6 +43,40 @@ def add_daemon_gauges(metrics: Metrics, d: Running, *, mqtt_enabled: bool) -> No
                        lambda: {**{(n,): 1 for n in dict(d.models)}, **{(n,): 0 for n in dict(d.unavailable)}})
 
 
+def _camera_reads(d: Running, read: Any) -> Any:
+    """``read(runtime)`` → ``{label values: number}`` for every camera, merged (none before they start)."""
+    def collect() -> dict:
+        source = getattr(d, "cameras", None)
+        out: dict = {}
+        for rt in list(source.runtimes) if source is not None else []:
+            with rt.lock:
+                out.update(read(rt))
+        return out
+    return collect
+
+
+def add_camera_metrics(metrics: Metrics, d: Running) -> None:
+    """Per camera, read at scrape time from its counters (the ones the retained state reports):
+    frames in, inferred per model, dropped per reason, secondary crops per outcome, streaming."""
+    metrics.counter_from("edged_camera_frames_in", "Frames the camera's capture delivered to the daemon.",
+                         ("camera",), _camera_reads(d, lambda rt: {(rt.name,): rt.capture.counters.frames_in}))
+    metrics.counter_from("edged_camera_frames_inferred", "Frames of the camera each model inferred.",
+                         ("camera", "model"),
+                         _camera_reads(d, lambda rt: {(rt.name, m): n for m, n in rt.inferred.items()}))
+    metrics.counter_from("edged_camera_frames_dropped", "Frames of the camera not inferred, by the stage that "
+                         "dropped them (reader, busy, queue, failed).", ("camera", "reason"),
+                         _camera_reads(d, lambda rt: {(rt.name, k): n for k, n in rt.capture.counters.drops.items()
+                                                      if k != "secondary"}))
+    metrics.counter_from("edged_camera_secondary_crops", "Secondary classifier crops of the camera by outcome: "
+                         "classified, dropped (the classifier's queue was full), too_small, late, failed.",
+                         ("camera", "outcome"),
+                         _camera_reads(d, lambda rt: {**{(rt.name, k): n for k, n in rt.crops.items()},
+                                                      **({(rt.name, "dropped"): rt.capture.counters.drops["secondary"]}
+                                                         if "secondary" in rt.capture.counters.drops else {})}))
+    metrics.gauge_from("edged_camera_streaming", "1 while the camera delivers frames.", ("camera",),
+                       _camera_reads(d, lambda rt: {(rt.name,): int(rt.capture.state == "streaming")}))
+
+
 def live(d: Running, started: bool, stopping: bool) -> tuple[bool, str]:
     """Triton's liveness: up and not hung (true while loading; false once a part died or hung)."""
     if not started:

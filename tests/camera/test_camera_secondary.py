@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from camkit import camera, wait_until
+from edged.localbroker import free_port
 from edged.mqtt.messages import MAX_BYTES
 from helpers import cr_variants, storescu
 
@@ -72,7 +73,8 @@ def test_faces_are_classified_small_ones_skipped_and_a_slow_classifier_only_drop
                  camera("crowd", f"file://{crowd}?loop=1",
                         [{"name": "centerface", "secondary": [{"model": "slowcls", "labels": ["face"],
                                                                 "min_box_px": 16}]}], fps=2)],
-        capture={"state_interval_s": 1, "secondary_wait_ms": WAIT_MS}).start()
+        capture={"state_interval_s": 1, "secondary_wait_ms": WAIT_MS},
+        telemetry={"prometheus": {"enabled": True, "port": (port := free_port())}}).start()
 
     frames = wait_until(lambda: collector.of("cameras/faces/detections/centerface")[3:], 60, "frames of two faces")
     for message in frames:
@@ -112,5 +114,19 @@ def test_faces_are_classified_small_ones_skipped_and_a_slow_classifier_only_drop
     assert crowd_frames and all(len(m["detections"]) == 16 for m in crowd_frames)
     assert all(m["timings_ms"]["secondary_wait"] < WAIT_MS + 500 for m in crowd_frames)
     assert any(sum("secondary" in f for f in m["detections"]) < 16 for m in crowd_frames)  # dropped crops
+
+    # camera metrics on /metrics: the cameras' own counters, per camera, stage and outcome
+    from test_metrics import scrape, value
+
+    m = scrape(port)
+    assert value(m, "edged_camera_frames_in_total", camera="faces") >= end["faces"]["frames"]["in"]
+    assert value(m, "edged_camera_frames_inferred_total", camera="crowd", model="centerface") >= \
+        end["crowd"]["frames"]["inferred"]["centerface"] > 0
+    assert value(m, "edged_camera_frames_dropped_total", camera="crowd", reason="reader") >= \
+        end["crowd"]["drops"]["reader"]
+    assert value(m, "edged_camera_secondary_crops_total", camera="crowd", outcome="dropped") >= \
+        end["crowd"]["drops"]["secondary"] > 10
+    assert value(m, "edged_camera_secondary_crops_total", camera="faces", outcome="too_small") > 0
+    assert value(m, "edged_camera_streaming", camera="faces") == 1
     assert d.terminate() == 0
     assert max(size for topic, size in collector.sizes if "/detections/" in topic) <= MAX_BYTES["detections"]
