@@ -70,6 +70,7 @@ class CameraSink:
             secondary.deliver = self._queue.put
         self._pending: dict[tuple[str, str], bytes] = {}  # (camera, model) -> newest unsent payload
         self._next_send: dict[tuple[str, str], float] = {}
+        self._newest: dict[tuple[str, str], float] = {}  # when the newest message built was handled
         self._runtimes: list[CameraRuntime] = []
         self._thread = threading.Thread(target=self._run, name="camera-sink", daemon=True)
         self._stopping = threading.Event()
@@ -183,6 +184,10 @@ class CameraSink:
         """The frame's object events and detections message, with whatever its crops gave in time."""
         rt, model, frame = hold.runtime, hold.extra["model"], hold.extra["frame"]
         self._object_events(rt, model.name, hold.events)
+        key = (rt.name, model.name)
+        if hold.started < self._newest.get(key, float("-inf")):
+            return  # a newer frame's message (whose crops settled first) already took its place: newest wins
+        self._newest[key] = hold.started
         timings = dict(hold.extra["timings"])
         if hold.planned:
             timings["secondary_wait"] = round((time.monotonic() - hold.started) * 1000.0, 1)
@@ -192,7 +197,7 @@ class CameraSink:
         payload = messages.detections(self.topics.node, rt.name, manifest=model.manifest, info=model.info, frame=info,
                                       detections_=hold.with_results(), timings=timings)
         try:
-            self._pending[(rt.name, model.name)] = messages.encode_capped("detections", payload)
+            self._pending[key] = messages.encode_capped("detections", payload)
         except messages.PayloadTooLarge as exc:
             self._log_once(f"{rt.name}:cap", "camera %s: %s", rt.name, exc)
 

@@ -10,6 +10,9 @@ What it promises the daemon:
 * Availability (retained ``online``/``offline``) follows the capture state at once; the retained
   state message is sent on every change and every ``capture.state_interval_s``; camera events
   (``online``, ``offline``, ``stalled``, ``restarted``, ``reconnected``) are durable.
+* Secondary classifiers (``cameras[].models[].secondary``) run on crops of the detector's frames
+  through the same camera pipeline, one batcher per classifier for every camera
+  (:mod:`edged.sources.camera.secondary`); their crops never delay a detector.
 * Counters are plain attributes of each :class:`CameraRuntime` (``capture.counters``,
   ``inferred``): whoever reports metrics reads them; :meth:`stats` is a copy for the control API.
 """
