@@ -16,7 +16,7 @@ GST_PROBE := import gi; gi.require_version("Gst", "1.0"); gi.require_version("Gs
 	assert all(Gst.ElementFactory.find(e) for e in ("x264enc", "avdec_h264", "rtspsrc", "imagefreeze", "videorate"))
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-camera test setup system-deps models bench bench-cameras soak-cameras clean flash-test flash-test-jp5 flash-deps flash-cross-deps fuzz
+.PHONY: demo demo-camera test setup system-deps models bench bench-cameras bench-sgie soak-cameras clean flash-test flash-test-jp5 flash-deps flash-cross-deps fuzz
 
 demo: setup models
 	$(BIN)/edged demo
@@ -36,6 +36,10 @@ bench: setup models
 bench-cameras: setup models
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python tools/bench_cameras.py
+
+bench-sgie: setup models
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python tools/bench_sgie.py
 
 soak-cameras: setup models
 	$(BIN)/pip install -q -e '.[bench]'

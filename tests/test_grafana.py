@@ -39,7 +39,7 @@ def exported_names() -> set[str]:
     add_daemon_gauges(m, daemon, mqtt_enabled=True)
     counters = SimpleNamespace(frames_in=3, drops={"busy": 1}, reconnects=0, restarts=0)
     cam = SimpleNamespace(name="c", capture=SimpleNamespace(state="streaming", counters=counters),
-                          inferred={"m": 2}, lock=threading.Lock())
+                          inferred={"m": 2}, crops={"classified": 1}, lock=threading.Lock())
     add_camera_metrics(m, lambda: [cam])
     m.add(PowerCollector(lambda: {
         "power": {"source": "ina3221-hwmon", "total_mw": 5000.0, "total_is_sum": False, "rails": {"VDD_IN": {"mw": 1}}},

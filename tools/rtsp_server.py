@@ -3,8 +3,8 @@
 
 Runs on the system Python with python3-gi and gir1.2-gst-rtsp-server-1.0 (Debian; JetPack has
 both). Serves ``/cam0`` … ``/cam{N-1}`` on 127.0.0.1: H.264 (x264, zero latency) of a moving
-test pattern at the given size and rate, one encoder per mount shared by its clients, as an IP
-camera does. Prints ``READY <port>`` once listening. SIGSTOP freezes it with its sockets open
+test pattern (or, with ``--picture``, a still picture looped as live video) at the given size and
+rate, one encoder per mount shared by its clients, as an IP camera does. Prints ``READY <port>`` once listening. SIGSTOP freezes it with its sockets open
 (a stalled camera); SIGTERM/kill ends it (a camera that went away).
 
     /usr/bin/python3 tools/rtsp_server.py --port 8554 --cameras 4 --width 640 --height 360 --fps 15
@@ -29,6 +29,7 @@ def main(argv):
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=int, default=15)
     p.add_argument("--pattern", default="ball")
+    p.add_argument("--picture", help="serve this PNG (e.g. faces) as live video instead of a test pattern")
     p.add_argument("--user", help="require this user (password from --password-file)")
     p.add_argument("--password-file")
     args = p.parse_args(argv)
@@ -39,10 +40,15 @@ def main(argv):
     mounts = server.get_mount_points()
     for i in range(args.cameras):
         factory = GstRtspServer.RTSPMediaFactory()
+        if args.picture:
+            source = ("filesrc location=\"%s\" ! pngdec ! videoconvert ! imagefreeze is-live=true "
+                      "! videoscale ! videoconvert" % args.picture)
+        else:
+            source = "videotestsrc is-live=true pattern=%s" % args.pattern
         factory.set_launch(
-            "( videotestsrc is-live=true pattern=%s ! video/x-raw,width=%d,height=%d,framerate=%d/1 "
+            "( %s ! video/x-raw,width=%d,height=%d,framerate=%d/1 "
             "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=%d bitrate=1000 "
-            "! rtph264pay name=pay0 pt=96 config-interval=1 )" % (args.pattern, args.width, args.height, args.fps, args.fps))
+            "! rtph264pay name=pay0 pt=96 config-interval=1 )" % (source, args.width, args.height, args.fps, args.fps))
         factory.set_shared(True)
         if args.user:
             permissions = GstRtspServer.RTSPPermissions()

@@ -93,7 +93,7 @@ class Checker:
             if model.name != entry.name:
                 self.error(f"{path}: name: {model.name} but the config lists it as {entry.name}")
             for cam in self.cfg.cameras:  # what `run` refuses when loading the model for cameras
-                if entry.name in cam.models and "camera" not in model.manifest.sources:
+                if entry.name in cam.all_model_names and "camera" not in model.manifest.sources:
                     self.error(f"cameras: {cam.name} names model {entry.name}, whose manifest serves "
                                f"{', '.join(model.manifest.sources)} only (sources: in {path})")
             onnx = model.onnx_path
@@ -108,6 +108,10 @@ class Checker:
             if entry.backend != "onnxruntime" and probe_worker:
                 self.worker(i, entry)
         self.dla_budget(manifests)
+        from edged.sources.camera.secondary_config import secondary_problems
+
+        for problem in secondary_problems(self.cfg.cameras, {k: m.manifest for k, m in manifests.items()}, self.cfg.where):
+            self.error(problem)
 
     def dla_budget(self, manifests: dict) -> None:
         """DLA runs at most 16 loadables per core: the configured models x static batch sizes."""

@@ -92,7 +92,9 @@ def load_config_notes(path: str | Path | None = None, sets: list[str] | None = N
         _forget(origins, loc)
         origins[loc] = f"--set {'.'.join(map(str, loc))}"
     notes = _resolve_node_id(src, origins, root or Path("/"))
-    return validate(Config, src, origins), notes
+    cfg = validate(Config, src, origins)
+    cfg.set_origin(lambda loc: origins.get(loc) or (f"{src.name}:{src.line_of(loc)}" if src.line_of(loc) else src.name))
+    return cfg, notes
 
 
 def _resolve_node_id(src: YamlSource, origins: dict[Loc, str], root: Path) -> list[str]:

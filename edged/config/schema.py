@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, PrivateAttr, field_validator, model_validator
 
 from edged.backends.tensorrt.config import TensorRTConfig
 from edged.models.manifest import BatchingSpec
@@ -278,6 +278,14 @@ class Config(Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=64)
     capture: CaptureConfig = CaptureConfig()
+    _origin: object = PrivateAttr(default=None)  # loc -> "file:line" of the file it was loaded from
+
+    def set_origin(self, origin: object) -> None:
+        self._origin = origin
+
+    def where(self, key: str, loc: tuple) -> str:
+        """``file:line: key`` for a finding about the value at ``loc`` (just ``key`` without a file)."""
+        return f"{self._origin(loc)}: {key}" if callable(self._origin) else key
 
     @model_validator(mode="after")
     def _unique_models(self) -> "Config":
@@ -293,7 +301,7 @@ class Config(Strict):
         if dupes:
             raise ValueError(f"camera listed twice: {', '.join(dupes)}")
         for cam in self.cameras:
-            missing = [m for m in cam.models if m not in names]
+            missing = [m for m in cam.all_model_names if m not in names]
             if missing:
                 raise ValueError(f"camera {cam.name}: model(s) {', '.join(missing)} not in models:")
         if self.capture.snapshots.enabled and self.capture.snapshots.redact_model not in names:

@@ -43,9 +43,10 @@ class ModelLoader:
         """DICOM and camera instances by model name, and why each other configured model (or
         instance, ``name@camera``) is not served."""
         check_dla_budget(self.cfg)
+        check_secondaries(self.cfg)
         served: dict[str, dict[str, ServedModel]] = {"dicom": {}, "camera": {}}
         unavailable: dict[str, str] = {}
-        for_cameras = {m for cam in self.cfg.cameras if cam.enabled for m in cam.models}
+        for_cameras = {m for cam in self.cfg.cameras if cam.enabled for m in cam.all_model_names}
         for i, entry in enumerate(self.cfg.models, 1):
             self.notifier.status(f"loading model {entry.name} ({i}/{len(self.cfg.models)})")
             key = entry.name
@@ -138,6 +139,22 @@ def check_dla_budget(cfg: Config) -> None:
     problems = budget_problems(requests_from_config(cfg, manifests))
     if problems:
         raise ConfigError([f"models: {p}" for p in problems])
+
+
+def check_secondaries(cfg: Config) -> None:
+    """Raise ConfigError when a camera's secondary classifiers do not fit their manifests (what
+    ``edged check`` reports too): a run must not start serving detections it cannot classify."""
+    from edged.sources.camera.secondary_config import secondary_problems
+
+    manifests = {}
+    for entry in cfg.models:
+        try:
+            manifests[entry.name] = load_manifest(cfg.manifest_path(entry)).manifest
+        except Exception:  # reported with its reason when the model is loaded
+            continue
+    problems = secondary_problems(cfg.cameras, manifests, cfg.where)
+    if problems:
+        raise ConfigError(problems)
 
 
 def check_tensors(name: str, manifest: ModelManifest, backend: Backend) -> None:

@@ -1,7 +1,7 @@
 """``edged selftest``: a technician runs it once on a new board and sends the report back.
 
 It proves on the device what CI cannot (no machine of this project has a GPU): the TensorRT
-checks (``trt_checks.py``), the power checks of ``edged.power.checks`` when this build has them
+checks (``trt_checks.py``), detector + secondary classifiers timed per frame (``secondary.py``), the power checks of ``edged.power.checks`` when this build has them
 (mode switches only with ``--switch-modes``: switching is the operator's explicit consent), and
 the TensorRT checks again as the service user inside the unit's systemd sandbox
 (``sandbox.py``). Every check is a row ``(group, target, PASS|FAIL|SKIP, note, data)``
@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import edged
 from edged.selftest.report import Report, Row, meta
 
-GROUPS = ("tensorrt", "power", "sandbox", "cameras")
+GROUPS = ("tensorrt", "power", "sandbox", "cameras", "secondary")
 
 
 @dataclass
@@ -83,6 +83,10 @@ def run_selftest(ctx: Any, opts: SelftestOptions, out: TextIO | None = None) -> 
         config = getattr(ctx, "config", None)
         report.add([Row.of(r) for r in camera_rows(config)] if config is not None else
                    [Row("cameras", "capture helper", "SKIP", "no configuration given")])
+    if opts.wants("secondary"):
+        from edged.selftest.secondary import secondary_rows
+
+        report.add(secondary_rows(getattr(ctx, "config", None), cache_dir, opts.repeats))
     report.print_table(out)
     if opts.json_path:
         report.write_json(opts.json_path)

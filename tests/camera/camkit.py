@@ -18,10 +18,12 @@ class RtspServer:
     """tools/rtsp_server.py as a process: stop (SIGSTOP), cont, kill and start again on its port."""
 
     def __init__(self, workdir: Path, cameras: int = 1, width: int = 320, height: int = 180, fps: int = 15,
-                 user: str | None = None, password_file: Path | None = None):
+                 user: str | None = None, password_file: Path | None = None, picture: Path | None = None):
         self.port = free_port()
         self.args = ["--port", str(self.port), "--cameras", str(cameras), "--width", str(width), "--height",
                      str(height), "--fps", str(fps)]
+        if picture:
+            self.args += ["--picture", str(picture)]
         if user:
             self.args += ["--user", user, "--password-file", str(password_file)]
         self.log = workdir / f"rtsp-{self.port}.log"

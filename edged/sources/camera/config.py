@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator, model_validator
 
+from edged.sources.camera.secondary_config import CameraModel, SecondarySpec
+
 SCHEMES = ("rtsp", "rtsps", "csi", "v4l2", "file", "test")
 TEST_PATTERNS = ("smpte", "ball", "snow", "black", "white", "gradient", "pinwheel", "colors", "checkers-8")
 
@@ -43,7 +45,8 @@ class CameraConfig(Strict):
     enabled: bool = True
     username_file: FilePath | None = None
     password_file: FilePath | None = None
-    models: list[str] = Field(min_length=1, max_length=8)
+    # A model name, or a detector with its secondary classifiers: {name, secondary: [...]}
+    models: list[CameraModel] = Field(min_length=1, max_length=8)
     fps: float = Field(default=5.0, gt=0, le=60, description="inference rate; the newest frame wins")
     width: int | None = Field(default=None, ge=16, le=4096, description="frames are scaled to this in the pipeline")
     height: int | None = Field(default=None, ge=16, le=4096)
@@ -81,6 +84,11 @@ class CameraConfig(Strict):
             raise ValueError(f"unknown URI option(s): {', '.join(sorted(unknown))} (known: loop, format)")
         return v
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_are_models(cls, v: object) -> object:
+        return [{"name": m} if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
+
     @field_validator("roi")
     @classmethod
     def _roi(cls, v: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
@@ -100,9 +108,27 @@ class CameraConfig(Strict):
             raise ValueError("credentials apply to rtsp:// cameras only")
         if (self.width is None) != (self.height is None):
             raise ValueError("give width and height together")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("a model is listed twice")
+        names = [*self.model_names, *self.secondary_names]
+        if len(set(names)) != len(names):
+            raise ValueError("a model is listed twice (as a model or a secondary)")
         return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models every frame goes to (detectors and whole-frame models)."""
+        return [m.name for m in self.models]
+
+    @property
+    def secondary_names(self) -> list[str]:
+        """The secondary classifiers this camera's detections go to (each once)."""
+        return list(dict.fromkeys(s.model for m in self.models for s in m.secondary))
+
+    @property
+    def all_model_names(self) -> list[str]:
+        return [*self.model_names, *self.secondary_names]
+
+    def secondaries(self, model: str) -> tuple[SecondarySpec, ...]:
+        return next((m.secondary for m in self.models if m.name == model), ())
 
     @property
     def scheme(self) -> str:
@@ -129,3 +155,5 @@ class CaptureConfig(Strict):
     object_update_s: float = Field(default=5.0, gt=0, le=3600, description="at most one update event per object per this")
     object_min_frames: int = Field(default=2, ge=1, le=100, description="frames an object is seen in before its new event")
     snapshots: Snapshots = Snapshots()
+    secondary_wait_ms: float = Field(default=250.0, ge=0, le=5000, description=(
+        "a frame's detections message waits at most this long for its secondary classifiers' results"))

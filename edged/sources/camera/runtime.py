@@ -26,6 +26,7 @@ class CameraRuntime:
     next_due: float = 0.0
     inferred: dict[str, int] = field(default_factory=dict)  # per model
     snapshot_due: float = 0.0
+    crops: dict[str, int] = field(default_factory=dict)  # secondary crops: classified, too_small, late, failed
     lock: threading.Lock = field(default_factory=threading.Lock)
     _done: collections.deque = field(default_factory=lambda: collections.deque(maxlen=512))  # (monotonic, model)
     _ages: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))  # ms at inference start
@@ -52,6 +53,10 @@ class CameraRuntime:
     def count_drop(self, stage: str, n: int = 1) -> None:
         with self.lock:
             self.capture.counters.drops[stage] = self.capture.counters.drops.get(stage, 0) + n
+
+    def count_crop(self, outcome: str, n: int = 1) -> None:
+        with self.lock:
+            self.crops[outcome] = self.crops.get(outcome, 0) + n
 
     def inferred_one(self, model: str, age_ms: float) -> None:
         with self.lock:

@@ -10,7 +10,10 @@ camera's in-flight slot for that model at once. On that thread, per outcome:
   events through the one :class:`~edged.outbox.emitter.EventEmitter`;
 * the frame's detections become a QoS 0 message, at most ``detections_max_rate_hz`` per camera
   and model: between two sends only the newest waits (newest wins);
-* a due snapshot is handed to the snapshot writer, which redacts faces before writing.
+* a due snapshot is handed to the snapshot writer, which redacts faces before writing;
+* with secondary classifiers, the frame's crops are handed to
+  :class:`~edged.sources.camera.secondary.SecondaryStage`, and the frame's message and object
+  events wait (bounded by ``capture.secondary_wait_ms``) for their results; the detector does not.
 
 Nothing here ever publishes pixels: payloads are built by :mod:`edged.mqtt.messages` and capped.
 """
@@ -29,6 +32,7 @@ from edged.outbox.emitter import EventEmitter
 from edged.postprocess.decode import decode_one, kind_of
 from edged.preprocess.frames import geometry_for
 from edged.sources.camera.runtime import CameraRuntime, FrameRef
+from edged.sources.camera.secondary import FrameHold, SecondaryStage
 from edged.sources.camera.tracker import TrackedObject, Tracker
 from edged.sources.work import WorkItem
 
@@ -53,15 +57,20 @@ def inside(polygon: list[tuple[float, float]] | None, x: float, y: float) -> boo
 class CameraSink:
     def __init__(self, topics: messages.Topics, events: EventEmitter, publish: Publish, *, max_rate_hz: float = 5.0,
                  object_timeout_s: float = 2.0, object_update_s: float = 5.0, object_min_frames: int = 2,
-                 snapshot: Callable[[FrameRef, list[dict]], None] | None = None, snapshot_model: str | None = None):
+                 snapshot: Callable[[FrameRef, list[dict]], None] | None = None, snapshot_model: str | None = None,
+                 secondary: SecondaryStage | None = None):
         self.topics, self.events, self.publish = topics, events, publish
         self.min_interval = 1.0 / max_rate_hz
         self.object_timeout_s, self.object_update_s = object_timeout_s, object_update_s
         self.object_min_frames = object_min_frames
         self.snapshot, self.snapshot_model = snapshot, snapshot_model
         self._queue: queue.Queue[tuple | None] = queue.Queue()
+        self.secondary = secondary
+        if secondary is not None:
+            secondary.deliver = self._queue.put
         self._pending: dict[tuple[str, str], bytes] = {}  # (camera, model) -> newest unsent payload
         self._next_send: dict[tuple[str, str], float] = {}
+        self._newest: dict[tuple[str, str], float] = {}  # when the newest message built was handled
         self._runtimes: list[CameraRuntime] = []
         self._thread = threading.Thread(target=self._run, name="camera-sink", daemon=True)
         self._stopping = threading.Event()
@@ -108,12 +117,20 @@ class CameraSink:
             except queue.Empty:
                 entry = ()
             if entry is None:
+                for hold in self.secondary.due(0.0, every=True) if self.secondary else []:
+                    self._finish(hold)
                 self._flush(time.monotonic(), force=True)
                 return
             try:
-                if entry:
+                if entry and entry[0] == "crop":
+                    hold = self.secondary.settle(entry[1], entry[2], entry[1].context.hold.runtime.trackers)
+                    if hold is not None:
+                        self._finish(hold)
+                elif entry:
                     self._handle(*entry[1:])
                 now = time.monotonic()
+                for hold in self.secondary.due(now) if self.secondary else []:
+                    self._finish(hold)
                 self._flush(now)
                 for rt in self._runtimes:
                     for model, tracker in rt.trackers.items():
@@ -122,10 +139,13 @@ class CameraSink:
                 log.exception("camera sink: an outcome could not be handled")
 
     def _wait(self) -> float:
-        if not self._pending:
+        times = [self._next_send.get(k, 0.0) for k in self._pending]
+        deadline = self.secondary.next_deadline() if self.secondary else None
+        if deadline is not None:
+            times.append(deadline)
+        if not times:
             return 0.5
-        soonest = min(self._next_send.get(k, 0.0) for k in self._pending)
-        return min(0.5, max(0.0, soonest - time.monotonic()))
+        return min(0.5, max(0.0, min(times) - time.monotonic()))
 
     def _handle(self, item: WorkItem, model: Any, completion: Any, pre: dict[str, float]) -> None:
         ref: FrameRef = item.context
@@ -144,23 +164,42 @@ class CameraSink:
         now_wall = time.time()
         tracker = rt.trackers.setdefault(model.name, Tracker(self.object_timeout_s, self.object_update_s,
                                                                         min_frames=self.object_min_frames))
-        self._object_events(rt, model.name, tracker.update(dets, now_wall))
+        hold = FrameHold(rt, model.name, dets, time.monotonic() + (self.secondary.wait_s if self.secondary else 0.0))
+        hold.events = tracker.update(dets, now_wall)
         start = completion.window[0]
         age_ms = ((start - frame.received) + frame.lag_s) * 1000.0  # capture → inference start
         rt.inferred_one(model.name, age_ms)
-        timings = {"preprocess": round(pre.get("transform_ms", 0.0), 3), "queue": round(completion.queue_ms, 3),
-                   "inference": round(completion.compute_ms, 3), "batch_size": completion.batch_size,
-                   "age_at_inference": round(age_ms, 1)}
-        info = {"seq": frame.seq, "captured": messages.iso_time(frame.captured), "width": frame.width,
-                "height": frame.height, "age_ms": round((now_wall - frame.captured) * 1000.0, 1)}
-        payload = messages.detections(self.topics.node, rt.name, manifest=manifest, info=model.info, frame=info,
-                                      detections_=dets, timings=timings)
-        try:
-            self._pending[(rt.name, model.name)] = messages.encode_capped("detections", payload)
-        except messages.PayloadTooLarge as exc:
-            self._log_once(f"{rt.name}:cap", "camera %s: %s", rt.name, exc)
+        hold.extra = {"model": model, "frame": frame, "timings": {
+            "preprocess": round(pre.get("transform_ms", 0.0), 3), "queue": round(completion.queue_ms, 3),
+            "inference": round(completion.compute_ms, 3), "batch_size": completion.batch_size,
+            "age_at_inference": round(age_ms, 1)}}
+        if self.secondary is not None:
+            self.secondary.plan(ref, model.name, dets, tracker, hold)
+        if not hold.outstanding:
+            self._finish(hold)
         if self.snapshot is not None and model.name == self.snapshot_model and ref.keep_pixels:
             self.snapshot(ref, found)  # every face is redacted, inside the ROI or not
+
+    def _finish(self, hold: FrameHold) -> None:
+        """The frame's object events and detections message, with whatever its crops gave in time."""
+        rt, model, frame = hold.runtime, hold.extra["model"], hold.extra["frame"]
+        self._object_events(rt, model.name, hold.events)
+        key = (rt.name, model.name)
+        if hold.started < self._newest.get(key, float("-inf")):
+            return  # a newer frame's message (whose crops settled first) already took its place: newest wins
+        self._newest[key] = hold.started
+        timings = dict(hold.extra["timings"])
+        if hold.planned:
+            timings["secondary_wait"] = round((time.monotonic() - hold.started) * 1000.0, 1)
+        now_wall = time.time()
+        info = {"seq": frame.seq, "captured": messages.iso_time(frame.captured), "width": frame.width,
+                "height": frame.height, "age_ms": round((now_wall - frame.captured) * 1000.0, 1)}
+        payload = messages.detections(self.topics.node, rt.name, manifest=model.manifest, info=model.info, frame=info,
+                                      detections_=hold.with_results(), timings=timings)
+        try:
+            self._pending[key] = messages.encode_capped("detections", payload)
+        except messages.PayloadTooLarge as exc:
+            self._log_once(f"{rt.name}:cap", "camera %s: %s", rt.name, exc)
 
     def _flush(self, now: float, force: bool = False) -> None:
         for key in list(self._pending):

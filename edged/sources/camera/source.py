@@ -10,6 +10,9 @@ What it promises the daemon:
 * Availability (retained ``online``/``offline``) follows the capture state at once; the retained
   state message is sent on every change and every ``capture.state_interval_s``; camera events
   (``online``, ``offline``, ``stalled``, ``restarted``, ``reconnected``) are durable.
+* Secondary classifiers (``cameras[].models[].secondary``) run on crops of the detector's frames
+  through the same camera pipeline, one batcher per classifier for every camera
+  (:mod:`edged.sources.camera.secondary`); their crops never delay a detector.
 * Counters are plain attributes of each :class:`CameraRuntime` (``capture.counters``,
   ``inferred``): whoever reports metrics reads them; :meth:`stats` is a copy for the control API.
 """
@@ -30,6 +33,7 @@ from edged.sources.camera.capture import HELPER, Capture
 from edged.sources.camera.pipelines import describe, loops, source_label
 from edged.sources.camera.runtime import CameraRuntime
 from edged.sources.camera.scheduler import Scheduler
+from edged.sources.camera.secondary import SecondaryStage
 from edged.sources.camera.sink import CameraSink
 from edged.sources.camera.snapshots import SnapshotWriter
 from edged.sources.work import WorkItem
@@ -56,11 +60,14 @@ class CameraSource:
         cap = cfg.capture
         self.snapshots = SnapshotWriter(cfg.snapshot_dir, cap.snapshots.interval_s, cap.snapshots.keep,
                                         cap.snapshots.redact_model) if cap.snapshots.enabled else None
+        wants_secondary = any(cam.secondary_names for cam in cfg.cameras if cam.enabled)
+        self.secondary = SecondaryStage(submit, models, cap.secondary_wait_ms / 1000.0) if wants_secondary else None
         self.sink = CameraSink(topics, events, lambda t, d: self.publish(t, d, False),
                                max_rate_hz=cap.detections_max_rate_hz, object_timeout_s=cap.object_timeout_s,
                                object_update_s=cap.object_update_s, object_min_frames=cap.object_min_frames,
                                snapshot=self.snapshots,
-                               snapshot_model=cap.snapshots.redact_model if self.snapshots else None)
+                               snapshot_model=cap.snapshots.redact_model if self.snapshots else None,
+                               secondary=self.secondary)
         self.runtimes: list[CameraRuntime] = []
         self.probe: dict = {}
         self._submit = submit
@@ -79,13 +86,17 @@ class CameraSource:
                       "and the GStreamer plugins (see README)", cap.python, self.probe["error"])
         elements = self.probe.get("elements") or {}
         for cam in self.cfg.cameras:
-            served = tuple(m for m in cam.models if m in self.models)
-            for m in cam.models:
+            served = tuple(m for m in cam.model_names if m in self.models)
+            for m in cam.all_model_names:
                 if m not in self.models:
                     log.error("camera %s: model %s is not served for cameras; the camera runs without it", cam.name, m)
             capture = Capture(cam, describe(cam, elements, cap.decoder), cap.python, on_event=self._camera_event,
                               on_state=self._state_changed, loop=loops(cam))
-            self.runtimes.append(CameraRuntime(cam, capture, served))
+            rt = CameraRuntime(cam, capture, served)
+            if cam.secondary_names:  # counted from the start, so a consumer sees zeros, not absence
+                capture.counters.drops.setdefault("secondary", 0)
+                rt.crops.update({k: 0 for k in ("classified", "too_small", "late", "failed")})
+            self.runtimes.append(rt)
         self.scheduler = Scheduler(self.runtimes, self._submit, self.sink,
                                    self.snapshots.wanted if self.snapshots else (lambda rt: False))
         for rt in self.runtimes:
@@ -141,13 +152,14 @@ class CameraSource:
         c = rt.capture
         latest = c.counters
         with rt.lock:
-            drops, inferred = dict(latest.drops), dict(rt.inferred)
+            drops, inferred, crops = dict(latest.drops), dict(rt.inferred), dict(rt.crops)
         state = c.state if not self._stopping.is_set() or c.state == "disabled" else "stopped"
         return messages.camera_state(
             self.topics.node, rt.name, state=state, enabled=rt.cam.enabled, source=source_label(rt.cam),
             decoder=c.decoder, resolution=c.resolution, models=list(rt.models),
             fps={"configured": rt.cam.fps, "in": c.fps_in(), "inferred": rt.fps_inferred()},
-            frames={"in": latest.frames_in, "inferred": inferred, "age_ms": rt.age_ms()}, drops=drops,
+            frames={"in": latest.frames_in, "inferred": inferred, "age_ms": rt.age_ms(),
+                    **({"crops": crops} if crops else {})}, drops=drops,
             last_frame_age_s=c.frame_age_s(), reconnects=latest.reconnects, restarts=latest.restarts,
             attempts=latest.attempts, last_error=c.last_error, last_attempt=c.last_attempt,
             next_attempt=c.next_attempt, backoff_s=c.backoff_s)

@@ -5,8 +5,12 @@ most (IoU ≥ ``match_iou``, greedy by score); unmatched detections become candi
 candidate seen in ``min_frames`` frames is ``new`` (one-frame flickers of a detector never reach
 the durable event stream); an object unseen for ``timeout_s`` ends (``end`` only for objects that
 were announced). ``update`` is reported at most once per ``update_s`` per object,
-and only when it says something new (its best score rose, or it moved by more than a tenth of
-the frame): durable events are for changes, the volatile detections stream is for every frame.
+and only when it says something new (its best score rose, it moved by more than a tenth of
+the frame, or a secondary classifier's top label changed): durable events are for changes, the
+volatile detections stream is for every frame.
+
+Secondary classifier results attach to objects (:meth:`TrackedObject.classified`): per classifier,
+the mean of its scores over the crops of that object classified so far, and how many crops that is.
 """
 
 from __future__ import annotations
@@ -31,11 +35,28 @@ class TrackedObject:
     reported_top: float = 0.0
     reported_at: float = 0.0
     confirmed: bool = False
+    secondary: dict[str, tuple[dict[str, float], int]] = field(default_factory=dict)  # model -> (score sums, crops)
+    reported_tops: dict[str, str] = field(default_factory=dict)
+
+    def classified(self, model: str, scores: dict[str, float]) -> None:
+        """One more crop of this object classified by ``model``."""
+        sums, n = self.secondary.get(model, ({}, 0))
+        self.secondary[model] = ({k: sums.get(k, 0.0) + v for k, v in scores.items()}, n + 1)
+
+    def secondary_summary(self) -> dict[str, dict]:
+        return {m: {"scores": {k: round(v / n, 4) for k, v in sums.items()}, "crops": n}
+                for m, (sums, n) in self.secondary.items()}
+
+    def tops(self) -> dict[str, str]:
+        return {m: max(sums, key=sums.__getitem__) for m, (sums, _) in self.secondary.items() if sums}
 
     def summary(self) -> dict:
-        return {"id": self.id, "label": self.label, "score": round(self.score, 4), "top_score": round(self.top_score, 4),
-                "box": self.box, "first_seen": round(self.first_seen, 3), "last_seen": round(self.last_seen, 3),
-                "frames": self.frames}
+        out = {"id": self.id, "label": self.label, "score": round(self.score, 4), "top_score": round(self.top_score, 4),
+               "box": self.box, "first_seen": round(self.first_seen, 3), "last_seen": round(self.last_seen, 3),
+               "frames": self.frames}
+        if self.secondary:
+            out["secondary"] = self.secondary_summary()
+        return out
 
 
 class Tracker:
@@ -44,10 +65,11 @@ class Tracker:
         self.timeout_s, self.update_s, self.match_iou, self.max_objects = timeout_s, update_s, match_iou, max_objects
         self.min_frames = min_frames
         self.objects: dict[str, TrackedObject] = {}
-
+        self.assigned: dict[int, str] = {}  # id() of each detection dict of the last update -> its object
     def update(self, detections: list[dict], now: float) -> list[tuple[str, TrackedObject]]:
         """Assign ``detection["object"]`` ids; returns the (event, object) pairs this frame causes."""
         events: list[tuple[str, TrackedObject]] = []
+        self.assigned = {}
         free = dict(self.objects)
         for det in sorted(detections, key=lambda d: -d["score"]):
             best, best_iou = None, self.match_iou
@@ -67,14 +89,17 @@ class Tracker:
                 obj.box, obj.score, obj.last_seen = det["box"], det["score"], now
                 obj.top_score = max(obj.top_score, det["score"])
                 obj.frames += 1
+            self.assigned[id(det)] = obj.id
             if not obj.confirmed and obj.frames >= self.min_frames:
                 obj.confirmed = True
                 obj.reported_box, obj.reported_top, obj.reported_at = obj.box, obj.top_score, now
+                obj.reported_tops = obj.tops()
                 events.append(("new", obj))
             elif obj.confirmed and now - obj.reported_at >= self.update_s:
                 moved = max(abs(a - b) for a, b in zip(obj.box, obj.reported_box)) > 0.1
-                if moved or obj.top_score > obj.reported_top + 0.05:
+                if moved or obj.top_score > obj.reported_top + 0.05 or obj.tops() != obj.reported_tops:
                     obj.reported_box, obj.reported_top, obj.reported_at = obj.box, obj.top_score, now
+                    obj.reported_tops = obj.tops()
                     events.append(("update", obj))
             if obj.confirmed:
                 det["object"] = obj.id
