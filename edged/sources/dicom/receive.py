@@ -17,8 +17,9 @@ narrow subclass of the upstream class named in its docstring (verified against p
   it streams; a disk that fills ends the stream, not the association). Files of transfers that
   never completed are deleted when their association ends (:meth:`GuardedDIMSE.discard_partials`).
 
-The reading loop lives in :meth:`GuardedSocket.recv` and :meth:`GuardedDUL._read_pdu_data`, so a
-faster receive path (issue #14: larger reads into a preallocated buffer) belongs here too.
+The reading loop lives in :meth:`GuardedSocket.recv` and :meth:`GuardedDUL._read_pdu_data`; both
+use the receive fast path of :mod:`edged.sources.dicom.fastpath` (issue #14: reads into a
+preallocated buffer, dataset fragments written to their file without the per-PDU machinery).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from edged.sources.dicom import vocab
+from edged.sources.dicom.fastpath import ReadAhead, stream_pdata
 from edged.sources.dicom.incoming import GuardedFile
 from edged.sources.dicom.limits import (
     MAX_COMMAND_SET,
@@ -53,7 +55,6 @@ GuardedAssociation = Any
 log = logging.getLogger("edged.dicom")
 
 POLL_S = 0.2   # longest a read blocks before progress, kills and deadlines are looked at again
-READ_SIZE = 4096  # as pynetdicom 3.0 reads (issue #14 is where this changes)
 ABORT_INVALID_PARAMETER, ABORT_UNSPECIFIED = 0x06, 0x00
 
 
@@ -71,23 +72,37 @@ class GuardedSocket(AssociationSocket):
                  send_timeout: float):
         super().__init__(assoc, client_socket=client_socket)
         self.meter, self.send_timeout = meter, send_timeout
+        self.ahead = ReadAhead()
         client_socket.settimeout(POLL_S)
 
     def adopt_tls(self, tls_socket: socket.socket) -> None:
         tls_socket.settimeout(POLL_S)
         self.socket = tls_socket
 
+    @property
+    def ready(self) -> bool:
+        """Upstream ``ready`` (a ``select()``), true too while read-ahead bytes wait."""
+        return self.ahead.pending() > 0 or super().ready
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """Upstream ``recv``: read ``nr_bytes`` (fewer when the peer closes). Raises
+        """Upstream ``recv``: read ``nr_bytes`` (fewer when the peer closes), through the
+        read-ahead buffer (:class:`~edged.sources.dicom.fastpath.ReadAhead`). Raises
         :class:`PeerTooSlow`, or ``ConnectionAbortedError`` when the association was killed."""
         sock = self.socket
         assert sock is not None
-        out = bytearray()
+        out = bytearray(nr_bytes)
+        view, ahead = memoryview(out), self.ahead
+        filled = ahead.take_into(view, nr_bytes)
         meter, clock = self.meter, time.monotonic
         then, progressed = clock(), False
-        while len(out) < nr_bytes:
+        while filled < nr_bytes:
             try:
-                chunk = sock.recv(min(READ_SIZE, nr_bytes - len(out)))
+                if nr_bytes - filled >= len(ahead.buf):  # a large body: straight into its own buffer
+                    n = sock.recv_into(view[filled:], nr_bytes - filled)
+                    got = n
+                else:
+                    n = ahead.fill(sock)
+                    got = ahead.take_into(view[filled:], nr_bytes - filled)
             except TimeoutError:  # socket.timeout, also for an SSLSocket
                 now = clock()
                 meter.waited(now - then)
@@ -105,13 +120,16 @@ class GuardedSocket(AssociationSocket):
             now = clock()
             meter.waited(now - then)
             then = now
-            if not chunk:
+            if not n:  # closed by the peer: what arrived
+                view.release()
+                del out[filled:]
                 return out
-            out += chunk
-            meter.received(len(chunk))
+            filled += got
+            meter.received(n)
             progressed = True
             if meter.too_slow():
                 raise PeerTooSlow
+        view.release()
         return out
 
     def send(self, bytestream: bytes) -> None:
@@ -141,6 +159,7 @@ class GuardedDUL(DULServiceProvider):
         self.meter = meter
         self._starved_since: float | None = None
         self._rq_seen = False
+        self.fast_pdus = 0  # P-DATA-TF PDUs written by the fast path (fastpath.stream_pdata)
 
     @property
     def guard(self) -> Any:
@@ -239,6 +258,9 @@ class GuardedDUL(DULServiceProvider):
             log.info("connection from %s closed in the middle of a PDU (%d of %d bytes)", self.assoc.peer,
                      len(body), length)
             self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and stream_pdata(self, body):  # middle of a streamed dataset (fastpath.py)
+            self.fast_pdus += 1
             return
         header += body
         try:
