@@ -66,8 +66,11 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
     raise TimeoutError(f"{what} did not listen")
 
 
+SEND_PDU: list[str] = []  # --pdu N: storescu --max-send-pdu N (DCMTK's default sends up to what the peer takes)
+
+
 def storescu(port: int, files: list[Path], aec: str) -> None:
-    r = subprocess.run(["/usr/bin/storescu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port),
+    r = subprocess.run(["/usr/bin/storescu", *SEND_PDU, "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port),
                         *map(str, files)], capture_output=True)
     if r.returncode != 0:
         raise RuntimeError(r.stderr.decode()[-500:])
@@ -192,7 +195,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--before", type=Path, metavar="SRC", help="also measure the daemon of this source tree "
                     "(e.g. git archive of an older commit), in the same run, first")
+    ap.add_argument("--pdu", type=int, help="storescu --max-send-pdu (e.g. 16384, what many modalities send)")
     args = ap.parse_args()
+    if args.pdu:
+        SEND_PDU[:] = ["--max-send-pdu", str(args.pdu)]
     with tempfile.TemporaryDirectory(prefix="edged-ingest-") as tmp:
         work = Path(tmp)
         sets = []
