@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parsers(sub, _config_args)  # export-results, pseudonym
 
+    from edged.tune.cli import add_tune_parser
+
+    add_tune_parser(sub, _config_args)
+
     from edged.backends.tensorrt.cli import add_engines_parser
     from edged.selftest.cli import add_selftest_parser
     from edged.service.install import add_install_parser

@@ -43,6 +43,7 @@ from edged.outbox.writer import ResultWriter
 from edged.pipeline import Pipeline
 from edged.power.prometheus import PowerCollector
 from edged.power.runtime import PowerRuntime
+from edged.power.tuned import TunedOverrides, tuned_path
 from edged.preprocess.pool import DecodePool
 from edged.privacy import Pseudonymizer, load_site_key
 from edged.service.sdnotify import Notifier, WatchdogPinger
@@ -112,7 +113,7 @@ class Daemon:
             self.decoders = DecodePool(cfg.pipeline.decode_processes)
             self.decoders.start()
         configure_dicom_libraries(self.spool)
-        self.power = PowerRuntime(cfg.power, cfg.telemetry)
+        self.power = PowerRuntime(cfg.power, cfg.telemetry, TunedOverrides.load(tuned_path(cfg.state_dir)))
         self._start_metrics()  # live (and not ready) while models load, as Triton's endpoints are
         loader = ModelLoader(cfg, self.power, self.notifier, self.events)
         self.models, self.camera_models, self.unavailable = loader.load_all()
@@ -232,7 +233,7 @@ class Daemon:
         assert self.power is not None
         out = {}
         for name, m in [*self.models.items(), *self.camera_models.items()]:
-            spec = self.power.batching(self.base_batching[name])
+            spec = self.power.batching(self.base_batching[name], m.name)
             m.batcher.retune(spec.max_batch_size, spec.max_queue_delay_ms)
             m.backend.warmup(spec.max_batch_size, m.sample_shape())
             out[m.batcher.name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}

@@ -8,7 +8,9 @@ Prints a table and writes ``bench-out/bench.json`` (+ ``bench.png`` when matplot
   2. preprocessing ms per image (decode + LUT/resize/normalize) of the chest CR;
   3. end to end: DCMTK storescu → edged (a real daemon process) → mosquitto → subscriber,
      with 1 and 5 concurrent senders: throughput and latency p50/p90/p99;
-  4. the daemon's peak RSS (VmHWM).
+  4. the daemon's peak RSS (VmHWM);
+  5. ingest CPU per image for the tiny model beside DCMTK storescp's (same files, same run), and
+     the queue wait of a lone image on an idle daemon (tools/bench_ingest.py).
 Ratios are computed within this one run, so they compare like with like.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
@@ -278,11 +281,11 @@ def main() -> int:
     model.verify_onnx()
     res: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                              "python": platform.python_version()}, "model": model.name}
-    say("[1/3] raw backend (ONNX Runtime, CPU, all cores)")
+    say("[1/4] raw backend (ONNX Runtime, CPU, all cores)")
     res["backend"] = bench_backend(model.onnx_path, [1, 2, 4, 8])
-    say("[2/3] preprocessing")
+    say("[2/4] preprocessing")
     res["preprocess"] = bench_preprocess(model)
-    say("[3/3] end to end: storescu → edged → mosquitto")
+    say("[3/4] end to end: storescu → edged → mosquitto")
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as tmp:
         work = Path(tmp)
         files = make_variants(work, args.images * 3)
@@ -302,8 +305,21 @@ def main() -> int:
                 res["peak_rss_mb"] = round(daemon.peak_rss_mb(), 1)
             finally:
                 daemon.stop()
-    say(f"  daemon peak RSS: {res['peak_rss_mb']:.0f} MB\n")
-    table = report(res)
+    say(f"  daemon peak RSS: {res['peak_rss_mb']:.0f} MB")
+    say("[4/4] ingest CPU per image (tiny model) beside DCMTK storescp, and a lone image's queue wait")
+    from bench_ingest import bench_ingest
+    from bench_ingest import report as ingest_report
+
+    with tempfile.TemporaryDirectory(prefix="edged-ingest-") as tmp:
+        work = Path(tmp)
+        sets = []
+        for r in range(3):
+            (work / f"set{r}").mkdir()
+            sets.append([p for p, _ in make_variants(work / f"set{r}", args.images if r < 2 else 3)])
+        (work / "broker").mkdir()
+        with LocalBroker(work / "broker") as broker:
+            res["ingest"] = bench_ingest(work, broker.port, sets)
+    table = report(res) + "\n\n" + ingest_report(res["ingest"])
     print(table)
     (args.out / "bench.json").write_text(json.dumps(res, indent=2))
     (args.out / "bench.md").write_text(table + "\n")

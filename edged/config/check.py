@@ -226,6 +226,16 @@ class Checker:
                 self.error(f"mqtt.tls.cert_file/key_file: {t.cert_file}, {t.key_file or '(key in the cert file)'}: "
                            f"not a certificate and its private key ({_ssl_reason(exc)})")
 
+    def tuned(self) -> None:
+        """``edged tune``'s override file: a broken one would stop ``run`` (see edged.power.tuned)."""
+        from edged.power.tuned import problems, tuned_path
+
+        path = self.here(tuned_path(self.cfg.state_dir))
+        for problem in problems(path):
+            self.error(f"tuned batching: {problem}")
+        if path.exists() and not self.errors:
+            self.info(f"tuned batching: {path} (measured values override the power profile's)")
+
     def read(self, key: str, path: Path) -> str | None:
         try:
             return self.here(Path(path)).read_text(encoding="utf-8", errors="replace")
@@ -304,6 +314,7 @@ def check(cfg: Config, root: Path | None = None, connect: bool = False) -> Check
     c.dicom()
     c.directories()
     c.files()
+    c.tuned()
     c.models()
     for warning in idle_problems(cfg.dicom.network_timeout_s) if cfg.dicom.enabled else ():
         c.warning(warning)
@@ -340,4 +351,5 @@ def preflight(cfg: Config) -> list[str]:
     c = Checker(cfg)
     c.directories()
     c.files()
+    c.tuned()
     return c.errors

@@ -20,13 +20,15 @@ from edged.power.accounting import EnergyAccounting
 from edged.power.energy import EnergyMeter
 from edged.power.table import effective_batching
 from edged.power.telemetry import TelemetrySampler
+from edged.power.tuned import TunedOverrides
 
 log = logging.getLogger("edged.power")
 
 
 class PowerRuntime:
-    def __init__(self, power: PowerConfig, telemetry: TelemetryConfig):
+    def __init__(self, power: PowerConfig, telemetry: TelemetryConfig, tuned: TunedOverrides | None = None):
         self.power_cfg, self.telemetry_cfg = power, telemetry
+        self.tuned = tuned  # edged tune's measured values; they win over the profile's for what they cover
         self.ctx: PowerContext = open_power(power)
         self.mode: dict | None = self.ctx.current_mode()
         self.sampler = TelemetrySampler(power.sysroot, mode_provider=lambda: self.mode)
@@ -53,10 +55,25 @@ class PowerRuntime:
             log.warning("power: %s", warning)
 
     # -- batching per mode ---------------------------------------------------------------
-    def batching(self, spec: BatchingSpec) -> BatchingSpec:
-        """``spec`` under the current mode (the manifest's own where there are no modes)."""
-        settings = self.ctx.batching_for(self.mode["id"]) if self.mode else None
-        return effective_batching(spec, settings) if settings is not None else spec
+    def batching(self, spec: BatchingSpec, model: str | None = None) -> BatchingSpec:
+        """``spec`` under the current mode: ``edged tune``'s values for ``model`` where the tuned
+        file covers this mode, else the profile's (the manifest's own where there are no modes).
+        Logs where the values came from."""
+        spec, source = self.batching_source(spec, model)
+        log.info("batching%s: max_batch_size %d, max_queue_delay_ms %g (%s)", f" of {model}" if model else "",
+                 spec.max_batch_size, spec.max_queue_delay_ms, source)
+        return spec
+
+    def batching_source(self, spec: BatchingSpec, model: str | None = None) -> tuple[BatchingSpec, str]:
+        mode_id = self.mode["id"] if self.mode else None
+        tuned = self.tuned.apply(model, mode_id, spec) if self.tuned is not None and model else None
+        if tuned is not None:
+            return tuned
+        settings = self.ctx.batching_for(mode_id) if mode_id is not None else None
+        if settings is not None:
+            module = self.ctx.profile.module if self.ctx.profile else "fallback"
+            return effective_batching(spec, settings), f"power profile {module} mode {mode_id}"
+        return spec, "model manifest or config (no power mode, no tuned value)"
 
     def refresh_mode(self) -> tuple[dict | None, dict | None]:
         old, self.mode = self.mode, self.ctx.current_mode()

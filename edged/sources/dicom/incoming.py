@@ -31,7 +31,10 @@ class GuardedFile:
     is made; the first one that fails sets :attr:`failure` and ends the stream (see module)."""
 
     def __init__(self, spool: Any, ntf: Any | None, name: str):
+        # writes go to the NamedTemporaryFile's own file object: its wrapper costs a Python call
+        # per write and per flush (issue #14); close() still goes through the wrapper
         self.spool, self._ntf, self.name = spool, ntf, name
+        self._raw = getattr(ntf, "file", ntf)
         self.failure: str | None = None
         self.written = 0
         self.closed = False
@@ -51,7 +54,7 @@ class GuardedFile:
         if self.failure is None and self._ntf is not None:
             try:
                 self.spool.grow_incoming(self.name, len(data))
-                self._ntf.write(data)
+                self._raw.write(data)
                 self.written += len(data)
             except (OSError, SpoolFull) as exc:
                 self._fail(exc)
@@ -60,7 +63,7 @@ class GuardedFile:
     def flush(self) -> None:
         if self.failure is None and self._ntf is not None:
             try:
-                self._ntf.flush()
+                self._raw.flush()
             except OSError as exc:  # a buffered write meets the full disk here
                 self._fail(exc)
 

@@ -17,8 +17,9 @@ narrow subclass of the upstream class named in its docstring (verified against p
   it streams; a disk that fills ends the stream, not the association). Files of transfers that
   never completed are deleted when their association ends (:meth:`GuardedDIMSE.discard_partials`).
 
-The reading loop lives in :meth:`GuardedSocket.recv` and :meth:`GuardedDUL._read_pdu_data`, so a
-faster receive path (issue #14: larger reads into a preallocated buffer) belongs here too.
+The reading loop lives in :meth:`GuardedSocket.recv` and :meth:`GuardedDUL._read_pdu_data`; both
+use the receive fast path of :mod:`edged.sources.dicom.fastpath` (issue #14: reads into a
+preallocated buffer, dataset fragments written to their file without the per-PDU machinery).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from edged.sources.dicom import vocab
+from edged.sources.dicom.fastpath import ReadAhead, stream_pdata
 from edged.sources.dicom.incoming import GuardedFile
 from edged.sources.dicom.limits import (
     MAX_COMMAND_SET,
@@ -53,7 +55,6 @@ GuardedAssociation = Any
 log = logging.getLogger("edged.dicom")
 
 POLL_S = 0.2   # longest a read blocks before progress, kills and deadlines are looked at again
-READ_SIZE = 4096  # as pynetdicom 3.0 reads (issue #14 is where this changes)
 ABORT_INVALID_PARAMETER, ABORT_UNSPECIFIED = 0x06, 0x00
 
 
@@ -71,23 +72,37 @@ class GuardedSocket(AssociationSocket):
                  send_timeout: float):
         super().__init__(assoc, client_socket=client_socket)
         self.meter, self.send_timeout = meter, send_timeout
+        self.ahead = ReadAhead()
         client_socket.settimeout(POLL_S)
 
     def adopt_tls(self, tls_socket: socket.socket) -> None:
         tls_socket.settimeout(POLL_S)
         self.socket = tls_socket
 
+    @property
+    def ready(self) -> bool:
+        """Upstream ``ready`` (a ``select()``), true too while read-ahead bytes wait."""
+        return self.ahead.pending() > 0 or super().ready
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """Upstream ``recv``: read ``nr_bytes`` (fewer when the peer closes). Raises
+        """Upstream ``recv``: read ``nr_bytes`` (fewer when the peer closes), through the
+        read-ahead buffer (:class:`~edged.sources.dicom.fastpath.ReadAhead`). Raises
         :class:`PeerTooSlow`, or ``ConnectionAbortedError`` when the association was killed."""
         sock = self.socket
         assert sock is not None
-        out = bytearray()
+        out = bytearray(nr_bytes)
+        view, ahead = memoryview(out), self.ahead
+        filled = ahead.take_into(view, nr_bytes)
         meter, clock = self.meter, time.monotonic
         then, progressed = clock(), False
-        while len(out) < nr_bytes:
+        while filled < nr_bytes:
             try:
-                chunk = sock.recv(min(READ_SIZE, nr_bytes - len(out)))
+                if nr_bytes - filled >= len(ahead.buf):  # a large body: straight into its own buffer
+                    n = sock.recv_into(view[filled:], nr_bytes - filled)
+                    got = n
+                else:
+                    n = ahead.fill(sock)
+                    got = ahead.take_into(view[filled:], nr_bytes - filled)
             except TimeoutError:  # socket.timeout, also for an SSLSocket
                 now = clock()
                 meter.waited(now - then)
@@ -105,13 +120,16 @@ class GuardedSocket(AssociationSocket):
             now = clock()
             meter.waited(now - then)
             then = now
-            if not chunk:
+            if not n:  # closed by the peer: what arrived
+                view.release()
+                del out[filled:]
                 return out
-            out += chunk
-            meter.received(len(chunk))
+            filled += got
+            meter.received(n)
             progressed = True
             if meter.too_slow():
                 raise PeerTooSlow
+        view.release()
         return out
 
     def send(self, bytestream: bytes) -> None:
@@ -141,6 +159,7 @@ class GuardedDUL(DULServiceProvider):
         self.meter = meter
         self._starved_since: float | None = None
         self._rq_seen = False
+        self.fast_pdus = 0  # P-DATA-TF PDUs written by the fast path (fastpath.stream_pdata)
 
     @property
     def guard(self) -> Any:
@@ -208,38 +227,48 @@ class GuardedDUL(DULServiceProvider):
 
     def _read_pdu_data(self) -> None:
         """Upstream ``_read_pdu_data``, with the PDU's length checked against its limit before
-        the body is read, and our own log lines (no tracebacks, no PDU bytes)."""
+        the body is read, and our own log lines (no tracebacks, no PDU bytes). PDUs the fast path
+        writes put no event on the queue, and upstream's reactor sleeps 1 ms after a loop without
+        one: so they are read back to back while more data is there."""
+        while self._read_one_pdu() and not self._kill_thread and self.socket is not None and self.socket.ready:
+            pass
+
+    def _read_one_pdu(self) -> bool:
+        """One PDU; True when the fast path consumed it (nothing queued for the state machine)."""
         sock = self.socket
         assert isinstance(sock, GuardedSocket)
         try:
             header = sock.recv(6)
             if len(header) < 6:
                 self.event_queue.put("Evt17")  # closed by the peer
-                return
+                return False
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
                 self.guard.refusals.refuse(self.assoc.peer, "invalid_pdu", f"unknown PDU type 0x{pdu_type:02X}",
                                            calling_ae=self._calling_ae())
                 self.event_queue.put("Evt19")  # the state machine answers A-ABORT
-                return
+                return False
             limit = self.guard.limits.pdu_limit(pdu_type, self.assoc.acceptor.maximum_length)
             if length > limit:
                 self.refuse("pdu_too_large", f"PDU type 0x{pdu_type:02X} of {length} bytes; at most {limit} "
                                              "accepted (refused from its header, body not read)",
                             ABORT_INVALID_PARAMETER)
-                return
+                return False
             body = sock.recv(length)
         except PeerTooSlow:
             self._slow("in a PDU")
-            return
+            return False
         except OSError:  # reset by the peer, or our association ended meanwhile
             self.event_queue.put("Evt17")
-            return
+            return False
         if len(body) != length:
             log.info("connection from %s closed in the middle of a PDU (%d of %d bytes)", self.assoc.peer,
                      len(body), length)
             self.event_queue.put("Evt17")
-            return
+            return False
+        if pdu_type == 0x04 and stream_pdata(self, body):  # middle of a streamed dataset (fastpath.py)
+            self.fast_pdus += 1
+            return True
         header += body
         try:
             pdu, event = self._decode_pdu(header)
@@ -247,11 +276,12 @@ class GuardedDUL(DULServiceProvider):
             self.guard.refusals.refuse(self.assoc.peer, "invalid_pdu", f"PDU type 0x{pdu_type:02X} of {length} "
                                        f"bytes does not decode ({type(exc).__name__})", calling_ae=self._calling_ae())
             self.event_queue.put("Evt19")
-            return
+            return False
         if pdu_type == 0x01:
             self._rq_seen = True
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+        return False
 
 
 class GuardedDIMSE(DIMSEServiceProvider):

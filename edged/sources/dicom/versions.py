@@ -8,6 +8,9 @@ from __future__ import annotations
 # and in receive.py (dul.py, transport.py, association.py, dimse.py, dimse_messages.py,
 # service_class.py, fsm.py): unchanged there.
 VERIFIED_PYNETDICOM = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
+# The receive fast path (fastpath.py) replaces more of pynetdicom's per-PDU path; it has its own
+# list so that verifying the transport against a new release does not silently cover it too.
+FASTPATH_VERIFIED = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 
 
 class UnsupportedPynetdicom(RuntimeError):
@@ -31,3 +34,10 @@ def check_pynetdicom(version: str | None = None) -> None:
             f"receive.py) overrides pynetdicom internals verified only against {', '.join(VERIFIED_PYNETDICOM)}: "
             "install one of those (pip install 'pynetdicom==3.0.4'), or verify the overrides against this "
             "version and add it to VERIFIED_PYNETDICOM")
+    if version not in FASTPATH_VERIFIED:
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {version} is installed, but edged's DICOM receive fast path "
+            "(edged/sources/dicom/fastpath.py: read-ahead recv_into, dataset fragments written without the "
+            f"per-PDU state machine) replaces pynetdicom internals verified only against "
+            f"{', '.join(FASTPATH_VERIFIED)}: install one of those, or verify fastpath.py against this version "
+            "and add it to FASTPATH_VERIFIED")

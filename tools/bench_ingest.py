@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Ingest cost: edged's CPU per received image beside DCMTK ``storescp``'s, and the idle queue wait.
+
+    python tools/bench_ingest.py [--images 24] [--rounds 2]
+
+Both receivers get the same files (copies of the 7.2 MB chest CR) over one ``storescu``
+association each, in the same run, alternating ``--rounds`` times. CPU is read from
+``/proc/<pid>/stat`` (utime + stime) of each receiver and of its descendants (edged's decode
+process), before and after, and divided by the images received. edged serves the tiny model
+(inference ~1 ms) and its CPU is counted until every result is on MQTT, so it covers receive,
+fsync, preprocessing, inference, outbox and publishing; ``storescp`` only writes the files.
+Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported.
+``tools/bench.py`` runs this as its last section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import yaml  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from edged.localbroker import LocalBroker, free_port  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int, descendants: bool = True) -> float:
+    """utime + stime of ``pid`` and (``descendants``) every live descendant, from /proc/<pid>/stat."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+            for task in Path(f"/proc/{p}/task").iterdir() if descendants else ():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    import socket
+
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited")
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} did not listen")
+
+
+SEND_PDU: list[str] = []  # --pdu N: storescu --max-send-pdu N (DCMTK's default sends up to what the peer takes)
+
+
+def storescu(port: int, files: list[Path], aec: str) -> None:
+    r = subprocess.run(["/usr/bin/storescu", *SEND_PDU, "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port),
+                        *map(str, files)], capture_output=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.decode()[-500:])
+
+
+class Results:
+    """MQTT results of the daemon, counted (and the last one kept)."""
+
+    def __init__(self, port: int, node: str):
+        self.count, self.last, self.cond = 0, None, threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ingest", protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"edged/v1/{node}/results/#", qos=1)
+        self.client.loop_start()
+        time.sleep(0.3)
+
+    def _on(self, client, userdata, msg) -> None:
+        with self.cond:
+            self.count += 1
+            self.last = json.loads(msg.payload)
+            self.cond.notify_all()
+
+    def wait(self, n: int, timeout: float = 120) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.count >= n, timeout):
+                raise TimeoutError(f"{self.count}/{n} results")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path = REPO) -> dict:
+    """``sets``: one list of files per round plus one for the lone images (each instance is new to
+    edged: a SOP Instance UID it has processed is acknowledged without inference). ``src``: the
+    source tree the daemon runs from (another checkout, e.g. ``git archive`` of an older commit,
+    compares before and after in one run)."""
+    from edged.models.synth import write_model
+
+    if not (work / "repo" / "chexnet-tiny").exists():
+        write_model("tiny", work / "repo" / "chexnet-tiny")
+    port, scp_port = free_port(), free_port()
+    run = f"{len(list(work.glob('istate*')))}"
+    cfg = {"node_id": "ingest", "state_dir": str(work / f"istate{run}"), "cache_dir": str(work / "icache"),
+           "log_level": "warning", "model_repository": str(work / "repo"), "models": [{"name": "chexnet-tiny"}],
+           "dicom": {"bind": "127.0.0.1", "port": port}, "mqtt": {"host": "127.0.0.1", "port": broker_port},
+           "power": {"control_socket": str(work / f"ingest{run}.sock")}}
+    (work / "ingest.yaml").write_text(yaml.safe_dump(cfg))
+    out_dir = work / f"storescp-out{run}"
+    out_dir.mkdir()
+    with open(work / "ingest-daemon.log", "ab") as log, open(work / "storescp.log", "ab") as slog:
+        daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(work / "ingest.yaml")], cwd=src,
+                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        scp = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(out_dir), str(scp_port)],
+                               stdout=slog, stderr=slog, stdin=subprocess.DEVNULL)
+    results = None
+    try:
+        wait_port(port, daemon, "edged")
+        wait_port(scp_port, scp, "storescp")
+        results = Results(broker_port, "ingest")
+        edged_cpu = main_cpu = scp_cpu = 0.0
+        received = 0
+        for files in sets[:-1]:
+            c0 = tree_cpu_s(scp.pid)
+            storescu(scp_port, files, "STORESCP")
+            scp_cpu += tree_cpu_s(scp.pid) - c0
+            for f in out_dir.iterdir():
+                f.unlink()
+            c0, m0 = tree_cpu_s(daemon.pid), tree_cpu_s(daemon.pid, False)
+            storescu(port, files, "EDGED")
+            received += len(files)
+            results.wait(received)
+            edged_cpu += tree_cpu_s(daemon.pid) - c0
+            main_cpu += tree_cpu_s(daemon.pid, False) - m0
+        time.sleep(1.0)  # idle: nothing queued, the backend waiting
+        queue_ms = []
+        for f in sets[-1][:3]:
+            storescu(port, [f], "EDGED")
+            received += 1
+            results.wait(received)
+            queue_ms.append(float(results.last["timings_ms"]["queue"]))
+            time.sleep(0.5)
+        images = received - 3
+        row = {"images": images, "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
+               "edged_daemon_cpu_ms_per_image": round(main_cpu * 1000 / images, 1),
+               "storescp_cpu_ms_per_image": round(scp_cpu * 1000 / images, 1),
+               "lone_image_queue_ms": round(max(queue_ms), 2)}
+        scp_ms = max(row["storescp_cpu_ms_per_image"], 0.1)
+        row["ratio"] = round(row["edged_cpu_ms_per_image"] / scp_ms, 2)
+        row["daemon_ratio"] = round(row["edged_daemon_cpu_ms_per_image"] / scp_ms, 2)
+        return row
+    finally:
+        if results is not None:
+            results.close()
+        for p in (daemon, scp):
+            p.terminate()
+            p.wait(60)
+
+
+def report(row: dict) -> str:
+    return "\n".join([
+        "| receiver (same files, same run) | images | CPU ms/image | × storescp |",
+        "|---|---:|---:|---:|",
+        f"| edged daemon process: receive, spool (fsync), batch, infer, outbox, MQTT | {row['images']} | "
+        f"{row['edged_daemon_cpu_ms_per_image']} | {row['daemon_ratio']} |",
+        f"| edged with its decode process (+ pixel decode, LUT, resize) | {row['images']} | "
+        f"{row['edged_cpu_ms_per_image']} | {row['ratio']} |",
+        f"| DCMTK storescp (writes the files, no fsync) | {row['images']} | {row['storescp_cpu_ms_per_image']} | 1 |",
+        "",
+        f"lone image on an idle daemon: queue {row['lone_image_queue_ms']} ms (max of 3)",
+    ])
+
+
+def main() -> int:
+    import argparse
+
+    from bench import make_variants
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--before", type=Path, metavar="SRC", help="also measure the daemon of this source tree "
+                    "(e.g. git archive of an older commit), in the same run, first")
+    ap.add_argument("--pdu", type=int, help="storescu --max-send-pdu (e.g. 16384, what many modalities send)")
+    args = ap.parse_args()
+    if args.pdu:
+        SEND_PDU[:] = ["--max-send-pdu", str(args.pdu)]
+    with tempfile.TemporaryDirectory(prefix="edged-ingest-") as tmp:
+        work = Path(tmp)
+        sets = []
+        for r in range(args.rounds + 1):
+            (work / f"set{r}").mkdir()
+            sets.append([p for p, _ in make_variants(work / f"set{r}", args.images if r < args.rounds else 3)])
+        (work / "broker").mkdir()
+        with LocalBroker(work / "broker") as broker:
+            if args.before:
+                before = bench_ingest(work, broker.port, sets, args.before)
+                print(f"before ({args.before}):")
+                print(report(before))
+                print(json.dumps(before))
+                print("\nafter (this tree):")
+            row = bench_ingest(work, broker.port, sets)
+    print(report(row))
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
