@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from edged.config.check import check
 from edged.config.loader import load_config
 from helpers import REPO, schema_validator
 
@@ -59,3 +60,17 @@ def test_schema_bundles_are_current_and_work_with_plain_jsonschema():
                 jsonschema.validate(dict(payload, source={**payload["source"], "PatientName": "DOE^JANE"}), schema)
             cross_ref_checked = True
     assert cross_ref_checked
+
+
+def test_the_readme_secondary_classifier_example_loads_and_checks(tmp_path):
+    """The README's detect → crop → classify example is a configuration `edged check` accepts
+    against the repository's own models (centerface, cropcls)."""
+    block = next(b for b in re.findall(r"```yaml\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)
+                 if "secondary:" in b)
+    path = tmp_path / "edged.yaml"
+    path.write_text(block + f"\nstate_dir: {tmp_path / 'state'}\nmodel_repository: {REPO / 'engines'}\n")
+    cfg = load_config(path)
+    (cam,) = cfg.cameras
+    secondary = cam.models[0].secondary[0]
+    assert (secondary.model, secondary.labels, secondary.crop) == ("cropcls", ("face",), "square")
+    assert check(cfg).errors == []
