@@ -32,11 +32,18 @@ decode = decode_pixel_data = encode_pixel_data = _absent
 '''
 
 
+# Pillow (here because the test extra's matplotlib needs it; edged does not) also decodes JPEG 2000
+# through pydicom when its wheel carries openjpeg: absent on the device, so absent here too.
+NO_PILLOW = 'raise ImportError("no Pillow on this device")\n'
+
+
 def _without_openjpeg(tmp_path: Path) -> dict[str, str]:
-    """The daemon's environment on a device whose venv lacks pylibjpeg-openjpeg (the JPEG 2000 decoder)."""
-    shadow = tmp_path / "no-openjpeg" / "openjpeg"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text(NO_OPENJPEG)
+    """The daemon's environment on a device whose venv lacks pylibjpeg-openjpeg (the JPEG 2000
+    decoder) and Pillow (which edged does not install)."""
+    for name, text in (("openjpeg", NO_OPENJPEG), ("PIL", NO_PILLOW)):
+        shadow = tmp_path / "no-openjpeg" / name
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text(text)
     env = {"PYTHONPATH": str(shadow.parent)}
     probe = subprocess.run([sys.executable, "-c", "from pydicom.pixels import get_decoder; from pydicom.uid import "
                             "JPEG2000Lossless as u; print(get_decoder(u).is_available)"],
