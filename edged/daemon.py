@@ -233,7 +233,7 @@ class Daemon:
         assert self.power is not None
         out = {}
         for name, m in [*self.models.items(), *self.camera_models.items()]:
-            spec = self.power.batching(self.base_batching[name], m.name)
+            spec = self.power.batching(self.base_batching[name], m.name, m.manifest.onnx.sha256)
             m.batcher.retune(spec.max_batch_size, spec.max_queue_delay_ms)
             m.backend.warmup(spec.max_batch_size, m.sample_shape())
             out[m.batcher.name] = {"max_batch_size": spec.max_batch_size, "max_queue_delay_ms": spec.max_queue_delay_ms}

@@ -100,3 +100,23 @@ def _words(text: str, *anchors: str) -> list[str]:
     line = next(ln for ln in text.splitlines() if ln.startswith(anchors[0]))
     words = line.split()
     return [words[words.index(a) - 1] for a in anchors[1:]]
+
+
+def test_values_measured_with_another_onnx_are_ignored_with_a_warning(tmp_path, caplog):
+    """A model update changes the ONNX: the old tune's values no longer describe it."""
+    from edged.config.schema import PowerConfig, TelemetryConfig
+    from edged.models.manifest import BatchingSpec
+    from edged.power.runtime import PowerRuntime
+    from edged.power.tuned import TunedOverrides
+
+    path = tmp_path / "tuned-batching.yaml"
+    path.write_text("schema: edged.tuned-batching/v1\nmodels:\n  m:\n    sha256: " + "a" * 64 + "\n"
+                    "    modes:\n      none:\n        max_batch_size: 2\n        max_queue_delay_ms: 7\n")
+    runtime = PowerRuntime(PowerConfig(), TelemetryConfig(), TunedOverrides.load(path))
+    base = BatchingSpec(max_batch_size=8, max_queue_delay_ms=20, max_queue_size=64)
+    same = runtime.batching(base, "m", "a" * 64)
+    assert (same.max_batch_size, same.max_queue_delay_ms) == (2, 7)
+    with caplog.at_level("WARNING", logger="edged.power"):
+        other = runtime.batching(base, "m", "b" * 64)
+    assert (other.max_batch_size, other.max_queue_delay_ms) == (8, 20)
+    assert "measured with another ONNX of m" in caplog.text and "run edged tune again" in caplog.text

@@ -89,7 +89,7 @@ class ModelLoader:
         try:
             check_tensors(model.name, model.manifest, backend)
             self.base_batching[model.name] = entry.batching or model.manifest.batching
-            spec = self.power.batching(self.base_batching[model.name], model.name)
+            spec = self.power.batching(self.base_batching[model.name], model.name, model.sha256)
             batcher = DynamicBatcher(model.name if source == "dicom" else f"{model.name}@{source}", backend, spec,
                                      windows=self.power.accounting)
             served = ServedModel(model, backend, batcher, backend.info, reason, source)

@@ -55,18 +55,22 @@ class PowerRuntime:
             log.warning("power: %s", warning)
 
     # -- batching per mode ---------------------------------------------------------------
-    def batching(self, spec: BatchingSpec, model: str | None = None) -> BatchingSpec:
+    def batching(self, spec: BatchingSpec, model: str | None = None, sha256: str | None = None) -> BatchingSpec:
         """``spec`` under the current mode: ``edged tune``'s values for ``model`` where the tuned
-        file covers this mode, else the profile's (the manifest's own where there are no modes).
-        Logs where the values came from."""
-        spec, source = self.batching_source(spec, model)
+        file covers this mode and was measured with this ONNX (``sha256``), else the profile's
+        (the manifest's own where there are no modes). Logs where the values came from."""
+        stale = self.tuned.stale(model, sha256) if self.tuned is not None and model else None
+        if stale:
+            log.warning("batching of %s: %s", model, stale)
+        spec, source = self.batching_source(spec, model, sha256)
         log.info("batching%s: max_batch_size %d, max_queue_delay_ms %g (%s)", f" of {model}" if model else "",
                  spec.max_batch_size, spec.max_queue_delay_ms, source)
         return spec
 
-    def batching_source(self, spec: BatchingSpec, model: str | None = None) -> tuple[BatchingSpec, str]:
+    def batching_source(self, spec: BatchingSpec, model: str | None = None,
+                        sha256: str | None = None) -> tuple[BatchingSpec, str]:
         mode_id = self.mode["id"] if self.mode else None
-        tuned = self.tuned.apply(model, mode_id, spec) if self.tuned is not None and model else None
+        tuned = self.tuned.apply(model, mode_id, spec, sha256) if self.tuned is not None and model else None
         if tuned is not None:
             return tuned
         settings = self.ctx.batching_for(mode_id) if mode_id is not None else None

@@ -7,7 +7,9 @@ and a profile is shared by every board of a module). For each model and power mo
 the daemon uses the file's ``max_batch_size`` and ``max_queue_delay_ms`` instead of the
 profile's, and logs where the values came from; modes and models the file does not name keep
 the profile's (or the manifest's) values. The manifest's ``max_batch_size`` still caps the
-batch: an engine is built for a maximum batch.
+batch: an engine is built for a maximum batch. Values measured with another ONNX than the one
+served (the file records each model's sha256) are ignored, with a warning: a model update needs
+a new tune.
 
 Modes are keyed by their nvpmodel ID; a host without power modes (x86, a Jetson without a usable
 conf) uses the key ``none``. A broken file is a configuration error (``file:line: key: message``)
@@ -117,11 +119,21 @@ class TunedOverrides:
         entry = self.data.models.get(model) if self.data is not None else None
         return entry.modes.get(mode_key(mode_id)) if entry is not None else None
 
-    def apply(self, model: str, mode_id: int | None, spec: BatchingSpec) -> tuple[BatchingSpec, str] | None:
+    def stale(self, model: str, sha256: str | None) -> str | None:
+        """Why the file's values for ``model`` do not apply to the ONNX being served (they were
+        measured with another one: a model update needs a new tune), or None."""
+        entry = self.data.models.get(model) if self.data is not None else None
+        if entry is None or sha256 is None or entry.sha256 == sha256:
+            return None
+        return (f"tuned values in {self.path} ignored: measured with another ONNX of {model} "
+                f"(sha256 {entry.sha256[:12]}…, serving {sha256[:12]}…); run edged tune again")
+
+    def apply(self, model: str, mode_id: int | None, spec: BatchingSpec,
+              sha256: str | None = None) -> tuple[BatchingSpec, str] | None:
         """``spec`` with the tuned values for ``model`` in ``mode_id`` and a sentence saying so;
-        None when the file does not cover them."""
+        None when the file does not cover them, or covers another ONNX than ``sha256``."""
         tuned = self.lookup(model, mode_id)
-        if tuned is None:
+        if tuned is None or self.stale(model, sha256) is not None:
             return None
         batch = min(spec.max_batch_size, tuned.max_batch_size)
         out = spec.model_copy(update={"max_batch_size": batch, "max_queue_delay_ms": tuned.max_queue_delay_ms})
