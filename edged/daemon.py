@@ -17,7 +17,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import select
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -280,11 +282,22 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
-        # Wait with a timeout: the kernel may deliver SIGTERM to any thread (ONNX Runtime's,
-        # an association's); CPython then runs the handler only when the main thread next
-        # executes bytecode, which a lock wait without timeout may never do.
-        while not self._stop.wait(0.5):
-            pass
+        # The kernel may deliver SIGTERM to any thread (ONNX Runtime's, an association's);
+        # CPython runs the handler only when the main thread next executes bytecode. The
+        # wake-up fd makes the C-level handler, in whichever thread, wake the main thread's
+        # select() at once; the timeout covers a stop requested by another thread.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            while not self._stop.is_set():
+                if select.select([wake_r], [], [], 0.5)[0]:
+                    _drain(wake_r)
+        finally:
+            signal.set_wakeup_fd(previous)
+            wake_r.close()
+            wake_w.close()
         self.stop()
         return 0
 
@@ -326,6 +339,15 @@ class Daemon:
             self.http.stop()
         if self.spool is not None:
             log.info("stopped; %d instance(s) left in the spool for the next start", len(self.spool.pending()))
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read a non-blocking socket empty (the signal numbers the wake-up fd wrote)."""
+    try:
+        while sock.recv(512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def configure_dicom_libraries(spool: Spool) -> None:

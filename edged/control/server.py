@@ -219,6 +219,7 @@ class ControlServer:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
+            self._wake()
             self._thread.join(timeout=2.0)
             self._thread = None
         if self._sock is not None:
@@ -235,6 +236,17 @@ class ControlServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _wake(self) -> None:
+        """End the accept loop's wait now, not at its next 0.5 s timeout (every stop, every test)."""
+        waker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            waker.settimeout(0.5)
+            waker.connect(str(self.path))
+        except OSError:
+            pass  # the loop still ends at its timeout
+        finally:
+            waker.close()
+
     def _accept_loop(self) -> None:
         assert self._sock is not None
         while not self._stopping.is_set():
@@ -246,6 +258,9 @@ class ControlServer:
                 if self._stopping.is_set():
                     return
                 continue
+            if self._stopping.is_set():  # the stop's own wake-up, or a client too late
+                conn.close()
+                return
             if not self._slots.acquire(blocking=False):
                 self._reply(conn, None, error=("busy", "too many control connections"))
                 conn.close()
