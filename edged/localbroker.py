@@ -6,6 +6,7 @@ the middle of a load and bring it back, as a hospital gateway does during mainte
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -15,9 +16,30 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port nothing is bound to, picked at random *below* the kernel's ephemeral
+    range. A port the kernel hands out (bind to 0) comes from that range, and between this check
+    and the server's own bind the kernel may give the same port to an outgoing connection (a
+    client's local port): the server then fails with "Address already in use"."""
+    low = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: take what the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
