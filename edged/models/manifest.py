@@ -8,13 +8,13 @@ reference model has seeded, untrained weights); the flag travels with every resu
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edged.config.yamlsrc import load_yaml_file, validate
+from edged.digests import sha256_file  # noqa: F401 (callers import it from here)
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -227,13 +227,6 @@ class LoadedModel:
         if digest != self.sha256:
             raise ValueError(f"model {self.name}: {path} has sha256 {digest}, manifest pins {self.sha256}")
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(path: str | Path) -> LoadedModel:

@@ -16,13 +16,13 @@ and the shared libraries those modules load (libsqlite3 for the outbox, libffi f
 
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edged.digests import sha256_file  # noqa: F401 (callers import it from here)
 from edged.service.targetcheck import (
     TargetMismatch,
     Version,
@@ -47,13 +47,6 @@ class PythonDist:
     exe: str  # bin/python3.X, relative
     version: Version
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_dist(tarball: Path, sha256: str) -> PythonDist:
