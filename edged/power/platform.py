@@ -60,11 +60,20 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+def read_float(path: Path) -> float | None:
+    """A sysfs number (``in_power0_input``, ``energy_uj``…) or None when absent or not a number."""
+    return _read_as(path, float)
+
+
 def read_int(path: Path) -> int | None:
-    """A sysfs integer (``temp``, ``cur_freq``, ``load``…) or None when absent or not a number."""
+    """A sysfs integer (``temp``, ``cur_freq``, ``load``…) or None when absent or not an integer."""
+    return _read_as(path, int)
+
+
+def _read_as(path: Path, kind: type[int] | type[float]) -> int | float | None:
     text = read_text(path)
     try:
-        return int(text.strip()) if text is not None else None
+        return kind(text.strip()) if text is not None else None
     except ValueError:
         return None
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edged.power.platform import read_text, under
+from edged.power.platform import read_float, read_text, under
 
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
 
@@ -78,14 +78,6 @@ class PowerSource(Protocol):
     def read(self) -> PowerReading | None: ...
 
 
-def _number(path: Path) -> float | None:
-    text = read_text(path)
-    try:
-        return float(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
 def is_nc(label: str) -> bool:
     """Not-connected channels are labelled ``NC`` (AGX Orin's 1-0041 has two)."""
     return "NC" in re.split(r"[\s_\-]+", label.strip().upper())
@@ -123,8 +115,8 @@ class Ina3221Iio:
                 label = (read_text(name_file) or "").strip()
                 if not label or is_nc(label):
                     continue
-                mw = _number(dev / f"in_power{n}_input")
-                mv, ma = _number(dev / f"in_voltage{n}_input"), _number(dev / f"in_current{n}_input")
+                mw = read_float(dev / f"in_power{n}_input")
+                mv, ma = read_float(dev / f"in_voltage{n}_input"), read_float(dev / f"in_current{n}_input")
                 if mw is None and mv is not None and ma is not None:
                     mw = mv * ma / 1000.0
                 if mw is not None:
@@ -140,7 +132,7 @@ class Ina3221Hwmon:
     def __init__(self, hwmons: list[Path]):
         self.hwmons = hwmons
         # update_interval (ms) = channels x samples x conversion time; the slowest chip sets the pace
-        intervals = [v for v in (_number(h / "update_interval") for h in hwmons) if v is not None and v > 0]
+        intervals = [v for v in (read_float(h / "update_interval") for h in hwmons) if v is not None and v > 0]
         self.refresh_s: float | None = max(intervals) / 1000.0 if intervals else None
 
     @classmethod
@@ -168,7 +160,7 @@ class Ina3221Hwmon:
                 # in7 is "sum of shunt voltages" and has no current: a label needs a matching currK.
                 if not label or is_nc(label) or label.lower().startswith("sum of"):
                     continue
-                mv, ma = _number(hwmon / f"in{k}_input"), _number(hwmon / f"curr{k}_input")
+                mv, ma = read_float(hwmon / f"in{k}_input"), read_float(hwmon / f"curr{k}_input")
                 if mv is not None and ma is not None:
                     rails[label] = Rail(label, mv * ma / 1000.0, mv, ma)
         return _with_total(self.name, rails, self.refresh_s)
@@ -238,7 +230,7 @@ class RaplSource:
     def __init__(self, domain: Path, clock: Callable[[], float] = time.monotonic):
         self.domain = domain
         self.clock = clock
-        self.max_range = _number(domain / "max_energy_range_uj") or float(2**32)
+        self.max_range = read_float(domain / "max_energy_range_uj") or float(2**32)
         self._last: tuple[float, float] | None = None
         self._lock = threading.Lock()  # the energy meter and the telemetry sampler may share one source
 
@@ -258,7 +250,7 @@ class RaplSource:
 
     def read(self) -> PowerReading | None:
         with self._lock:
-            now, uj = self.clock(), _number(self.domain / "energy_uj")
+            now, uj = self.clock(), read_float(self.domain / "energy_uj")
             if uj is None:
                 return None
             last, self._last = self._last, (now, uj)
