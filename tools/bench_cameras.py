@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -115,6 +116,20 @@ def helpers_cpu() -> float:
     return total
 
 
+def measure_window(daemon, sub: Subscriber, snap: Callable[[], dict], seconds: float) -> tuple[dict, dict]:
+    """Once every camera streams (at most 60 s) and 5 s of warm-up (first batches, steady state):
+    ``snap()`` before and after ``seconds`` during which ``sub`` records."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(rt.capture.state == "streaming" for rt in daemon.cameras.runtimes):
+        time.sleep(0.2)
+    time.sleep(5)
+    a = snap()
+    sub.recording = True
+    time.sleep(seconds)
+    sub.recording = False
+    return a, snap()
+
+
 def config(work: Path, broker: int, rtsp: int, n: int, fps: float, model: str) -> list[str]:
     cams = [{"name": f"cam{i}", "uri": f"rtsp://127.0.0.1:{rtsp}/cam{i}", "models": [model], "fps": fps,
              "width": WIDTH, "height": HEIGHT, "latency_ms": 50, "stall_timeout_s": 10} for i in range(n)]
@@ -130,10 +145,6 @@ def run_one(work: Path, broker: int, rtsp: int, n: int, fps: float, model: str, 
     sub = Subscriber(broker)
     daemon.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(rt.capture.state == "streaming" for rt in daemon.cameras.runtimes):
-            time.sleep(0.2)
-        time.sleep(5)  # warm-up: first batches, steady state
         rts = daemon.cameras.runtimes
 
         def snap() -> dict:
@@ -142,11 +153,7 @@ def run_one(work: Path, broker: int, rtsp: int, n: int, fps: float, model: str, 
                     "inferred": [rt.inferred.get(model, 0) for rt in rts],
                     "drops": [dict(rt.capture.counters.drops) for rt in rts]}
 
-        a = snap()
-        sub.recording = True
-        time.sleep(seconds)
-        sub.recording = False
-        b = snap()
+        a, b = measure_window(daemon, sub, snap, seconds)
     finally:
         daemon.stop()
         sub.close()

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 import test_pictures  # noqa: E402
-from bench_cameras import Subscriber, say, thread_cpu  # noqa: E402
+from bench_cameras import Subscriber, measure_window, say, thread_cpu  # noqa: E402
 from edged.config.loader import load_config  # noqa: E402
 from edged.daemon import Daemon  # noqa: E402
 from edged.localbroker import LocalBroker, free_port, wait_listening  # noqa: E402
@@ -88,10 +88,6 @@ def run_one(work: Path, broker: int, objects: int, cameras: int, fps: float, sec
     sub = FaceSubscriber(broker)
     daemon.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(rt.capture.state == "streaming" for rt in daemon.cameras.runtimes):
-            time.sleep(0.2)
-        time.sleep(5)  # warm-up
         rts, cls = daemon.cameras.runtimes, daemon.camera_models["cropcls"].batcher
 
         def snap() -> dict:
@@ -103,11 +99,7 @@ def run_one(work: Path, broker: int, objects: int, cameras: int, fps: float, sec
                               for k in ("busy", "queue", "secondary")},
                     "batches": cls.stats["batches"], "requests": cls.stats["requests"]}
 
-        a = snap()
-        sub.recording = True
-        time.sleep(seconds)
-        sub.recording = False
-        b = snap()
+        a, b = measure_window(daemon, sub, snap, seconds)
     finally:
         daemon.stop()
         sub.close()
