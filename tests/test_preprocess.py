@@ -33,7 +33,7 @@ from pydicom.encaps import encapsulate, generate_fragmented_frames, itemize_frag
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edged.models.manifest import InputSpec, PreprocessSpec
-from edged.preprocess import PixelError, area, luts, prepare, prepare_timed, strips
+from edged.preprocess import PixelError, area, luts, native, prepare, prepare_timed, strips
 
 FLOAT32_TOL = 1e-4
 FLOAT16_TOL = 2e-3
@@ -259,6 +259,68 @@ def test_signed_12bit_variant() -> None:
     _restore(ds, np.clip(ds.pixel_array.astype(np.int16) - 1200, -2048, 2047), 12)
     ds.WindowCenter, ds.WindowWidth = -100, 900
     assert_matches(ds)
+
+
+# --------------------------------------------------------------------------- pixels read in place
+
+
+def _via_pydicom(monkeypatch: pytest.MonkeyPatch, ds: Dataset, pp: PreprocessSpec = PP) -> np.ndarray:
+    """What the pipeline computes when pydicom decodes (the path before issue #14)."""
+    with monkeypatch.context() as m:
+        m.setattr(native, "read_in_place", lambda *a: None)
+        return prepare(copy.deepcopy(ds), SPEC, pp)
+
+
+def _with_junk(ds: Dataset, arr: np.ndarray, bits_stored: int, seed: int) -> Dataset:
+    """``arr`` stored with random values in the bits above ``bits_stored`` (PS3.5 8.1.1: a
+    receiver must not assume anything about them)."""
+    rng = np.random.default_rng(seed)
+    width = arr.dtype.itemsize * 8
+    unsigned = arr.view(f"u{arr.dtype.itemsize}")
+    junk = rng.integers(0, 1 << (width - bits_stored), size=arr.shape, dtype=unsigned.dtype) << bits_stored
+    low = unsigned & unsigned.dtype.type((1 << bits_stored) - 1)
+    return _restore(ds, (low | junk).view(arr.dtype), bits_stored)
+
+
+@pytest.mark.parametrize("pp", [PP, PreprocessSpec(voi="minmax")], ids=["window", "minmax"])
+@pytest.mark.parametrize("variant", ["unsigned12", "signed12", "unsigned6of8"])
+def test_in_place_pixels_equal_pydicom_despite_junk_bits(monkeypatch: pytest.MonkeyPatch, variant: str,
+                                                         pp: PreprocessSpec) -> None:
+    """Pixels read in place with junk in their unused bits give the bit-identical tensor pydicom's
+    corrected pixel_array gives, and pydicom never decodes them."""
+    if variant == "unsigned12":
+        ds = load("RG1_UNCR.dcm")
+        ds = _with_junk(ds, ds.pixel_array >> 3, 12, seed=1)
+        ds.WindowCenter, ds.WindowWidth = 1875, 3750
+    elif variant == "signed12":
+        ds = load("CT_small.dcm")
+        ds = _with_junk(ds, np.clip(ds.pixel_array.astype(np.int16) - 1200, -2048, 2047), 12, seed=2)
+        ds.WindowCenter, ds.WindowWidth = -100, 900
+    else:
+        ds = load("RG3_UNCR.dcm")
+        ds = _with_junk(ds, (ds.pixel_array >> 4).astype(np.uint8), 6, seed=3)
+        ds.WindowCenter, ds.WindowWidth = 32, 64
+    raw = native.read_in_place(ds, ds.Rows, ds.Columns)
+    assert raw is not None and not raw.clean()  # the junk is really there
+    got = prepare(ds, SPEC, pp)
+    assert ds._pixel_array is None  # read in place, not decoded by pydicom
+    assert np.array_equal(got, _via_pydicom(monkeypatch, ds, pp))
+    assert_matches(ds, pp=pp)  # and both match the float64 reference on the corrected values
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "CT_small.dcm", "MR_small_padded.dcm", "vlut_04.dcm"])
+@pytest.mark.filterwarnings("ignore:The pixel data is 8320 bytes long")
+def test_in_place_pixels_equal_pydicom_on_real_files(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    ds = load(name)
+    assert native.read_in_place(ds, ds.Rows, ds.Columns) is not None
+    assert np.array_equal(prepare(ds, SPEC, PP), _via_pydicom(monkeypatch, ds))
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR2_J2KR.dcm", "rtdose_1frame.dcm"])
+def test_other_pixels_are_decoded_by_pydicom(name: str) -> None:
+    """Big endian, compressed and 32-bit pixel data keep pydicom's decoder."""
+    ds = load(name)
+    assert native.read_in_place(ds, ds.Rows, ds.Columns) is None
 
 
 def test_int32_direct_path() -> None:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from edged.preprocess import strips
 from edged.preprocess.errors import PixelError
+from edged.preprocess.native import correct
 
 #: Full scale of the quantised tables: 0 → 0.0, FULL_SCALE → 1.0.
 FULL_SCALE = 65535
@@ -231,17 +232,23 @@ def value_range(arr: np.ndarray, modality: Modality) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=32)
-def stored_value_lut(dtype: str, modality: Modality, voi: Voi, invert: bool) -> np.ndarray:
+def stored_value_lut(dtype: str, modality: Modality, voi: Voi, invert: bool,
+                     bits_stored: int | None = None) -> np.ndarray:
     """The whole grey-level chain for every bit pattern of an 8/16-bit dtype, as uint16.
 
     Indexed by the *unsigned view* of the pixels, so signed data needs no offsetting pass:
     entry i holds the result for the signed value whose bit pattern is i. Covering every bit
     pattern (not just Bits Stored) reproduces pydicom even for garbage in the unused high bits.
+    With ``bits_stored`` the table is for pixels whose unused bits were *not* corrected
+    (:mod:`edged.preprocess.native`): entry i holds the result for pattern i corrected as
+    pydicom corrects it, so the gather does the correction.
     Cached per parameter tuple: a site sends a handful of distinct windows, and a 16-bit table
     costs ~1 ms to build but 128 KiB to keep.
     """
     kind = np.dtype(dtype)
     codes = np.arange(256**kind.itemsize, dtype=f"u{kind.itemsize}").view(kind)
+    if bits_stored is not None:
+        codes = correct(codes, bits_stored)
     unit = unit_values(modality_values(codes.astype(np.float64), modality), voi)
     if invert:
         unit = 1.0 - unit

@@ -27,8 +27,9 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
-from edged.preprocess import area, luts
+from edged.preprocess import area, luts, native
 from edged.preprocess.errors import PixelError
+from edged.preprocess.native import RawPixels
 
 if TYPE_CHECKING:  # only attributes are read: keeps this module out of the config import graph
     from edged.models.manifest import InputSpec, PreprocessSpec
@@ -152,11 +153,15 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-def _decode(ds: Dataset, header: _Header) -> np.ndarray:
-    """``ds.pixel_array`` (pydicom + pylibjpeg plugins), checked against the header.
+def _decode(ds: Dataset, header: _Header) -> np.ndarray | RawPixels:
+    """Uncompressed little-endian pixels read in place (:mod:`edged.preprocess.native`), else
+    ``ds.pixel_array`` (pydicom + pylibjpeg plugins), checked against the header.
 
     Decoder messages are replaced by the exception type: they are not ours to vet for PHI.
     """
+    raw = native.read_in_place(ds, header.rows, header.columns)
+    if raw is not None:
+        return raw
     _check_stream_end(ds)
     try:
         arr = ds.pixel_array
@@ -206,19 +211,30 @@ def _syntax_name(ds: Dataset) -> str:
 
 
 def _display(
-    ds: Dataset, arr: np.ndarray, header: _Header, pp: PreprocessSpec
+    ds: Dataset, arr: np.ndarray | RawPixels, header: _Header, pp: PreprocessSpec
 ) -> luts.TableImage | np.ndarray:
     """Full-size display image: uint16 at full scale 65535 (fast path) or float32 in [0, 1].
 
-    The fast path's image is left as stored values + table, gathered later by the resize.
+    The fast path's image is left as stored values + table, gathered later by the resize. For
+    pixels read in place the table also clears their unused bits (entry for the pattern as sent
+    = result for the corrected value); only a min–max stretch over an image that really carries
+    junk in those bits needs the corrected copy, to find its range.
     """
     modality = luts.read_modality(ds)
     voi = luts.read_voi(ds) if pp.voi == "auto" else None
     invert = pp.invert_monochrome1 and header.photometric == "MONOCHROME1"
+    bits_stored = None
+    if isinstance(arr, RawPixels):
+        if arr.bits_stored < arr.dtype.itemsize * 8:
+            bits_stored = arr.bits_stored  # else the table is the same as for corrected pixels
+        if voi is None:
+            ranged = arr.codes if arr.clean() else arr.corrected()
+            voi = luts.MinMax(*luts.value_range(ranged, modality))
+        arr = arr.codes
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         if voi is None:
             voi = luts.MinMax(*luts.value_range(arr, modality))
-        table = luts.stored_value_lut(arr.dtype.str, modality, voi, invert)
+        table = luts.stored_value_lut(arr.dtype.str, modality, voi, invert, bits_stored)
         return luts.TableImage.of(table, arr)
     return luts.transform_direct(arr, modality, voi, invert)
 
