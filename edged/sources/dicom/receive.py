@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from edged.sources.dicom.limits import (
     MAX_IN_MEMORY_MESSAGE,
     ProgressMeter,
 )
+from edged.sources.dicom.reactor import NotifyingQueue, Wakeup, dul_wait
 
 # transport.GuardedAssociation (a pynetdicom Association with the guard's meter and slot); named
 # here without importing transport, which imports this module.
@@ -151,11 +153,20 @@ class GuardedSocket(AssociationSocket):
 
 
 class GuardedDUL(DULServiceProvider):
-    """``DULServiceProvider`` (pynetdicom/dul.py) that reads PDUs within the limits and can
-    refuse its peer (A-ABORT, close, log line and event)."""
+    """``DULServiceProvider`` (pynetdicom/dul.py) that reads PDUs within the limits, can refuse
+    its peer (A-ABORT, close, log line and event), and sleeps until there is work instead of
+    polling (:mod:`edged.sources.dicom.reactor`)."""
 
     def __init__(self, assoc: "GuardedAssociation", meter: ProgressMeter):
         super().__init__(assoc)
+        # Event-driven loop: queues that wake the DUL thread (what it sends, events from other
+        # threads) or the association thread (primitives for the service user), and no 1 ms
+        # sleep between loops: the wait is in _is_transport_event.
+        self.wakeup = Wakeup()
+        self.event_queue = NotifyingQueue(self.wakeup.wake)
+        self.to_provider_queue = NotifyingQueue(self.wakeup.wake)
+        self.to_user_queue = NotifyingQueue(assoc.reactor_wake.set)
+        self._run_loop_delay = 0.0
         self.meter = meter
         self._starved_since: float | None = None
         self._rq_seen = False
@@ -165,10 +176,27 @@ class GuardedDUL(DULServiceProvider):
     def guard(self) -> Any:
         return self.assoc.guard  # type: ignore[attr-defined]
 
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wakeup.wake()
+
+    def stop_dul(self) -> bool:
+        """Upstream ``stop_dul`` (stop the thread if in Sta1, and wait for it), woken at once
+        and joined instead of polled."""
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self._kill_thread = True
+        self.wakeup.wake()
+        if threading.current_thread() is not self:
+            self.join()
+        return True
+
     def run(self) -> None:
         try:
             super().run()
         finally:
+            self.wakeup.close()
+            self.assoc.reactor_wake.set()  # the association thread sees the DUL has ended
             if not self._rq_seen:
                 # The association thread waits up to acse_timeout for an A-ASSOCIATE-RQ that
                 # will never come; None is what its wait returns on a timeout: it ends at once
@@ -205,9 +233,12 @@ class GuardedDUL(DULServiceProvider):
                                 f"(at least {m.required / m.window:.0f} bytes/s over {m.window:g} s required)")
 
     def _is_transport_event(self) -> bool:
-        """Upstream, plus: while a transfer is in progress and nothing arrives, the wait counts
-        against the peer's rate; outside one (idle between messages) pynetdicom's idle timer
+        """Upstream, after sleeping until data or other work arrives (``reactor.dul_wait``),
+        plus: while a transfer is in progress and nothing arrives, the wait counts against the
+        peer's rate; outside one (idle between messages) pynetdicom's idle timer
         (network_timeout) applies."""
+        began = time.monotonic()
+        dul_wait(self)
         if super()._is_transport_event():
             self._starved_since = None
             return True
@@ -217,8 +248,7 @@ class GuardedDUL(DULServiceProvider):
             self._starved_since = None
             return False
         now = time.monotonic()
-        if self._starved_since is not None:
-            self.meter.waited(now - self._starved_since)
+        self.meter.waited(now - (self._starved_since if self._starved_since is not None else began))
         self._starved_since = now
         if self.meter.too_slow():
             self._slow(where)
@@ -291,6 +321,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
 
     def __init__(self, assoc: "GuardedAssociation", spool: Any):
         super().__init__(assoc)
+        self.msg_queue = NotifyingQueue(assoc.reactor_wake.set)  # wakes the association thread
         self.spool = spool
         self.files: list[GuardedFile] = []
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from copy import deepcopy
+from copy import copy, deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
 from socket import socket
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
@@ -46,6 +46,7 @@ from edged.sources.dicom.limits import (
     ProgressMeter,
     TransportLimits,
 )
+from edged.sources.dicom.reactor import Checkpoint, association_timeout
 from edged.sources.dicom.receive import GuardedDIMSE, GuardedDUL, GuardedSocket
 from edged.sources.dicom.refusals import Refusals
 from edged.sources.dicom.versions import (  # noqa: F401
@@ -55,6 +56,7 @@ from edged.sources.dicom.versions import (  # noqa: F401
 )
 
 log = logging.getLogger("edged.dicom")
+upstream_log = logging.getLogger("pynetdicom.association")  # the reactor's own lines keep upstream's logger
 
 @dataclass
 class Guard:
@@ -80,6 +82,12 @@ class GuardedAssociation(Association):
     def __init__(self, ae: Any, guard: Guard, peer: str, lease: Lease):
         super().__init__(ae, MODE_ACCEPTOR)
         self.guard, self.peer, self.lease = guard, peer, lease
+        # The reactor sleeps on this until there is work (edged/sources/dicom/reactor.py); set
+        # at first so that anything queued before the reactor starts is looked at at once.
+        self.reactor_wake = threading.Event()
+        self.reactor_wake.set()
+        self._reactor_checkpoint = Checkpoint(self.reactor_wake.set)
+        self._reactor_checkpoint.set()
         self.meter = ProgressMeter(guard.limits.min_bytes_per_s, guard.limits.window_s)
         # Association.__init__ built upstream's providers, then set the timeouts, which reach
         # into the DUL's timers: replace both providers, then set the timeouts again.
@@ -96,6 +104,68 @@ class GuardedAssociation(Association):
             log.exception("association with %s failed", self.peer)
         finally:
             self._end()
+
+    def kill(self) -> None:
+        """Upstream ``kill``, with the sleeping reactor woken to see it."""
+        self._kill = True
+        self.reactor_wake.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """Upstream ``Association._run_reactor`` (pynetdicom/association.py, 3.0.x), line for
+        line, except that it sleeps on :attr:`reactor_wake` (bounded by the idle timer) where
+        upstream sleeps 1 ms per loop (:mod:`edged.sources.dicom.reactor`)."""
+        self._is_paused = False
+        wake = self.reactor_wake
+        while not self._kill:
+            wake.wait(association_timeout(self))
+            wake.clear()  # what set it is looked at below; a later set() ends the next wait
+
+            # Pause point for send_*() and release() from other threads (upstream's comment)
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                upstream_log.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                upstream_log.info(log_msg)
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                upstream_log.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
 
     def _start_tls(self) -> bool:
         ctx = self.guard.tls
@@ -160,7 +230,7 @@ class GuardedRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.acceptor.supported_contexts = copy_contexts(self.server.contexts)
         assoc.requestor.address_info = self.remote
         for event in self.server._handlers:
             if event.is_intervention and self.server._handlers[event]:
@@ -169,6 +239,30 @@ class GuardedRequestHandler(RequestHandler):
                 for handler in self.server._handlers[event]:
                     assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
         return assoc
+
+
+_CONTEXT_FIELDS = {"_context_id", "_abstract_syntax", "_transfer_syntax", "result", "_scu_role", "_scp_role",
+                   "_as_scp", "_as_scu"}
+
+
+def copy_contexts(contexts: list) -> list:
+    """What upstream's ``deepcopy(self.server.contexts)`` gives each association, ~40× cheaper.
+
+    A ``PresentationContext`` (pynetdicom/presentation.py, 3.0.x) holds immutable values (UIDs are
+    ``str``, ints, bools, None) and one list, its transfer syntaxes: a copy with that list copied
+    is as independent of the server's as a deep copy. deepcopy re-created every UID of ~120
+    storage contexts × their syntaxes, 16 ms of CPU per association (issue #14), which a modality
+    opening an association per image pays per image. A context with any other attribute falls
+    back to deepcopy."""
+    out = []
+    for cx in contexts:
+        fields = vars(cx)
+        if fields.keys() - _CONTEXT_FIELDS or not isinstance(fields.get("_transfer_syntax"), list):
+            return deepcopy(contexts)
+        twin = copy(cx)
+        twin._transfer_syntax = list(cx._transfer_syntax)
+        out.append(twin)
+    return out
 
 
 class GuardedServer(ThreadedAssociationServer):

@@ -11,6 +11,10 @@ VERIFIED_PYNETDICOM = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 # The receive fast path (fastpath.py) replaces more of pynetdicom's per-PDU path; it has its own
 # list so that verifying the transport against a new release does not silently cover it too.
 FASTPATH_VERIFIED = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
+# The event-driven reactors (reactor.py) replace Association._run_reactor and the DUL's queues,
+# kill and stop. Compared function by function (AST) with 3.0.4 in 3.0.0, 3.0.1 and 3.0.3:
+# identical. 3.0.2 is not on the package index these machines reach, so it is not listed.
+REACTOR_VERIFIED = ("3.0.0", "3.0.1", "3.0.3", "3.0.4")
 
 
 class UnsupportedPynetdicom(RuntimeError):
@@ -41,3 +45,10 @@ def check_pynetdicom(version: str | None = None) -> None:
             f"per-PDU state machine) replaces pynetdicom internals verified only against "
             f"{', '.join(FASTPATH_VERIFIED)}: install one of those, or verify fastpath.py against this version "
             "and add it to FASTPATH_VERIFIED")
+    if version not in REACTOR_VERIFIED:
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {version} is installed, but edged's association reactors "
+            "(edged/sources/dicom/reactor.py: threads woken by events instead of polling every millisecond) "
+            f"replace pynetdicom internals verified only against {', '.join(REACTOR_VERIFIED)}: install one of "
+            "those, or verify reactor.py and GuardedAssociation._run_reactor against this version and add it to "
+            "REACTOR_VERIFIED")
