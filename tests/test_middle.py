@@ -404,7 +404,7 @@ def test_a_decoder_process_that_dies_fails_the_image_transiently_and_the_pool_re
         t = threading.Thread(target=decode_j2k)
         t.start()
         time.sleep(0.15)  # inside the ~0.5 s JPEG 2000 decode
-        for pid in list(pool._pool._processes):  # type: ignore[union-attr]
+        for pid in pool.pids():
             os.kill(pid, signal.SIGKILL)
         t.join(30)
         assert len(got) == 1 and isinstance(got[0], TransientError) and got[0].reason == "decoder_crashed"

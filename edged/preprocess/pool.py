@@ -7,18 +7,25 @@ six times the one after an uncompressed image. So images are decoded and turned 
 ``pipeline.decode_processes`` worker processes: the daemon sends a path and the model's input
 spec, and gets back only the small tensor (600 KB for 224×224×3), never the 7 MB image.
 
-A worker that dies (a decoder crashing on a hostile codestream) breaks the pool: the image gets
-a transient failure (its source retries it, and gives it up after its attempt limit), and the
-pool is started again for the next one. Errors keep their :class:`PixelError` reason codes.
+A worker that dies (a decoder crashing on a hostile codestream) fails only its image, with a
+transient failure (its source retries it, and gives it up after its attempt limit), and is
+replaced for the next one. Errors keep their :class:`PixelError` reason codes.
+
+Why not ``concurrent.futures.ProcessPoolExecutor``: per image it woke a manager thread and a
+queue feeder thread in the daemon and pickled through both, ~2 ms of the daemon's CPU per image
+(py-spy, issue #14) for what is one request and one answer. Here each worker has its own pipe:
+the calling thread takes an idle worker, sends ``(path, spec, preprocess)`` and reads the answer
+itself; nothing else runs in the daemon.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +37,7 @@ log = logging.getLogger("edged.preprocess")
 
 
 class DecoderCrashed(TransientError):
-    """The worker process died while decoding: transient for this image, fatal for the pool."""
+    """The worker process died while decoding: transient for this image; the worker is replaced."""
 
     def __init__(self) -> None:
         super().__init__("decoder_crashed", "the decoder process died while decoding this image")
@@ -65,45 +72,150 @@ def _warm() -> None:
     import edged.preprocess.pixels  # noqa: F401
 
 
+def _serve(conn: Connection) -> None:
+    """A worker process: answer ``(path, input_spec, pp)`` requests until ``None`` or EOF."""
+    _warm()
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if request is None:
+            return
+        try:
+            answer: tuple[bool, Any] = (True, prepare_file(*request))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            answer = (False, exc)
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # an exception that does not pickle
+            conn.send((False, PixelError("decode_failed", f"{type(exc).__name__} while decoding")))
+
+
+class _Worker:
+    def __init__(self, ctx: Any):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_serve, args=(child,), name="edged-decode", daemon=True)
+        self.process.start()
+        child.close()
+
+    def ready(self, timeout: float) -> None:
+        if not self.conn.poll(timeout) or self.conn.recv() != "ready":
+            raise RuntimeError("a decode worker did not start")
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.conn.send(None)
+        except (EOFError, OSError):
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+
+
 class DecodePool:
+    """``processes`` decode worker processes, each serving one image at a time."""
+
     def __init__(self, processes: int):
         self.processes = processes
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._ctx: Any = None
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._started = False
         self.restarts = 0
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _spawn(self) -> _Worker:
         with self._lock:
-            if self._pool is None:
+            if self._ctx is None:
                 # forkserver: workers fork from a clean, thread-free server process (forking the
                 # daemon itself, with its threads and sockets, is not safe); preloading makes
                 # each new worker start with pydicom and OpenCV already imported.
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["edged.preprocess.pool"])
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_warm)
-            return self._pool
+                self._ctx = multiprocessing.get_context("forkserver")
+                self._ctx.set_forkserver_preload(["edged.preprocess.pool"])
+            worker = _Worker(self._ctx)
+            self._workers.append(worker)
+        return worker
 
     def start(self) -> None:
         """Start the workers now (at daemon start-up, not on the first image)."""
-        ex = self._executor()
-        for f in [ex.submit(_warm) for _ in range(self.processes)]:
-            f.result(timeout=120)
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        workers = [self._spawn() for _ in range(self.processes)]
+        for worker in workers:
+            worker.ready(120)
+            self._idle.put(worker)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def prepare(self, path: Path, input_spec: Any, pp: Any) -> tuple[np.ndarray, dict[str, float]]:
-        ex = self._executor()
+        self.start()
+        worker = self._take()
         try:
-            return ex.submit(prepare_file, str(path), input_spec, pp).result()
-        except BrokenProcessPool:
-            with self._lock:
-                if self._pool is ex:
-                    self._pool = None
-                    self.restarts += 1
-            ex.shutdown(wait=False, cancel_futures=True)
-            log.error("a decode worker died while preparing an image; the pool is started again")
+            worker.conn.send((str(path), input_spec, pp))
+            ok, answer = worker.conn.recv()
+        except (EOFError, OSError):
+            self._replace(worker)
+            log.error("a decode worker died while preparing an image; it is replaced")
             raise DecoderCrashed() from None
+        self._idle.put(worker)
+        if not ok:
+            raise answer
+        return answer
 
-    def close(self) -> None:
+    def _take(self) -> _Worker:
+        """An idle worker, waiting while all are busy; a transient failure once the pool closes."""
+        while True:
+            if self._closed:
+                raise TransientError("decoder_stopped", "the decoder processes are stopping")
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _replace(self, dead: _Worker) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if dead in self._workers:
+                self._workers.remove(dead)
+            self.restarts += 1
+            closed = self._closed
+        dead.stop(1)
+        if closed:
+            return
+        worker = self._spawn()
+        try:
+            worker.ready(120)
+        except (RuntimeError, EOFError, OSError):
+            log.exception("a replacement decode worker did not start")
+        self._idle.put(worker)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers, waiting (up to ``timeout``) for those decoding to finish."""
+        with self._lock:
+            self._closed = True
+            count = len(self._workers)
+        deadline = time.monotonic() + timeout
+        stopped = 0
+        while stopped < count:
+            try:
+                worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            worker.stop(5)
+            stopped += 1
+        with self._lock:
+            left, self._workers = self._workers, []
+        for worker in left:
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
