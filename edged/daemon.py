@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import select
 import signal
@@ -161,6 +162,9 @@ class Daemon:
         self.watchdog = WatchdogPinger(self.notifier, self.healthy)
         self.watchdog.start()
         self._started = True
+        # Everything loaded so far (libraries, models, config) lives as long as the daemon: out
+        # of the collector's sight, full collections stop re-walking it while images flow.
+        gc.freeze()
         self.notifier.ready(f"serving {', '.join(self.models)} on DICOM port {self.scp.port if self.scp else '-'}")
         log.info("edged %s ready: node %s, models %s", __version__, cfg.node_id, ", ".join(self.models))
 

@@ -46,9 +46,21 @@ class EnergyAccounting:
             now = self.clock()
             token = next(self._tokens)
             self._running[token] = [now, None]
-            for old in [k for k, (_, end) in self._running.items() if end is not None and end < now - self.keep_s]:
-                del self._running[old]
+            self._forget(now - self.keep_s)
             return token, now
+
+    def _forget(self, cutoff: float) -> None:
+        """Drop windows that ended before ``cutoff``. Windows are kept in start order, and one
+        that started after ``cutoff`` cannot have ended before it: only the old ones are looked
+        at (a full scan per batch cost O(batches in keep_s), thousands, on every call)."""
+        old = []
+        for token, (start, end) in self._running.items():
+            if start is not None and start >= cutoff:
+                break
+            if end is not None and end < cutoff:
+                old.append(token)
+        for token in old:
+            del self._running[token]
 
     def end(self, token: int) -> float:
         """The call that :meth:`begin` returned ``token`` for has ended: its end time."""

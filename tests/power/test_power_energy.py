@@ -177,3 +177,18 @@ def test_background_sampler_on_a_fake_orin_tree(jetson):
     assert meter.interval_s == pytest.approx(0.43)
     assert energy == pytest.approx(6048.0 * (t1 - t0), rel=0.02)
     assert meter.total_is_sum is False and meter.scope()["kind"] == "module-input"
+
+
+def test_windows_older_than_keep_s_are_forgotten_and_running_ones_kept():
+    now = [0.0]
+    acct = EnergyAccounting(None, clock=lambda: now[0], keep_s=10.0)
+    stuck, _ = acct.begin()  # never ends (a backend call still running)
+    for _ in range(100):
+        now[0] += 1.0
+        token, _ = acct.begin()
+        now[0] += 0.5
+        acct.end(token)
+    # only windows that ended within the last keep_s remain, plus the one still running
+    assert stuck in acct._running
+    ended = [end for start, end in acct._running.values() if end is not None]
+    assert ended and min(ended) >= now[0] - 0.5 - 11.0 and len(acct._running) <= 12
