@@ -9,7 +9,9 @@ association each, in the same run, alternating ``--rounds`` times. CPU is read f
 process), before and after, and divided by the images received. edged serves the tiny model
 (inference ~1 ms) and its CPU is counted until every result is on MQTT, so it covers receive,
 fsync, preprocessing, inference, outbox and publishing; ``storescp`` only writes the files.
-Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported.
+Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported, and
+the daemon's CPU per second is read idle and with one association open that does nothing (the
+cost of pynetdicom's polling reactors, edged/sources/dicom/reactor.py).
 ``tools/bench.py`` runs this as its last section.
 """
 
@@ -154,8 +156,9 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             results.wait(received)
             queue_ms.append(float(results.last["timings_ms"]["queue"]))
             time.sleep(0.5)
+        idle, idle_assoc = idle_cpu(daemon.pid, port)
         images = received - 3
-        row = {"images": images, "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
+        row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc,"images": images, "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
                "edged_daemon_cpu_ms_per_image": round(main_cpu * 1000 / images, 1),
                "storescp_cpu_ms_per_image": round(scp_cpu * 1000 / images, 1),
                "lone_image_queue_ms": round(max(queue_ms), 2)}
@@ -171,6 +174,28 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             p.wait(60)
 
 
+def idle_cpu(pid: int, port: int, seconds: float = 3.0) -> tuple[float, float]:
+    """The daemon's CPU (ms per second) idle, then with one association open that does nothing
+    (a modality that keeps its association between studies): what the reactors cost at rest."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    def rate() -> float:
+        c0 = tree_cpu_s(pid, False)
+        time.sleep(seconds)
+        return round((tree_cpu_s(pid, False) - c0) * 1000 / seconds, 1)
+
+    idle = rate()
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGED")
+    try:
+        time.sleep(0.5)
+        return idle, rate()
+    finally:
+        assoc.release()
+
+
 def report(row: dict) -> str:
     return "\n".join([
         "| receiver (same files, same run) | images | CPU ms/image | × storescp |",
@@ -182,6 +207,8 @@ def report(row: dict) -> str:
         f"| DCMTK storescp (writes the files, no fsync) | {row['images']} | {row['storescp_cpu_ms_per_image']} | 1 |",
         "",
         f"lone image on an idle daemon: queue {row['lone_image_queue_ms']} ms (max of 3)",
+        f"idle daemon: {row['idle_daemon_cpu_ms_per_s']} ms CPU/s; with one idle association open: "
+        f"{row['idle_association_cpu_ms_per_s']} ms CPU/s",
     ])
 
 
