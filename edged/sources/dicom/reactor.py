@@ -105,6 +105,7 @@ class Wakeup:
             pass
 
     def close(self) -> None:
+        """Idempotent; only once its waiter is gone (the DUL thread ended or never started)."""
         with self._lock:
             self._closed = True
             self._r.close()

@@ -195,6 +195,8 @@ class GuardedAssociation(Association):
             sock = self.dul.socket
             if sock is not None and sock.socket is not None:
                 sock._shutdown_socket()
+            if isinstance(self.dul, GuardedDUL) and not self.dul.is_alive():
+                self.dul.wakeup.close()  # a DUL that never started (TLS refused) did not close it
         finally:
             self.lease.release()
 
