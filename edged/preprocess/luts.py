@@ -212,14 +212,16 @@ def _lookup(values: np.ndarray, table: TableLUT) -> np.ndarray:
 # --------------------------------------------------------------------------- fast path: one table
 
 
-def value_range(arr: np.ndarray, modality: Modality) -> tuple[float, float]:
+def value_range(arr: np.ndarray, modality: Modality,
+                bounds: tuple[int, int] | None = None) -> tuple[float, float]:
     """Exact min and max of the modality output over the pixels of an integer image.
 
     Only the stored-value extremes are needed when the modality mapping is monotonic (rescale
     always is; real Modality LUTs almost always are), which costs one cheap min/max pass. A
-    non-monotonic table falls back to a histogram of the values actually present.
+    non-monotonic table falls back to a histogram of the values actually present. ``bounds``:
+    the stored values' (min, max) when the caller has them already.
     """
-    low, high = int(arr.min()), int(arr.max())
+    low, high = bounds if bounds is not None else (int(arr.min()), int(arr.max()))
     if not isinstance(modality, TableLUT):
         ends = modality_values(np.array([low, high], dtype=np.float64), modality)
         return float(ends.min()), float(ends.max())

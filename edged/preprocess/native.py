@@ -43,32 +43,25 @@ class RawPixels:
     def dtype(self) -> np.dtype:
         return self.codes.dtype
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.codes.shape
-
-    def clean(self) -> bool:
-        """True when no pixel has junk in its unused bits, i.e. ``codes`` already equals
-        pydicom's corrected array (costs a min/max pass; callers that need the range anyway
-        use :func:`value_bounds`)."""
+    def bounds(self) -> tuple[int, int] | None:
+        """``(min, max)`` of the stored values when no pixel has junk in its unused bits (then
+        ``codes`` equals pydicom's corrected array: a value in range has its unused bits equal
+        to zero or to its sign), else None. One min/max pass, which a min–max stretch needs
+        anyway."""
         low, high = int(self.codes.min()), int(self.codes.max())
-        return within(self, low, high)
+        bits = self.bits_stored
+        if bits >= self.dtype.itemsize * 8:
+            clean = True
+        elif self.dtype.kind == "u":
+            clean = high < (1 << bits)
+        else:
+            clean = -(1 << (bits - 1)) <= low and high < (1 << (bits - 1))
+        return (low, high) if clean else None
 
     def corrected(self) -> np.ndarray:
         """pydicom's ``_correct_unused_bits``: a copy with the unused bits cleared (unsigned) or
         set to the sign (signed)."""
         return correct(self.codes, self.bits_stored)
-
-
-def within(raw: RawPixels, low: int, high: int) -> bool:
-    """Whether values ``low``..``high`` of ``raw``'s dtype are all valid ``bits_stored`` values:
-    then no pixel in that range has junk in its unused bits."""
-    bits = raw.bits_stored
-    if bits >= raw.dtype.itemsize * 8:
-        return True
-    if raw.dtype.kind == "u":
-        return high < (1 << bits)
-    return -(1 << (bits - 1)) <= low and high < (1 << (bits - 1))
 
 
 def correct(codes: np.ndarray, bits_stored: int) -> np.ndarray:

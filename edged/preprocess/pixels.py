@@ -228,8 +228,9 @@ def _display(
         if arr.bits_stored < arr.dtype.itemsize * 8:
             bits_stored = arr.bits_stored  # else the table is the same as for corrected pixels
         if voi is None:
-            ranged = arr.codes if arr.clean() else arr.corrected()
-            voi = luts.MinMax(*luts.value_range(ranged, modality))
+            bounds = arr.bounds()
+            ranged = arr.codes if bounds is not None else arr.corrected()
+            voi = luts.MinMax(*luts.value_range(ranged, modality, bounds))
         arr = arr.codes
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         if voi is None:
