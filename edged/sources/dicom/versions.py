@@ -17,6 +17,17 @@ FASTPATH_VERIFIED = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 REACTOR_VERIFIED = ("3.0.0", "3.0.1", "3.0.3", "3.0.4")
 
 
+#: (list, what relies on pynetdicom internals, what to verify before adding a version to the list)
+_GUARDED = (
+    ("VERIFIED_PYNETDICOM", "DICOM transport (edged/sources/dicom/transport.py, receive.py) overrides",
+     "the overrides"),
+    ("FASTPATH_VERIFIED", "DICOM receive fast path (edged/sources/dicom/fastpath.py: read-ahead recv_into, "
+     "dataset fragments written without the per-PDU state machine) replaces", "fastpath.py"),
+    ("REACTOR_VERIFIED", "association reactors (edged/sources/dicom/reactor.py: threads woken by events instead "
+     "of polling every millisecond) replace", "reactor.py and GuardedAssociation._run_reactor"),
+)
+
+
 class UnsupportedPynetdicom(RuntimeError):
     pass
 
@@ -32,23 +43,10 @@ def check_pynetdicom(version: str | None = None) -> None:
             version = installed("pynetdicom")
         except PackageNotFoundError:
             version = "not installed"
-    if version not in VERIFIED_PYNETDICOM:
-        raise UnsupportedPynetdicom(
-            f"pynetdicom {version} is installed, but edged's DICOM transport (edged/sources/dicom/transport.py, "
-            f"receive.py) overrides pynetdicom internals verified only against {', '.join(VERIFIED_PYNETDICOM)}: "
-            "install one of those (pip install 'pynetdicom==3.0.4'), or verify the overrides against this "
-            "version and add it to VERIFIED_PYNETDICOM")
-    if version not in FASTPATH_VERIFIED:
-        raise UnsupportedPynetdicom(
-            f"pynetdicom {version} is installed, but edged's DICOM receive fast path "
-            "(edged/sources/dicom/fastpath.py: read-ahead recv_into, dataset fragments written without the "
-            f"per-PDU state machine) replaces pynetdicom internals verified only against "
-            f"{', '.join(FASTPATH_VERIFIED)}: install one of those, or verify fastpath.py against this version "
-            "and add it to FASTPATH_VERIFIED")
-    if version not in REACTOR_VERIFIED:
-        raise UnsupportedPynetdicom(
-            f"pynetdicom {version} is installed, but edged's association reactors "
-            "(edged/sources/dicom/reactor.py: threads woken by events instead of polling every millisecond) "
-            f"replace pynetdicom internals verified only against {', '.join(REACTOR_VERIFIED)}: install one of "
-            "those, or verify reactor.py and GuardedAssociation._run_reactor against this version and add it to "
-            "REACTOR_VERIFIED")
+    for name, what, verify in _GUARDED:
+        verified = globals()[name]  # looked up now: a test may widen a list
+        if version not in verified:
+            raise UnsupportedPynetdicom(
+                f"pynetdicom {version} is installed, but edged's {what} pynetdicom internals verified only "
+                f"against {', '.join(verified)}: install one of those (pip install 'pynetdicom==3.0.4'), or "
+                f"verify {verify} against this version and add it to {name}")
