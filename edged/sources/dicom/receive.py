@@ -41,7 +41,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from edged.sources.dicom import vocab
-from edged.sources.dicom.fastpath import ReadAhead, stream_pdata
+from edged.sources.dicom.fastpath import ReadAhead, stream_buffered, stream_pdata
 from edged.sources.dicom.incoming import GuardedFile
 from edged.sources.dicom.limits import (
     MAX_COMMAND_SET,
@@ -258,10 +258,16 @@ class GuardedDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         """Upstream ``_read_pdu_data``, with the PDU's length checked against its limit before
         the body is read, and our own log lines (no tracebacks, no PDU bytes). PDUs the fast path
-        writes put no event on the queue, and upstream's reactor sleeps 1 ms after a loop without
-        one: so they are read back to back while more data is there."""
-        while self._read_one_pdu() and not self._kill_thread and self.socket is not None and self.socket.ready:
-            pass
+        writes put no event on the queue, so they are read back to back while more data is there
+        (no trip through the reactor's loop per PDU), whole ones already in the read-ahead buffer
+        together (``fastpath.stream_buffered``)."""
+        sock = self.socket
+        assert isinstance(sock, GuardedSocket)
+        limit = self.guard.limits.pdu_limit(0x04, self.assoc.acceptor.maximum_length)
+        while True:
+            self.fast_pdus += stream_buffered(self, sock.ahead, limit)  # whole PDUs already read
+            if not self._read_one_pdu() or self._kill_thread or self.socket is None or not self.socket.ready:
+                return
 
     def _read_one_pdu(self) -> bool:
         """One PDU; True when the fast path consumed it (nothing queued for the state machine)."""
