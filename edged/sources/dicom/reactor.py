@@ -125,6 +125,38 @@ class Checkpoint(threading.Event):
         self._on_clear()
 
 
+class EventDrivenDUL:
+    """Mixin before ``DULServiceProvider`` (pynetdicom/dul.py): queues that wake the DUL thread
+    (what it sends, events from other threads) or the association thread (primitives for the
+    service user), no sleep between loops (the subclass waits in ``_is_transport_event`` through
+    :func:`dul_wait`), and kill/stop that wake it."""
+
+    wakeup: Wakeup
+
+    def event_driven(self, user_wake: Callable[[], None]) -> None:
+        """Call at the end of ``__init__``, after upstream's made its queues."""
+        self.wakeup = Wakeup()
+        self.event_queue = NotifyingQueue(self.wakeup.wake)
+        self.to_provider_queue = NotifyingQueue(self.wakeup.wake)
+        self.to_user_queue = NotifyingQueue(user_wake)
+        self._run_loop_delay = 0.0
+
+    def kill_dul(self) -> None:
+        super().kill_dul()  # type: ignore[misc]
+        self.wakeup.wake()
+
+    def stop_dul(self) -> bool:
+        """Upstream ``stop_dul`` (stop the thread if in Sta1, and wait for it), woken at once
+        and joined instead of polled."""
+        if self.state_machine.current_state != "Sta1":  # type: ignore[attr-defined]
+            return False
+        self._kill_thread = True
+        self.wakeup.wake()
+        if threading.current_thread() is not self:
+            self.join()  # type: ignore[attr-defined]
+        return True
+
+
 def dul_has_work(dul: Any) -> bool:
     """Whether the DUL loop must run again at once rather than wait."""
     return (dul._kill_thread or not dul.event_queue.empty() or not dul.to_provider_queue.empty()

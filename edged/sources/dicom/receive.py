@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from edged.sources.dicom.limits import (
     MAX_IN_MEMORY_MESSAGE,
     ProgressMeter,
 )
-from edged.sources.dicom.reactor import NotifyingQueue, Wakeup, dul_wait
+from edged.sources.dicom.reactor import EventDrivenDUL, NotifyingQueue, dul_wait
 
 # transport.GuardedAssociation (a pynetdicom Association with the guard's meter and slot); named
 # here without importing transport, which imports this module.
@@ -152,21 +151,14 @@ class GuardedSocket(AssociationSocket):
             self.event_queue.put("Evt17")  # as upstream: transport connection closed
 
 
-class GuardedDUL(DULServiceProvider):
+class GuardedDUL(EventDrivenDUL, DULServiceProvider):
     """``DULServiceProvider`` (pynetdicom/dul.py) that reads PDUs within the limits, can refuse
     its peer (A-ABORT, close, log line and event), and sleeps until there is work instead of
     polling (:mod:`edged.sources.dicom.reactor`)."""
 
     def __init__(self, assoc: "GuardedAssociation", meter: ProgressMeter):
         super().__init__(assoc)
-        # Event-driven loop: queues that wake the DUL thread (what it sends, events from other
-        # threads) or the association thread (primitives for the service user), and no 1 ms
-        # sleep between loops: the wait is in _is_transport_event.
-        self.wakeup = Wakeup()
-        self.event_queue = NotifyingQueue(self.wakeup.wake)
-        self.to_provider_queue = NotifyingQueue(self.wakeup.wake)
-        self.to_user_queue = NotifyingQueue(assoc.reactor_wake.set)
-        self._run_loop_delay = 0.0
+        self.event_driven(assoc.reactor_wake.set)  # the wait itself is in _is_transport_event
         self.meter = meter
         self._starved_since: float | None = None
         self._rq_seen = False
@@ -175,21 +167,6 @@ class GuardedDUL(DULServiceProvider):
     @property
     def guard(self) -> Any:
         return self.assoc.guard  # type: ignore[attr-defined]
-
-    def kill_dul(self) -> None:
-        super().kill_dul()
-        self.wakeup.wake()
-
-    def stop_dul(self) -> bool:
-        """Upstream ``stop_dul`` (stop the thread if in Sta1, and wait for it), woken at once
-        and joined instead of polled."""
-        if self.state_machine.current_state != "Sta1":
-            return False
-        self._kill_thread = True
-        self.wakeup.wake()
-        if threading.current_thread() is not self:
-            self.join()
-        return True
 
     def run(self) -> None:
         try:
