@@ -189,6 +189,7 @@ class Daemon:
     def _start_metrics(self) -> None:
         self.metrics.add(PowerCollector(lambda: self.power.last_sample if self.power else None))
         health.add_daemon_gauges(self.metrics, self, mqtt_enabled=self.cfg.mqtt.enabled)
+        health.add_cpu_by_role(self.metrics, self)
         if self.cfg.cameras:
             add_camera_metrics(self.metrics, lambda: self.cameras.runtimes if self.cameras is not None else [])
         prom = self.cfg.telemetry.prometheus

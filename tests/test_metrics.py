@@ -80,6 +80,12 @@ def test_metrics_after_real_c_stores(daemon_factory, collector, tmp_path):
     assert value(m, "edged_model_ready", model="chexnet-tiny") == 1
     assert value(m, "edged_build_info", node="test-node") == 1
     assert value(m, "process_resident_memory_bytes") > 10e6
+    # where the CPU went (edged/metrics/cpu.py): the associations' threads retired theirs as dicom,
+    # the decode worker's is its own, and the daemon's roles add up to its process CPU
+    roles = {s.labels["role"]: s.value for s in m["edged_cpu_seconds"] if s.name == "edged_cpu_seconds_total"}
+    assert roles["dicom"] > 0 and roles["decode"] > 0 and "results" in roles, roles  # 10 ms ticks: few images may be 0
+    in_process = sum(v for role, v in roles.items() if role != "decode")
+    assert abs(in_process - value(m, "process_cpu_seconds_total")) < 0.1, (roles, value(m, "process_cpu_seconds_total"))
 
     def settled() -> bool:
         again = scrape(port)

@@ -115,12 +115,13 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
 
     if not (work / "repo" / "chexnet-tiny").exists():
         write_model("tiny", work / "repo" / "chexnet-tiny")
-    port, scp_port = free_port(), free_port()
+    port, scp_port, metrics_port = free_port(), free_port(), free_port()
     run = f"{len(list(work.glob('istate*')))}"
     cfg = {"node_id": "ingest", "state_dir": str(work / f"istate{run}"), "cache_dir": str(work / "icache"),
            "log_level": "warning", "model_repository": str(work / "repo"), "models": [{"name": "chexnet-tiny"}],
            "dicom": {"bind": "127.0.0.1", "port": port}, "mqtt": {"host": "127.0.0.1", "port": broker_port},
-           "power": {"control_socket": str(work / f"ingest{run}.sock")}}
+           "power": {"control_socket": str(work / f"ingest{run}.sock")},
+           "telemetry": {"prometheus": {"enabled": True, "port": metrics_port}}}
     (work / "ingest.yaml").write_text(yaml.safe_dump(cfg))
     out_dir = work / f"storescp-out{run}"
     out_dir.mkdir()
@@ -135,6 +136,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         wait_port(scp_port, scp, "storescp")
         results = Results(broker_port, "ingest")
         edged_cpu = main_cpu = scp_cpu = 0.0
+        by_role: dict[str, float] = {}
         received = 0
         for files in sets[:-1]:
             c0 = tree_cpu_s(scp.pid)
@@ -142,12 +144,15 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             scp_cpu += tree_cpu_s(scp.pid) - c0
             for f in out_dir.iterdir():
                 f.unlink()
-            c0, m0 = tree_cpu_s(daemon.pid), tree_cpu_s(daemon.pid, False)
+            c0, m0, r0 = tree_cpu_s(daemon.pid), tree_cpu_s(daemon.pid, False), cpu_by_role(metrics_port)
             storescu(port, files, "EDGED")
             received += len(files)
             results.wait(received)
             edged_cpu += tree_cpu_s(daemon.pid) - c0
             main_cpu += tree_cpu_s(daemon.pid, False) - m0
+            time.sleep(0.3)  # the association's threads have ended (and retired their CPU)
+            for role, seconds in cpu_by_role(metrics_port).items():
+                by_role[role] = by_role.get(role, 0.0) + seconds - r0.get(role, 0.0)
         time.sleep(1.0)  # idle: nothing queued, the backend waiting
         queue_ms = []
         for f in sets[-1][:3]:
@@ -162,7 +167,9 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
                "edged_daemon_cpu_ms_per_image": round(main_cpu * 1000 / images, 1),
                "storescp_cpu_ms_per_image": round(scp_cpu * 1000 / images, 1),
                "lone_image_queue_ms": round(max(queue_ms), 2)}
+        row["by_role_ms_per_image"] = {role: round(s * 1000 / images, 1) for role, s in sorted(by_role.items())}
         scp_ms = max(row["storescp_cpu_ms_per_image"], 0.1)
+        row["receive_ratio"] = round(row["by_role_ms_per_image"].get("dicom", 0.0) / scp_ms, 2)
         row["ratio"] = round(row["edged_cpu_ms_per_image"] / scp_ms, 2)
         row["daemon_ratio"] = round(row["edged_daemon_cpu_ms_per_image"] / scp_ms, 2)
         return row
@@ -172,6 +179,17 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         for p in (daemon, scp):
             p.terminate()
             p.wait(60)
+
+
+def cpu_by_role(port: int) -> dict[str, float]:
+    """The daemon's ``edged_cpu_seconds_total`` by role (edged/metrics/cpu.py), from /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {s.labels["role"]: s.value for f in text_string_to_metric_families(text) if f.name == "edged_cpu_seconds"
+            for s in f.samples if s.name == "edged_cpu_seconds_total"}
 
 
 def idle_cpu(pid: int, port: int, seconds: float = 3.0) -> tuple[float, float]:
@@ -196,7 +214,13 @@ def idle_cpu(pid: int, port: int, seconds: float = 3.0) -> tuple[float, float]:
         assoc.release()
 
 
+ROLE_NOTES = {"dicom": ": receive, spool (write, fsync), C-STORE answer — storescp's work",
+              "decode": ": decode worker processes (read, pixel LUT, resize)",
+              "inference": ": batchers and the backend", "results": ": result writer, outbox, MQTT"}
+
+
 def report(row: dict) -> str:
+    scp = max(row["storescp_cpu_ms_per_image"], 0.1)
     return "\n".join([
         "| receiver (same files, same run) | images | CPU ms/image | × storescp |",
         "|---|---:|---:|---:|",
@@ -205,6 +229,13 @@ def report(row: dict) -> str:
         f"| edged with its decode process (+ pixel decode, LUT, resize) | {row['images']} | "
         f"{row['edged_cpu_ms_per_image']} | {row['ratio']} |",
         f"| DCMTK storescp (writes the files, no fsync) | {row['images']} | {row['storescp_cpu_ms_per_image']} | 1 |",
+        "",
+        "edged's CPU by role (edged_cpu_seconds_total, same images):",
+        "",
+        "| role | CPU ms/image | × storescp |",
+        "|---|---:|---:|",
+        *(f"| {role}{ROLE_NOTES.get(role, '')} | {ms} | {ms / scp:.2f} |"
+          for role, ms in row["by_role_ms_per_image"].items()),
         "",
         f"lone image on an idle daemon: queue {row['lone_image_queue_ms']} ms (max of 3)",
         f"idle daemon: {row['idle_daemon_cpu_ms_per_s']} ms CPU/s; with one idle association open: "

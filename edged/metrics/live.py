@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from edged.metrics.cpu import CPU
 from edged.metrics.registry import Metrics
 
 
@@ -15,6 +16,7 @@ class Running(Protocol):
     """The daemon as metrics and health probes see it (attributes may be None before start)."""
 
     spool: Any
+    decoders: Any
     outbox: Any
     publisher: Any
     scp: Any
@@ -41,6 +43,19 @@ def add_daemon_gauges(metrics: Metrics, d: Running, *, mqtt_enabled: bool) -> No
     metrics.gauge_from("edged_model_ready", "1 for each configured model that is served, 0 for one that failed "
                        "to load.", ("model",),
                        lambda: {**{(n,): 1 for n in dict(d.models)}, **{(n,): 0 for n in dict(d.unavailable)}})
+
+
+def add_cpu_by_role(metrics: Metrics, d: Running) -> None:
+    """Where the daemon's CPU goes (edged/metrics/cpu.py): the decode workers count as ``decode``."""
+    def read() -> dict[tuple[str, ...], float]:
+        pools = getattr(d, "decoders", None)
+        children = {"decode": pools.pids()} if pools is not None else {}
+        return {(role,): seconds for role, seconds in CPU.snapshot(children).items()}
+
+    metrics.counter_from("edged_cpu_seconds", "CPU time of the daemon and its decode workers by role: dicom "
+                         "(associations: receive, spool, C-STORE answers), preprocess, decode (worker processes), "
+                         "inference (batchers, backend), results (result writer, outbox, MQTT), cameras, "
+                         "telemetry, control, other.", ("role",), read)
 
 
 def live(d: Running, started: bool, stopping: bool) -> tuple[bool, str]:

@@ -39,6 +39,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from edged.metrics.cpu import CPU
 from edged.sources.dicom import vocab
 from edged.sources.dicom.fastpath import ReadAhead, stream_buffered, stream_pdata
 from edged.sources.dicom.incoming import GuardedFile
@@ -156,6 +157,8 @@ class GuardedDUL(EventDrivenDUL, DULServiceProvider):
     its peer (A-ABORT, close, log line and event), and sleeps until there is work instead of
     polling (:mod:`edged.sources.dicom.reactor`)."""
 
+    cpu_role = "dicom"  # edged/metrics/cpu.py: the receive path's CPU
+
     def __init__(self, assoc: "GuardedAssociation", meter: ProgressMeter):
         super().__init__(assoc)
         self.event_driven(assoc.reactor_wake.set)  # the wait itself is in _is_transport_event
@@ -179,6 +182,7 @@ class GuardedDUL(EventDrivenDUL, DULServiceProvider):
                 # will never come; None is what its wait returns on a timeout: it ends at once
                 # and frees the connection's slot (upstream: 30 s after a bad 6-byte PDU).
                 self.to_user_queue.put(None)  # type: ignore[arg-type]
+            CPU.retire("dicom")
 
     def refuse(self, reason: str, detail: str, abort_reason: int = ABORT_UNSPECIFIED) -> None:
         """A-ABORT (service provider), close the connection, tell the operator. The state machine

@@ -39,6 +39,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from edged.metrics.cpu import CPU
 from edged.sources.dicom import tls as dicom_tls
 from edged.sources.dicom.limits import (
     ConnectionSlots,
@@ -78,6 +79,8 @@ class GuardedAssociation(Association):
     """An acceptor ``Association`` (pynetdicom/association.py) with edged's DUL and DIMSE
     providers, a TLS handshake before its reactors start, and an end that always releases the
     connection's slot and deletes unfinished transfers."""
+
+    cpu_role = "dicom"  # edged/metrics/cpu.py: the receive path's CPU
 
     def __init__(self, ae: Any, guard: Guard, peer: str, lease: Lease):
         super().__init__(ae, MODE_ACCEPTOR)
@@ -199,6 +202,7 @@ class GuardedAssociation(Association):
                 self.dul.wakeup.close()  # a DUL that never started (TLS refused) did not close it
         finally:
             self.lease.release()
+            CPU.retire("dicom")
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -209,7 +213,9 @@ class GuardedRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         """Upstream ``handle``: create the association, trigger EVT_CONN_OPEN, start it; the
-        slot goes back here if the association never starts."""
+        slot goes back here if the association never starts. Runs on the connection's own
+        short-lived thread (socketserver's), counted as the receive path's CPU."""
+        threading.current_thread().name = "dicom-accept"
         lease = self.server.take_lease(self.request)
         try:
             assoc = self._guarded_association(lease)
@@ -218,13 +224,15 @@ class GuardedRequestHandler(RequestHandler):
         except BaseException:
             lease.release()
             raise
+        finally:
+            CPU.retire("dicom")
 
     def _guarded_association(self, lease: Lease) -> GuardedAssociation:
         """Upstream ``_create_association`` with edged's association and socket classes."""
         guard = self.server.guard
         assoc = GuardedAssociation(self.ae, guard, str(self.client_address[0]), lease)
         assoc._server = self.server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # server.active_associations looks for it
         sock = GuardedSocket(assoc, self.request, assoc.meter, guard.send_timeout_s)
         assoc.set_socket(sock)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
