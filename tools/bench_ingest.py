@@ -9,6 +9,9 @@ association each, in the same run, alternating ``--rounds`` times. CPU is read f
 process), before and after, and divided by the images received. edged serves the tiny model
 (inference ~1 ms) and its CPU is counted until every result is on MQTT, so it covers receive,
 fsync, preprocessing, inference, outbox and publishing; ``storescp`` only writes the files.
+The daemon's ``edged_cpu_seconds_total{role}`` (edged/metrics/cpu.py, read from its /metrics
+around each round) splits that: ``dicom`` is the associations' work (receive, spool, C-STORE
+answer), the part that compares with storescp's; ``decode`` the decode workers' pixel work.
 Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported, and
 the daemon's CPU per second is read idle and with one association open that does nothing (the
 cost of pynetdicom's polling reactors, edged/sources/dicom/reactor.py).
