@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edged.batcher.dynamic import Completion
 from edged.metrics import Metrics
 from edged.metrics.cameras import add_camera_metrics
-from edged.metrics.live import add_daemon_gauges
+from edged.metrics.live import add_cpu_by_role, add_daemon_gauges
 from edged.power.prometheus import PowerCollector
 from helpers import REPO
 
@@ -37,6 +37,7 @@ def exported_names() -> set[str]:
                              publisher=SimpleNamespace(connected=SimpleNamespace(is_set=lambda: True)),
                              scp=object(), models={"m": model}, unavailable={"x": "why"}, healthy=lambda: True)
     add_daemon_gauges(m, daemon, mqtt_enabled=True)
+    add_cpu_by_role(m, daemon)
     counters = SimpleNamespace(frames_in=3, drops={"busy": 1}, reconnects=0, restarts=0)
     cam = SimpleNamespace(name="c", capture=SimpleNamespace(state="streaming", counters=counters),
                           inferred={"m": 2}, crops={"classified": 1}, lock=threading.Lock())
