@@ -50,10 +50,13 @@ def tree_cpu_s(pid: int, descendants: bool = True) -> float:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / TICK
-            for task in Path(f"/proc/{p}/task").iterdir() if descendants else ():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, ValueError):
             continue
+        for task in Path(f"/proc/{p}/task").glob("*") if descendants else ():
+            try:  # threads come and go while this reads: one gone must not hide its siblings' children
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                pass
     return total
 
 
