@@ -106,3 +106,19 @@ def test_child_processes_counted_under_their_role_and_kept_when_gone():
     gone = cpu.snapshot({"decode": []})["decode"]  # replaced worker: its last reading stays
     assert gone == seen
     assert cpu.snapshot({})["decode"] == seen
+
+
+def test_a_renamed_thread_never_makes_a_role_go_down():
+    """socketserver's request thread is renamed dicom-accept once it runs: the time a snapshot
+    saw under ``other`` stays there, what it spends afterwards counts as dicom."""
+    cpu = CpuByRole()
+    started, release = threading.Event(), threading.Event()
+    t = run_thread(cpu, "Thread-7 (process_request_thread)", 0.2, False, started, release)
+    assert started.wait(10)
+    before = cpu.snapshot()
+    t.name = "dicom-accept"
+    after = cpu.snapshot()
+    release.set()
+    t.join()
+    assert after["other"] >= before["other"] >= 0.15
+    assert after["dicom"] >= 0.15  # now read under its new name

@@ -22,10 +22,12 @@ Cortex-A57 cores are the ceiling once inference runs on the GPU, an operator (an
   :data:`ROLES`, what exited threads spent between the last snapshot and their end).
 
 Every role's value only grows (a Prometheus counter): a role's total is what retired or gone
-threads spent plus what its live threads have spent so far, and a thread's time moves from
-"live" to "gone" with the value last read. The resolution of a live thread is the kernel's
-clock tick (10 ms); totals over seconds are what this is for. One instance per process
-(:data:`CPU`), like ``process_cpu_seconds_total``: daemons sharing a process (tests, ``edged
+threads spent plus what its live threads have spent so far; a thread's time moves from "live"
+to "gone" with the value last read; and no role is ever reported lower than before (a thread
+renamed between two reads, as socketserver's request thread is, would otherwise take its time
+to another role). The resolution of a live thread is the kernel's clock tick (10 ms); totals
+over seconds are what this is for. One instance per process (:data:`CPU`), like
+``process_cpu_seconds_total``: daemons sharing a process (tests, ``edged
 demo``) share it.
 """
 
@@ -88,6 +90,7 @@ class CpuByRole:
         self._child_seen: dict[int, tuple[str, float]] = {}
         self._child_done: dict[str, float] = {}  # children gone
         self._other = 0.0
+        self._reported: dict[str, float] = {}  # what the last snapshot said, per role
 
     def retire(self, role: str | None = None) -> None:
         """Called by a thread as it ends: keep what it spent (``time.thread_time()``) under
@@ -126,6 +129,8 @@ class CpuByRole:
             process = sum(os.times()[:2])
             self._other = max(self._other, process - threads)
             totals["other"] = totals.get("other", 0.0) + self._other
+            for role, value in totals.items():  # a thread renamed between two reads moves role
+                totals[role] = self._reported[role] = max(value, self._reported.get(role, 0.0))
             return totals
 
     def _read_children(self, children: Mapping[str, Iterable[int]], totals: dict[str, float]) -> None:
