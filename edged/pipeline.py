@@ -9,7 +9,8 @@ images, the detection publisher for frames. Nothing here reads a file or knows a
 Every item gets an outcome. A failure while preparing is reported to the sink with a reason
 code (``decode_failed``…, ``internal_error`` for anything unexpected), never swallowed into a
 log line. Backpressure follows the item: an acknowledged image waits for room in its model's
-queue, a live frame is dropped (and the sink told) when there is none.
+queue, a live frame (or crop) is dropped (and the sink told) when there is none — checked
+before it is made into a tensor, so a busy device spends no preprocessing on what it drops.
 """
 
 from __future__ import annotations
@@ -145,23 +146,32 @@ class Pipeline:
             item.sink.failed(item, "no_model", f"not served here: {', '.join(unknown)}", False)
             return
         models = [self.models[name] for name in item.models]
+        progress = _Progress(len(models))
+        full: list[ServedModel] = []
+        if item.live:
+            # room first: a frame or crop that a full queue would drop is not made into a
+            # tensor only to be thrown away (the preprocess worker's time goes to one that fits)
+            room = [m for m in models if m.try_reserve()]
+            full = [m for m in models if m not in room]
+            models = room
+            if not models:
+                item.discard()
+                for m in full:
+                    self._drop(item, m, progress)
+                return
         tensors = self._prepare(item, models)
         if tensors is None:
+            for m in models if item.live else ():
+                m.release()
             if self.observer is not None:
                 for m in models:
                     self.observer.failure_before_batch(m, "preprocess")
             return
-        progress = _Progress(len(models))
+        for m in full:
+            self._drop(item, m, progress)
         for m in models:
             tensor, pre = tensors[(m.manifest.input, m.manifest.preprocess)]
-            if item.live:
-                if not m.try_reserve():
-                    if self.observer is not None:
-                        self.observer.failure_before_batch(m, "dropped")
-                    item.sink.dropped(item, m)
-                    self._settle_unsent(item, progress)
-                    continue
-            else:
+            if not item.live:
                 m.reserve()  # backpressure: never overflow the batcher's bounded queue
             try:
                 m.batcher.submit(Request(tensor, self._on_done, context=(item, m, pre, progress)))
@@ -170,6 +180,13 @@ class Pipeline:
                 if item.live:
                     item.sink.dropped(item, m)
                 self._settle_unsent(item, progress)
+
+    def _drop(self, item: WorkItem, m: ServedModel, progress: _Progress) -> None:
+        """A live item that found ``m``'s queue full: dropped for that model, never waited for."""
+        if self.observer is not None:
+            self.observer.failure_before_batch(m, "dropped")
+        item.sink.dropped(item, m)
+        self._settle_unsent(item, progress)
 
     def _settle_unsent(self, item: WorkItem, progress: _Progress) -> None:
         """A model that never got the item: nothing will complete for it."""

@@ -113,15 +113,38 @@ def test_live_items_are_dropped_when_the_queue_is_full_and_durable_ones_wait(ser
     served.backend.infer = lambda b: (release.wait(10), real_infer(b))[1]  # a slow device
     p = Pipeline({served.name: served})
     p.start()
+    made: list[str] = []
+
+    def counted(m):
+        made.append("tensor")
+        return tensor(m)
+
     for i in range(12):
-        p.submit(item(f"frame{i}", sink, tensor, live=True))
+        p.submit(item(f"frame{i}", sink, counted, live=True))
     wait(lambda: p.pending() == 0)
     time.sleep(0.2)
     dropped = len(sink.dropped_list)
     assert dropped >= 12 - 4 - 4  # at most one batch in the backend and one full queue
+    assert len(made) == 12 - dropped  # a frame the full queue drops is never made into a tensor
     release.set()
     wait(lambda: len(sink.completed_list) == 12 - dropped)
     p.stop()
+
+
+def test_a_live_item_that_fails_to_prepare_gives_its_queue_room_back(served):
+    sink = Sink()
+    p = Pipeline({served.name: served})
+    p.start()
+
+    def broken(_m):
+        raise PixelError("decode_failed", "no")
+
+    for i in range(10):  # more than the queue holds: each held room while it was being prepared
+        p.submit(item(f"bad{i}", sink, broken, live=True))
+    wait(lambda: len(sink.failed_list) == 10)
+    p.stop()
+    assert not sink.dropped_list
+    assert [served.try_reserve() for _ in range(5)] == [True] * 4 + [False]  # all 4 places free again
 
 
 # -- Spool --------------------------------------------------------------------------------
