@@ -171,7 +171,8 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             time.sleep(0.5)
         idle, idle_assoc = idle_cpu(daemon.pid, port)
         images = received - 3
-        row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc,"images": images, "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
+        row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc, "images": images,
+               "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
                "edged_daemon_cpu_ms_per_image": round(main_cpu * 1000 / images, 1),
                "storescp_cpu_ms_per_image": round(scp_cpu * 1000 / images, 1),
                "storescp_files_deleted_cpu_ms_per_image": round(unlink_cpu * 1000 / images, 1),

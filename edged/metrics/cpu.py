@@ -8,9 +8,10 @@ Cortex-A57 cores are the ceiling once inference runs on the GPU, an operator (an
 * **live threads** are read from ``/proc/self/task/<tid>/stat`` (user + system time, what the
   kernel charged the thread) at each :meth:`CpuByRole.snapshot`, and given a role by the
   thread's ``cpu_role`` attribute if it has one (pynetdicom's association and DUL threads, whose
-  names pynetdicom itself looks for), else by its name (:data:`ROLES`; edged names its threads). ``/proc`` is read rather than each
-  thread's CPU clock because the clock of a thread that has just exited is undefined behaviour
-  in glibc, and a file that is gone is merely an error;
+  names pynetdicom itself looks for), else by its name (:data:`ROLES`; edged names its
+  threads). ``/proc`` is read rather than each thread's CPU clock because the clock of a thread
+  that has just exited is undefined behaviour in glibc, and a file that is gone is merely an
+  error;
 * **threads that end** keep what they spent: a short-lived thread (an association's two threads
   live as long as the association) calls :meth:`CpuByRole.retire` as it ends, with its own
   ``time.thread_time()``, so nothing it spent after the last snapshot is lost. A thread that ends
@@ -79,7 +80,8 @@ def stat_cpu_s(path: Path) -> float | None:
 
 
 class CpuByRole:
-    """CPU seconds of this process (and registered children) by role (see the module docstring)."""
+    """CPU seconds of this process and the children given to :meth:`snapshot`, by role (see the
+    module docstring)."""
 
     def __init__(self, proc: Path = Path("/proc")):
         self._proc = proc
@@ -94,7 +96,8 @@ class CpuByRole:
 
     def retire(self, role: str | None = None) -> None:
         """Called by a thread as it ends: keep what it spent (``time.thread_time()``) under
-        ``role`` (default: its ``cpu_role`` or its name's role). Later snapshots ignore it while it finishes."""
+        ``role`` (default: its ``cpu_role`` or its name's role). Later snapshots ignore it while
+        it finishes."""
         spent, tid = time.thread_time(), threading.get_native_id()
         me = threading.current_thread()
         role = role or getattr(me, "cpu_role", None) or role_of(me.name)
