@@ -74,6 +74,10 @@ def tensor(_manifest) -> tuple[np.ndarray, dict]:
     return np.zeros((3, 64, 64), np.float32), {"decode_ms": 0.0, "transform_ms": 0.0}
 
 
+def broken(_manifest):
+    raise PixelError("decode_failed", "no")
+
+
 def wait(pred, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -86,9 +90,6 @@ def test_pipeline_hands_every_outcome_to_the_items_sink(served):
     sink = Sink()
     p = Pipeline({served.name: served})
     p.start()
-
-    def broken(_m):
-        raise PixelError("decode_failed", "no")
 
     def surprising(_m):
         raise KeyError("a bug")
@@ -135,10 +136,6 @@ def test_a_live_item_that_fails_to_prepare_gives_its_queue_room_back(served):
     sink = Sink()
     p = Pipeline({served.name: served})
     p.start()
-
-    def broken(_m):
-        raise PixelError("decode_failed", "no")
-
     for i in range(10):  # more than the queue holds: each held room while it was being prepared
         p.submit(item(f"bad{i}", sink, broken, live=True))
     wait(lambda: len(sink.failed_list) == 10)
