@@ -146,40 +146,56 @@ class Pipeline:
             item.sink.failed(item, "no_model", f"not served here: {', '.join(unknown)}", False)
             return
         models = [self.models[name] for name in item.models]
-        progress = _Progress(len(models))
-        full: list[ServedModel] = []
-        if item.live:
-            # room first: a frame or crop that a full queue would drop is not made into a
-            # tensor only to be thrown away (the preprocess worker's time goes to one that fits)
-            room = [m for m in models if m.try_reserve()]
-            full = [m for m in models if m not in room]
-            models = room
-            if not models:
+        if not item.live:
+            self._hand_on(item, models, self._prepare(item, models), _Progress(len(models)))
+            return
+        # a live item takes its queue room first: a frame or crop that a full queue would drop
+        # is not made into a tensor only to be thrown away; room not used is always given back
+        held = [m for m in models if m.try_reserve()]
+        try:
+            full = [m for m in models if m not in held]
+            progress = _Progress(len(models))
+            if not held:
                 item.discard()
                 for m in full:
                     self._drop(item, m, progress)
                 return
-        tensors = self._prepare(item, models)
-        if tensors is None:
-            for m in models if item.live else ():
+            tensors = self._prepare(item, held)
+            if tensors is not None:
+                for m in full:
+                    self._drop(item, m, progress)
+            elif self.observer is not None:
+                for m in full:  # the item failed before any queue: counted as before, per model
+                    self.observer.failure_before_batch(m, "preprocess")
+            self._hand_on(item, list(held), tensors, progress, held)
+        finally:
+            for m in held:
                 m.release()
+
+    def _hand_on(self, item: WorkItem, models: list[ServedModel], tensors: dict[tuple, Prepared] | None,
+                 progress: _Progress, held: list[ServedModel] | None = None) -> None:
+        """Queue each model's tensor; ``held``: models whose room is already reserved (live
+        items), removed from it as their request is queued."""
+        if tensors is None:
             if self.observer is not None:
                 for m in models:
                     self.observer.failure_before_batch(m, "preprocess")
             return
-        for m in full:
-            self._drop(item, m, progress)
         for m in models:
             tensor, pre = tensors[(m.manifest.input, m.manifest.preprocess)]
-            if not item.live:
+            if held is None:
                 m.reserve()  # backpressure: never overflow the batcher's bounded queue
             try:
                 m.batcher.submit(Request(tensor, self._on_done, context=(item, m, pre, progress)))
             except QueueFull:  # only while stopping: the source keeps the item for later
-                m.release()
+                if held is None:
+                    m.release()  # (a held room is given back by the caller)
                 if item.live:
                     item.sink.dropped(item, m)
                 self._settle_unsent(item, progress)
+            else:
+                if held is not None:
+                    held.remove(m)  # the queued request owns the room now (released on completion)
 
     def _drop(self, item: WorkItem, m: ServedModel, progress: _Progress) -> None:
         """A live item that found ``m``'s queue full: dropped for that model, never waited for."""

@@ -9,9 +9,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from edged.localbroker import free_port
 from helpers import Collector, cr_variants, storescu
+
+
+def queued(metrics_port: int) -> float:
+    """Requests waiting in the batchers, from the daemon's /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples
+               if s.name == "edged_inference_pending_request_count")
 
 
 def distinct_results(c: Collector) -> dict[str, dict]:
@@ -122,10 +133,16 @@ def test_sigterm_finishes_queued_work_flushes_and_goes_offline(chexnet_ready, da
     files = cr_variants(tmp_path, 3)
     c = Collector(broker.port)
     try:
+        port = free_port()
         d = daemon_factory(repo=chexnet_ready, models=[{"name": "chexnet", "threads": 1, "batching": {
-            "max_batch_size": 64, "max_queue_delay_ms": 10000, "max_queue_size": 64}}]).start()
+            "max_batch_size": 64, "max_queue_delay_ms": 10000, "max_queue_size": 64}}],
+            telemetry={"prometheus": {"enabled": True, "port": port}}).start()
         assert storescu(d.port, *files).returncode == 0
         assert len(distinct_results(c)) <= 1  # only the first, dispatched on the idle backend, can be out
+        deadline = time.monotonic() + 8  # the premise, checked: images are waiting in the batcher
+        while queued(port) < 1:
+            assert time.monotonic() < deadline, "no image waited in the batcher: nothing to drain"
+            time.sleep(0.05)
         assert d.terminate(timeout=30) == 0
         c.wait_for(lambda c: len(distinct_results(c)) == 3 and c.of("status")[-1]["state"] == "offline")
         order = [("results/" in t, p.get("state")) for t, p, _ in c.messages]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from edged.metrics.cpu import CpuByRole, role_of
 
@@ -122,3 +123,34 @@ def test_a_renamed_thread_never_makes_a_role_go_down():
     t.join()
     assert after["other"] >= before["other"] >= 0.15
     assert after["dicom"] >= 0.15  # now read under its new name
+
+
+def test_the_daemon_metric_counts_tensorrt_worker_processes_as_inference():
+    """add_cpu_by_role: a served model whose backend runs in a worker process (the TensorRT
+    worker's ``pid``) has that process's CPU under ``inference``; a model without one adds none."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edged.metrics import Metrics
+    from edged.metrics.live import add_cpu_by_role
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nend=time.process_time()+0.4\n"
+                               "while time.process_time()<end: pass\ninput()"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while sum(map(int, Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])) < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # until the worker has spent 0.3 s (ticks of 10 ms)
+        daemon = SimpleNamespace(decoders=None, models={"trt": SimpleNamespace(backend=SimpleNamespace(pid=worker.pid)),
+                                                         "ort": SimpleNamespace(backend=object())},
+                                 camera_models={})
+        m = Metrics("n", process=False)
+        add_cpu_by_role(m, daemon)
+        text = generate_latest(m.registry).decode()
+        roles = {s.labels["role"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "edged_cpu_seconds_total"}
+        assert roles["inference"] >= 0.3, roles
+    finally:
+        worker.communicate(b"\n", timeout=20)

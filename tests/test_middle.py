@@ -142,6 +142,26 @@ def test_a_live_item_that_fails_to_prepare_gives_its_queue_room_back(served):
     p.stop()
     assert not sink.dropped_list
     assert [served.try_reserve() for _ in range(5)] == [True] * 4 + [False]  # all 4 places free again
+    for _ in range(4):
+        served.release()
+
+
+def test_a_sink_that_raises_does_not_leak_queue_room(served):
+    """A bug in a sink (here: failed() raises) is logged by the worker; the room the live item
+    held is still given back, or every later frame would be dropped for good."""
+    class Raising(Sink):
+        def failed(self, item, reason, detail, transient) -> None:
+            super().failed(item, reason, detail, transient)
+            raise RuntimeError("a sink bug")
+
+    sink = Raising()
+    p = Pipeline({served.name: served})
+    p.start()
+    for i in range(6):
+        p.submit(item(f"bad{i}", sink, broken, live=True))
+    wait(lambda: len(sink.failed_list) == 6)
+    p.stop()
+    assert [served.try_reserve() for _ in range(5)] == [True] * 4 + [False]
 
 
 # -- Spool --------------------------------------------------------------------------------

@@ -152,7 +152,8 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             for f in out_dir.iterdir():
                 f.unlink()
             unlink_cpu += sum(os.times()[:2]) - u0
-            c0, m0, r0 = tree_cpu_s(daemon.pid), tree_cpu_s(daemon.pid, False), cpu_by_role(metrics_port)
+            r0 = cpu_by_role(metrics_port)  # scraped first: the scrape's own CPU stays out of c0/m0
+            c0, m0 = tree_cpu_s(daemon.pid), tree_cpu_s(daemon.pid, False)
             storescu(port, files, "EDGED")
             received += len(files)
             results.wait(received)

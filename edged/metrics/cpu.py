@@ -16,11 +16,14 @@ Cortex-A57 cores are the ceiling once inference runs on the GPU, an operator (an
   live as long as the association) calls :meth:`CpuByRole.retire` as it ends, with its own
   ``time.thread_time()``, so nothing it spent after the last snapshot is lost. A thread that ends
   without retiring keeps what the last snapshot saw of it;
-* **child processes** (the decode workers, edged/preprocess/pool.py) are read from
+* **child processes** (the decode workers, edged/preprocess/pool.py, as ``decode``; the
+  TensorRT worker processes, edged/backends/worker, as ``inference``) are read from
   ``/proc/<pid>/stat``, given to each :meth:`CpuByRole.snapshot` by role; a worker that is
   replaced keeps what the last snapshot saw of it;
-* ``other`` is the rest of the process's CPU (the main thread, threads not named in
-  :data:`ROLES`, what exited threads spent between the last snapshot and their end).
+* ``other`` is the rest of the process's CPU: the main thread, threads not named in
+  :data:`ROLES`, what exited threads spent between the last snapshot and their end, and threads
+  Python does not know — ONNX Runtime's own intra-op pool among them (with ``threads`` other
+  than 1, part of the inference on the CPU backend is there, not under ``inference``).
 
 Every role's value only grows (a Prometheus counter): a role's total is what retired or gone
 threads spent plus what its live threads have spent so far; a thread's time moves from "live"
@@ -109,9 +112,9 @@ class CpuByRole:
     def snapshot(self, children: Mapping[str, Iterable[int]] | None = None) -> dict[str, float]:
         """``{role: CPU seconds}`` since the process started; every value only grows.
         ``children``: ``{role: pids}`` of this process's workers, counted under their role."""
-        live = {t.native_id: getattr(t, "cpu_role", None) or role_of(t.name) for t in threading.enumerate()
-                if t.native_id is not None}
-        with self._lock:
+        with self._lock:  # listed under the lock: no retire() or other snapshot between list and read
+            live = {t.native_id: getattr(t, "cpu_role", None) or role_of(t.name) for t in threading.enumerate()
+                    if t.native_id is not None}
             totals = dict(self._done)
             for tid in list(self._seen):
                 if tid not in live:  # ended without retiring: keep what was last read
@@ -132,8 +135,8 @@ class CpuByRole:
             process = sum(os.times()[:2])
             self._other = max(self._other, process - threads)
             totals["other"] = totals.get("other", 0.0) + self._other
-            for role, value in totals.items():  # a thread renamed between two reads moves role
-                totals[role] = self._reported[role] = max(value, self._reported.get(role, 0.0))
+            for role in self._reported.keys() | totals.keys():  # a renamed thread moves its role
+                totals[role] = self._reported[role] = max(totals.get(role, 0.0), self._reported.get(role, 0.0))
             return totals
 
     def _read_children(self, children: Mapping[str, Iterable[int]], totals: dict[str, float]) -> None:

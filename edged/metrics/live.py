@@ -46,16 +46,21 @@ def add_daemon_gauges(metrics: Metrics, d: Running, *, mqtt_enabled: bool) -> No
 
 
 def add_cpu_by_role(metrics: Metrics, d: Running) -> None:
-    """Where the daemon's CPU goes (edged/metrics/cpu.py): the decode workers count as ``decode``."""
+    """Where the daemon's CPU goes (edged/metrics/cpu.py): the decode workers count as
+    ``decode``, the TensorRT worker processes as ``inference``."""
     def read() -> dict[tuple[str, ...], float]:
         pools = getattr(d, "decoders", None)
-        children = {"decode": pools.pids()} if pools is not None else {}
+        served = [*dict(getattr(d, "models", None) or {}).values(),
+                  *dict(getattr(d, "camera_models", None) or {}).values()]
+        workers = [pid for m in served if (pid := getattr(getattr(m, "backend", None), "pid", None))]
+        children = {"decode": pools.pids() if pools is not None else [], "inference": workers}
         return {(role,): seconds for role, seconds in CPU.snapshot(children).items()}
 
-    metrics.counter_from("edged_cpu_seconds", "CPU time of the daemon and its decode workers by role: dicom "
-                         "(associations: receive, spool, C-STORE answers), preprocess, decode (worker processes), "
-                         "inference (batchers, backend), results (result writer, outbox, MQTT), cameras, "
-                         "telemetry, control, other.", ("role",), read)
+    metrics.counter_from("edged_cpu_seconds", "CPU time of the daemon and its worker processes by role: dicom "
+                         "(associations: receive, spool, C-STORE answers), preprocess, decode (decode worker "
+                         "processes), inference (batchers, TensorRT worker processes), results (result writer, "
+                         "outbox, MQTT), cameras, telemetry, control, other (the rest, ONNX Runtime's own "
+                         "threads included).", ("role",), read)
 
 
 def live(d: Running, started: bool, stopping: bool) -> tuple[bool, str]:
