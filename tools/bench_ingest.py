@@ -38,20 +38,17 @@ import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from edged.localbroker import LocalBroker, free_port  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
+from edged.metrics.cpu import stat_cpu_s  # noqa: E402
 
 def tree_cpu_s(pid: int, descendants: bool = True) -> float:
     """utime + stime of ``pid`` and (``descendants``) every live descendant, from /proc/<pid>/stat."""
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-        except (OSError, ValueError):
+        spent = stat_cpu_s(Path(f"/proc/{p}/stat"))
+        if spent is None:
             continue
+        total += spent
         for task in Path(f"/proc/{p}/task").glob("*") if descendants else ():
             try:  # threads come and go while this reads: one gone must not hide its siblings' children
                 todo.extend(int(c) for c in (task / "children").read_text().split())
