@@ -282,12 +282,15 @@ def _with_junk(ds: Dataset, arr: np.ndarray, bits_stored: int, seed: int) -> Dat
     return _restore(ds, (low | junk).view(arr.dtype), bits_stored)
 
 
-@pytest.mark.parametrize("pp", [PP, PreprocessSpec(voi="minmax")], ids=["window", "minmax"])
+@pytest.mark.parametrize("chain", ["window", "minmax", "sigmoid"])
 @pytest.mark.parametrize("variant", ["unsigned12", "signed12", "unsigned6of8"])
 def test_in_place_pixels_equal_pydicom_despite_junk_bits(monkeypatch: pytest.MonkeyPatch, variant: str,
-                                                         pp: PreprocessSpec) -> None:
+                                                         chain: str) -> None:
     """Pixels read in place with junk in their unused bits give the bit-identical tensor pydicom's
-    corrected pixel_array gives, and pydicom never decodes them."""
+    corrected pixel_array gives, and pydicom never decodes them: a straight chain (window,
+    min–max) through the corrected copy and a line, a curve through the table that clears the
+    junk itself."""
+    pp = PreprocessSpec(voi="minmax") if chain == "minmax" else PP
     if variant == "unsigned12":
         ds = load("RG1_UNCR.dcm")
         ds = _with_junk(ds, ds.pixel_array >> 3, 12, seed=1)
@@ -300,6 +303,8 @@ def test_in_place_pixels_equal_pydicom_despite_junk_bits(monkeypatch: pytest.Mon
         ds = load("RG3_UNCR.dcm")
         ds = _with_junk(ds, (ds.pixel_array >> 4).astype(np.uint8), 6, seed=3)
         ds.WindowCenter, ds.WindowWidth = 32, 64
+    if chain == "sigmoid":
+        ds.VOILUTFunction = "SIGMOID"
     raw = native.read_in_place(ds, ds.Rows, ds.Columns)
     assert raw is not None and raw.bounds() is None  # the junk is really there
     got = prepare(ds, SPEC, pp)
@@ -514,6 +519,7 @@ def test_pixel_error_survives_pickle() -> None:
 
 def test_lut_is_cached_per_parameters() -> None:
     ds = load("RG1_UNCR.dcm")
+    ds.VOILUTFunction = "SIGMOID"  # a curve: the table path (a straight window needs no table)
     prepare(ds, SPEC, PP)
     hits = luts.stored_value_lut.cache_info().hits
     prepare(copy.deepcopy(ds), SPEC, PP)
@@ -633,3 +639,26 @@ def test_strips_run_waits_for_every_strip_before_raising() -> None:
     calls: list[int] = []
     strips.run(calls.append, 50)
     assert sorted(calls) == list(range(50))
+
+
+def test_decode_workers_keep_strips_on_their_own_thread() -> None:
+    """A decode worker's warm-up makes every strip run on the thread that asked (strips.caller_only),
+    while the daemon's own threads (decode_processes: 0) keep the shared pool."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading\n"
+        "from edged.preprocess import pool, strips\n"
+        "def threads():\n"
+        "    seen = set()\n"
+        "    strips.run(lambda k: (seen.add(threading.get_ident()), __import__('time').sleep(0.002)), 40)\n"
+        "    return len(seen)\n"
+        "before = threads()\n"
+        "pool._warm()\n"
+        "print(before, threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    before, after = map(int, out.stdout.split())
+    assert after == 1
+    assert before == min(strips.MAX_PARALLEL, strips._cores())  # the pool really took strips before

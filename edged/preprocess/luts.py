@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -290,15 +291,21 @@ class TableImage:
 
     def gather(self) -> np.ndarray:
         """The whole display image (uint16), gathered in row strips on :mod:`strips`' threads."""
-        out = np.empty(self.shape, dtype=self.table.dtype)
-        parts = strips.spans(self.shape[0], strips.STRIP_PIXELS // max(1, self.shape[1]))
+        return whole(self.rows, self.shape)
 
-        def strip(k: int) -> None:
-            start, stop = parts[k]
-            self.rows(start, stop, out[start:stop])
 
-        strips.run(strip, len(parts))
-        return out
+def whole(rows: Callable[[int, int, np.ndarray], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Every row that ``rows(start, stop, out)`` writes, in one uint16 array: row strips on
+    :mod:`strips`' threads (a :class:`TableImage`'s or an affine ``LineImage``'s ``gather``)."""
+    out = np.empty(shape, dtype=np.uint16)
+    parts = strips.spans(shape[0], strips.STRIP_PIXELS // max(1, shape[1]))
+
+    def strip(k: int) -> None:
+        start, stop = parts[k]
+        rows(start, stop, out[start:stop])
+
+    strips.run(strip, len(parts))
+    return out
 
 
 def apply_table(table: np.ndarray, arr: np.ndarray) -> np.ndarray:

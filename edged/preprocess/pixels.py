@@ -27,7 +27,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
-from edged.preprocess import area, luts, native
+from edged.preprocess import affine, area, luts, native
 from edged.preprocess.errors import PixelError
 from edged.preprocess.native import RawPixels
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # only attributes are read: keeps this module out of the conf
 
 __all__ = ["PixelError", "prepare", "prepare_timed"]
 
+#: A full-size display image not yet computed: stored values and the chain that maps them.
+Display = luts.TableImage | affine.LineImage
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
@@ -210,31 +212,41 @@ def _syntax_name(ds: Dataset) -> str:
 # --------------------------------------------------------------------------- grey levels
 
 
-def _display(
-    ds: Dataset, arr: np.ndarray | RawPixels, header: _Header, pp: PreprocessSpec
-) -> luts.TableImage | np.ndarray:
-    """Full-size display image: uint16 at full scale 65535 (fast path) or float32 in [0, 1].
+def _display(ds: Dataset, arr: np.ndarray | RawPixels, header: _Header, pp: PreprocessSpec) -> Display | np.ndarray:
+    """Full-size display image: uint16 at full scale 65535 (fast paths) or float32 in [0, 1].
 
-    The fast path's image is left as stored values + table, gathered later by the resize. For
-    pixels read in place the table also clears their unused bits (entry for the pattern as sent
-    = result for the corrected value); only a min–max stretch over an image that really carries
-    junk in those bits needs the corrected copy, to find its range.
+    The fast paths leave the image as stored values plus the chain that maps them, evaluated
+    later by the resize: a straight line where the chain is one (:mod:`affine`: rescale with a
+    linear window or min–max, SIMD arithmetic), else a gather through a table of every stored
+    value. For pixels read in place the table also clears their unused bits (entry for the
+    pattern as sent = result for the corrected value); a line needs clean values, which the
+    bounds pass confirms, and a min–max stretch over an image that really carries junk in those
+    bits needs the corrected copy, to find its range.
     """
     modality = luts.read_modality(ds)
     voi = luts.read_voi(ds) if pp.voi == "auto" else None
     invert = pp.invert_monochrome1 and header.photometric == "MONOCHROME1"
-    bits_stored = None
+    bits_stored, bounds = None, None
     if isinstance(arr, RawPixels):
-        if arr.bits_stored < arr.dtype.itemsize * 8:
-            bits_stored = arr.bits_stored  # else the table is the same as for corrected pixels
-        if voi is None:
-            bounds = arr.bounds()
-            ranged = arr.codes if bounds is not None else arr.corrected()
-            voi = luts.MinMax(*luts.value_range(ranged, modality, bounds))
-        arr = arr.codes
+        bounds = arr.bounds()  # None: some pixel carries junk above Bits Stored (rare)
+        if bounds is None:
+            clean = arr.corrected()  # pydicom's values: for the range, and for a line
+            if voi is None:
+                voi = luts.MinMax(*luts.value_range(clean, modality))
+            if affine.line(modality, voi, invert) is None:
+                arr, bits_stored = arr.codes, arr.bits_stored  # the table clears the junk itself
+            else:
+                arr, bounds = clean, (int(clean.min()), int(clean.max()))
+        else:
+            arr = arr.codes
+    elif arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        bounds = int(arr.min()), int(arr.max())  # decoded by pydicom: already corrected
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         if voi is None:
-            voi = luts.MinMax(*luts.value_range(arr, modality))
+            voi = luts.MinMax(*luts.value_range(arr, modality, bounds))
+        straight = affine.line(modality, voi, invert)
+        if straight is not None and bounds is not None and affine.fits(straight, bounds):
+            return affine.LineImage(arr, *straight)
         table = luts.stored_value_lut(arr.dtype.str, modality, voi, invert, bits_stored)
         return luts.TableImage.of(table, arr)
     return luts.transform_direct(arr, modality, voi, invert)
@@ -243,7 +255,7 @@ def _display(
 # --------------------------------------------------------------------------- geometry and tensor
 
 
-def _resize(display: luts.TableImage | np.ndarray, height: int, width: int, pp: PreprocessSpec) -> np.ndarray:
+def _resize(display: Display | np.ndarray, height: int, width: int, pp: PreprocessSpec) -> np.ndarray:
     """Resize to height×width (or letterbox), returning float32 in [0, 1].
 
     Letterbox padding is 0 in display space (black), i.e. ``-mean/std`` after normalisation.
@@ -263,7 +275,7 @@ def _resize(display: luts.TableImage | np.ndarray, height: int, width: int, pp: 
     return canvas
 
 
-def _resample_unit(display: luts.TableImage | np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+def _resample_unit(display: Display | np.ndarray, height: int, width: int, method: str) -> np.ndarray:
     """``display`` at height×width as float32 in [0, 1].
 
     The fast path keeps the full-size work in 2-byte pixels and only the small result becomes
@@ -272,7 +284,7 @@ def _resample_unit(display: luts.TableImage | np.ndarray, height: int, width: in
     rounding; other resizes gather the whole uint16 image and let cv2 resize it, whose kernels
     use float weights and round once, adding ≤ 0.5/65535.
     """
-    if isinstance(display, luts.TableImage):
+    if isinstance(display, (luts.TableImage, affine.LineImage)):
         if method == "area" and area.applies(display.shape, height, width):
             image = area.shrink(display.rows, display.shape, height, width)
             image /= np.float32(luts.FULL_SCALE)

@@ -67,12 +67,17 @@ def prepare_file(path: str, input_spec: Any, pp: Any) -> tuple[np.ndarray, dict[
 def _warm() -> None:
     """Import pydicom, the pixel handlers, OpenCV and the request's own types (unpickling the
     first request's pydantic specs imported pydantic and built its models: ~0.1 s of CPU that
-    the first image paid) before the first image needs them."""
+    the first image paid) before the first image needs them; and keep each image's strips on
+    the worker's own thread (:func:`edged.preprocess.strips.caller_only`: the workers are the
+    parallelism, and a second thread per image cost more CPU than it saved)."""
     import cv2  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
     import edged.models.manifest  # noqa: F401
     import edged.preprocess.pixels  # noqa: F401
+    from edged.preprocess import strips
+
+    strips.caller_only()
 
 
 def _serve(conn: Connection) -> None:
