@@ -137,3 +137,22 @@ def test_junk_bits_are_corrected_before_a_line(monkeypatch: pytest.MonkeyPatch) 
     header = pixels._Header(4, 4, "MONOCHROME2")
     pixels._display(ds, raw, header, PreprocessSpec())
     assert seen and int(seen[0].max()) == 5
+
+
+def test_selftest_group_passes_here_and_fails_on_a_line_two_units_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``edged selftest --only preprocess`` is the device's proof of this module's promise."""
+    from edged.selftest.preprocess import preprocess_rows
+
+    (row,) = preprocess_rows(repeats=1)
+    assert row.status == "PASS", row.note
+    assert row.data["max_difference"] <= 1 and row.data["compared"] > 1_000_000
+    real = affine.LineImage.rows
+
+    def off_by_two(self: affine.LineImage, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        got = real(self, start, stop, out)
+        np.add(got, 2, out=got, casting="unsafe")
+        return got
+
+    monkeypatch.setattr(affine.LineImage, "rows", off_by_two)
+    (row,) = preprocess_rows(repeats=1)
+    assert row.status == "FAIL" and "units off the table" in row.note

@@ -7,7 +7,8 @@ Files are pydicom-data names or paths. Medians over ``--reps`` runs; decode is t
 dataset each run (pydicom caches pixel_array) as the pipeline decodes (uncompressed little-endian
 pixels are read in place, edged/preprocess/native.py; "pydicom ms" is ``pixel_array``), transform on the decoded one with a warm LUT
 cache, which is the steady state of a daemon seeing one modality's window over and over.
-The transform is also split into its stages (LUT gather, resize, tensor), each timed alone.
+The transform is also split into its stages (grey levels: the LUT gather, or cv2's line for a
+straight chain, edged/preprocess/affine.py; resize; tensor), each timed alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 
 from edged.models.manifest import InputSpec, PreprocessSpec  # noqa: E402
-from edged.preprocess import area, luts, pixels, prepare_timed  # noqa: E402
+from edged.preprocess import affine, area, luts, pixels, prepare_timed  # noqa: E402
 
 SPEC = InputSpec(name="input", height=224, width=224)
 PP = PreprocessSpec()
@@ -56,7 +57,7 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
 
 
 def stages(ds: pydicom.Dataset, reps: int) -> tuple[float, float, float, float]:
-    """Median ms of the LUT gather, the resize, both as the pipeline runs them, and the tensor step.
+    """Median ms of the grey-level step, the resize, both as the pipeline runs them, and the tensor step.
 
     The pipeline fuses the first two for an area shrink (strips gathered and shrunk while in
     cache), so "LUT" gathers the whole image and "resize" shrinks that in-memory image, for
@@ -71,7 +72,7 @@ def stages(ds: pydicom.Dataset, reps: int) -> tuple[float, float, float, float]:
 
     def gathered() -> np.ndarray:
         image = display()
-        return image.gather() if isinstance(image, luts.TableImage) else image
+        return image.gather() if isinstance(image, (luts.TableImage, affine.LineImage)) else image
 
     full = gathered()
     if full.dtype == np.uint16 and area.applies(full.shape, h, w):

@@ -7,7 +7,8 @@ the TensorRT checks again as the service user inside the unit's systemd sandbox
 (``sandbox.py``). Every check is a row ``(group, target, PASS|FAIL|SKIP, note, data)``
 (``report.py``); the result is a table on the terminal and one JSON file. A SKIP says why; any
 FAIL makes the exit status 1. Off a device every TensorRT row is a SKIP naming what is missing,
-and the checks that need no GPU (the worker, a worker killed mid-batch) still run.
+and the checks that need no GPU (the worker, a worker killed mid-batch) still run. ``preprocess.py``
+checks this device's OpenCV against the grey-level table the pipeline's line path stands for.
 
 The self-test builds into its own cache (``<cache_dir>/selftest-<user>``), never into the
 daemon's engine cache: as root it would leave root-owned engines and locks the service cannot
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 import edged
 from edged.selftest.report import Report, Row, meta
 
-GROUPS = ("tensorrt", "power", "sandbox", "cameras", "secondary")
+GROUPS = ("tensorrt", "power", "sandbox", "cameras", "secondary", "preprocess")
 
 
 @dataclass
@@ -87,6 +88,10 @@ def run_selftest(ctx: Any, opts: SelftestOptions, out: TextIO | None = None) -> 
         from edged.selftest.secondary import secondary_rows
 
         report.add(secondary_rows(getattr(ctx, "config", None), cache_dir, opts.repeats))
+    if opts.wants("preprocess"):
+        from edged.selftest.preprocess import preprocess_rows
+
+        report.add(preprocess_rows(opts.repeats))
     report.print_table(out)
     if opts.json_path:
         report.write_json(opts.json_path)

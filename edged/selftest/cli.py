@@ -29,6 +29,8 @@ def checks_epilog() -> str:
                  "edged.service's systemd sandbox (systemd-run; needs root and systemd)")
     lines.append("  secondary: DETECTOR + CLASSIFIERS — each camera detector with secondary classifiers and its "
                  "classifiers, loaded as the daemon would serve them, timed per frame with 0/1/4/16 objects")
+    lines.append("  preprocess: grey-level line vs table — this device's OpenCV evaluates straight grey-level chains "
+                 "within one unit in 65535 of the table, over every 16-bit value; gather vs line timed")
     lines.append("Every check is PASS, FAIL or SKIP with a reason; the table goes to the terminal and the report "
                  "to --json. Exit status 1 when anything failed.")
     return "\n".join(lines)
@@ -51,7 +53,7 @@ def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> ar
                    help="consent to switching every nvpmodel power mode (live, one by one; restores the mode after)")
     p.add_argument("--service-user", default="edged", help="the unit's User= (default: edged)")
     p.add_argument("--no-sandbox", action="store_true", help="do not rerun the checks inside the systemd sandbox")
-    p.add_argument("--only", action="append", choices=["tensorrt", "power", "sandbox", "cameras", "secondary"], default=[],
+    p.add_argument("--only", action="append", choices=["tensorrt", "power", "sandbox", "cameras", "secondary", "preprocess"], default=[],
                    help="run only this group (repeatable)")
     common_options(p)
 
