@@ -12,6 +12,8 @@ fsync, preprocessing, inference, outbox and publishing; ``storescp`` only writes
 The daemon's ``edged_cpu_seconds_total{role}`` (edged/metrics/cpu.py, read from its /metrics
 around each round) splits that: ``dicom`` is the associations' work (receive, spool, C-STORE
 answer), the part that compares with storescp's; ``decode`` the decode workers' pixel work.
+The ratio with everything counted is also printed round by round: on a shared VM storescp's own
+CPU for the same files moved by up to 1.7× between runs, so the spread is part of the result.
 Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported, and
 the daemon's CPU per second is read idle and with one association open that does nothing (the
 cost of pynetdicom's polling reactors, edged/sources/dicom/reactor.py).
@@ -140,11 +142,13 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         results = Results(broker_port, "ingest")
         edged_cpu = main_cpu = scp_cpu = unlink_cpu = 0.0
         by_role: dict[str, float] = {}
+        rounds: list[tuple[float, float]] = []  # (edged, storescp) CPU s of each round
         received = 0
         for files in sets[:-1]:
             c0 = tree_cpu_s(scp.pid)
             storescu(scp_port, files, "STORESCP")
-            scp_cpu += tree_cpu_s(scp.pid) - c0
+            scp_round = tree_cpu_s(scp.pid) - c0
+            scp_cpu += scp_round
             u0 = sum(os.times()[:2])  # deleting storescp's files: edged's spool deletes its own
             for f in out_dir.iterdir():
                 f.unlink()
@@ -154,7 +158,9 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             storescu(port, files, "EDGED")
             received += len(files)
             results.wait(received)
-            edged_cpu += tree_cpu_s(daemon.pid) - c0
+            edged_round = tree_cpu_s(daemon.pid) - c0
+            edged_cpu += edged_round
+            rounds.append((edged_round, scp_round))
             main_cpu += tree_cpu_s(daemon.pid, False) - m0
             time.sleep(0.3)  # the association's threads have ended (and retired their CPU)
             for role, seconds in cpu_by_role(metrics_port).items():
@@ -180,6 +186,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         row["receive_ratio"] = round(row["by_role_ms_per_image"].get("dicom", 0.0) / scp_ms, 2)
         row["ratio"] = round(row["edged_cpu_ms_per_image"] / scp_ms, 2)
         row["daemon_ratio"] = round(row["edged_daemon_cpu_ms_per_image"] / scp_ms, 2)
+        row["ratio_by_round"] = [round(e / max(c, 1e-4), 2) for e, c in rounds]  # how far one round moves it
         return row
     finally:
         if results is not None:
@@ -239,6 +246,9 @@ def report(row: dict) -> str:
         f"| DCMTK storescp (writes the files, no fsync) | {row['images']} | {row['storescp_cpu_ms_per_image']} | 1 |",
         f"| (deleting storescp's files afterwards, which edged's spool does itself: "
         f"{row.get('storescp_files_deleted_cpu_ms_per_image', 0)} ms/image, not counted above) | | | |",
+        "",
+        "edged with its decode process × storescp, round by round: "
+        + ", ".join(str(r) for r in row.get("ratio_by_round", [])),
         "",
         "edged's CPU by role (edged_cpu_seconds_total, same images):",
         "",
