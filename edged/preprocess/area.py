@@ -3,9 +3,9 @@
 Why not one ``cv2.resize``: for a non-integer scale, cv2 resamples every *source* row
 horizontally with a scalar loop and only then combines rows, in one thread: ~3.6 ms for a
 1955×1841 CR going to 224×224, and it needs the whole display image (7 MB of uint16) written
-out first. Here the rows are combined first, strip by strip: a strip of ~250 k source pixels is
-produced by a :data:`RowSource` (the LUT gather) into a strip buffer that stays in L2, its
-destination rows are plain sums of contiguous source rows, and cv2 shrinks the ~16 resulting
+out first. Here the rows are combined first, strip by strip: a strip of ~250 k source pixels
+is produced by a :data:`RowSource` (the LUT gather or the drawn line) into a strip buffer that
+stays in L2, its destination rows are plain sums of contiguous source rows, and cv2 shrinks the ~16 resulting
 rows horizontally. Strips run on :mod:`strips`' threads; nothing is kept between calls but the
 weight tables.
 

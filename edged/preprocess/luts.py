@@ -3,8 +3,10 @@
 Every step is written once, as a vectorised function of *values* (float64). The fast path
 evaluates that chain on every possible stored value of an 8/16-bit image (≤ 65 536 entries),
 quantises it to a uint16 table and gathers the image through it: one pass over the full-size
-pixels instead of five float64 passes. The rare paths (float pixel data, 32-bit integers) feed
-the image itself through the very same functions, so the two paths cannot drift apart.
+pixels instead of five float64 passes. Where the chain is a straight line (rescale + linear
+window or min–max) :mod:`edged.preprocess.affine` draws it with cv2 instead, within one unit of
+this table. The rare paths (float pixel data, 32-bit integers) feed the image itself through the
+very same functions, so the two paths cannot drift apart.
 
 Semantics follow pydicom's ``apply_modality_lut`` / ``apply_voi_lut`` (PS3.3 C.11.1, C.11.2),
 expressed directly in [0, 1] instead of the window's nominal output range.

@@ -5,10 +5,11 @@ Pipeline (PreprocessSpec order): decode → Modality LUT → VOI → [0, 1] → 
 
 Why it is shaped this way: a chest CR is ~3.6 M pixels but the model sees 224×224. The naive
 chain spends 50–200 ms on a Jetson making float64 copies of the full-size image. Here all the
-grey-level steps are one uint16 gather through a cached table (:mod:`edged.preprocess.luts`),
-and the usual area shrink consumes that gather strip by strip while it is still in cache, on
-a few threads (:mod:`edged.preprocess.area`): the full-size display image is never written
-out, and only the small result ever becomes float.
+grey-level steps are one uint16 pass: a line drawn by cv2 where the chain is straight
+(:mod:`edged.preprocess.affine`), else a gather through a cached table
+(:mod:`edged.preprocess.luts`); the usual area shrink consumes that pass strip by strip while
+it is still in cache (:mod:`edged.preprocess.area`): the full-size display image is never
+written out, and only the small result ever becomes float.
 
 Everything that can be rejected from the header is rejected before decoding, so a hostile or
 broken file costs microseconds, not a JPEG 2000 decode. Errors are :class:`PixelError` with a
