@@ -452,3 +452,36 @@ def test_a_decoder_process_that_dies_fails_the_image_transiently_and_the_pool_re
         assert tensor.shape == (3, 64, 64) and pool.restarts == 1 and timings["decode_ms"] >= 0
     finally:
         pool.close()
+
+
+def test_decode_processes_start_under_a_tmpdir_too_deep_for_a_unix_socket(tiny_repo, tmp_path):
+    """multiprocessing puts the forkserver's socket under TMPDIR; a deep TMPDIR made that path
+    longer than an AF_UNIX address holds and the pool could not start (``edged demo`` under the
+    parallel test runner's deeper temporary directories). The pool uses /tmp then, and its
+    directory is gone when the process exits."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from multiprocessing import process\n"
+        "from edged.models.manifest import load_manifest\n"
+        "from edged.preprocess.pool import DecodePool\n"
+        "m = load_manifest(Path(sys.argv[1])).manifest\n"
+        "pool = DecodePool(1)\n"
+        "pool.start()\n"
+        "tensor, _ = pool.prepare(Path(sys.argv[2]), m.input, m.preprocess)\n"
+        "pool.close()\n"
+        "print(tensor.shape, process.current_process()._config['tempdir'])\n"
+    )
+    image = small_cr(tmp_path / "cr.dcm")
+    run = subprocess.run([sys.executable, "-c", probe, str(tiny_repo / "chexnet-tiny"), str(image)],
+                         env={**os.environ, "TMPDIR": str(deep)}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shape, tempdir = run.stdout.rsplit(" ", 1)
+    assert shape == "(3, 64, 64)"
+    assert tempdir.strip().startswith("/tmp/pymp-") and not Path(tempdir.strip()).exists()
+    assert list(deep.iterdir()) == []

@@ -103,6 +103,30 @@ def _serve(conn: Connection) -> None:
             conn.send((False, PixelError("decode_failed", f"{type(exc).__name__} while decoding")))
 
 
+def _short_socket_dir() -> None:
+    """Keep the forkserver's socket path within the 108 bytes an AF_UNIX address holds.
+
+    multiprocessing puts that socket in a ``pymp-*`` directory under TMPDIR; with a TMPDIR longer
+    than about 70 characters the pool could not start ("AF_UNIX path too long": ``edged demo``
+    under a deep TMPDIR, found by the test suite). Then the directory is made under /tmp instead,
+    exactly as multiprocessing makes its own (its per-process ``tempdir``, removed at exit).
+    """
+    import shutil
+    import tempfile
+    from multiprocessing import process, util
+
+    config = process.current_process()._config  # where util.get_temp_dir() keeps it (3.6–3.13)
+    if config.get("tempdir") is not None or len(tempfile.gettempdir()) <= _TMPDIR_MAX:
+        return
+    tempdir = tempfile.mkdtemp(prefix="pymp-", dir="/tmp")
+    util.Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
+    config["tempdir"] = tempdir
+
+
+#: Longest TMPDIR whose ``/pymp-XXXXXXXX/listener-XXXXXXXX`` socket path fits in sun_path (108).
+_TMPDIR_MAX = 107 - len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+
+
 class _Worker:
     def __init__(self, ctx: Any):
         self.conn, child = ctx.Pipe(duplex=True)
@@ -142,6 +166,7 @@ class DecodePool:
     def _spawn(self) -> _Worker:
         with self._lock:
             if self._ctx is None:
+                _short_socket_dir()
                 # forkserver: workers fork from a clean, thread-free server process (forking the
                 # daemon itself, with its threads and sockets, is not safe); preloading makes
                 # each new worker start with pydicom and OpenCV already imported.
