@@ -6,12 +6,14 @@ the middle of a load and bring it back, as a hospital gateway does during mainte
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 
@@ -19,20 +21,50 @@ def free_port() -> int:
     """A loopback TCP port nothing is bound to, picked at random *below* the kernel's ephemeral
     range. A port the kernel hands out (bind to 0) comes from that range, and between this check
     and the server's own bind the kernel may give the same port to an outgoing connection (a
-    client's local port): the server then fails with "Address already in use"."""
-    low = _ephemeral_low()
+    client's local port): the server then fails with "Address already in use".
+
+    The same check cannot see a port this process picked a moment ago for a server that has not
+    bound it yet (a daemon takes seconds to start), so recent picks are not handed out again; and
+    ``EDGED_FREE_PORTS=LOW-HIGH`` confines the picks, so that processes started side by side (the
+    parallel test workers, tests/conftest.py) draw from ranges that cannot meet.
+    """
+    low, high = _pick_range()
     pick = random.SystemRandom()
     for _ in range(200):
-        port = pick.randrange(max(1024, low - 12000), low)
+        port = pick.randrange(low, high)
+        if port in _RECENT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _RECENT.append(port)
+        return port
     with socket.socket() as s:  # a crowded range: take what the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Ports returned lately: not returned again while their servers may still be starting.
+_RECENT: deque[int] = deque(maxlen=512)
+
+
+def _pick_range() -> tuple[int, int]:
+    """``[low, high)`` to pick from: ``EDGED_FREE_PORTS`` if set, else 12000 ports below the
+    ephemeral range."""
+    configured = os.environ.get("EDGED_FREE_PORTS", "")
+    if configured:
+        first, _, last = configured.partition("-")
+        try:
+            low, high = int(first), int(last) + 1
+        except ValueError:
+            raise ValueError(f"EDGED_FREE_PORTS must be LOW-HIGH, not {configured!r}") from None
+        if not 1024 <= low < high <= 65536:
+            raise ValueError(f"EDGED_FREE_PORTS must be LOW-HIGH within 1024-65535, not {configured!r}")
+        return low, high
+    top = _ephemeral_low()
+    return max(1024, top - 12000), top
 
 
 def _ephemeral_low() -> int:

@@ -6,6 +6,7 @@ suite are for Jetson-only interfaces (see tests/power, tests/trt).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,8 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from edged.localbroker import LocalBroker, free_port
+from edged.localbroker import LocalBroker, _ephemeral_low, free_port
 from helpers import REPO, Collector, DaemonProcess, write_config
+
+
+def _own_ports_per_worker() -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker picks its free ports from
+    its own slice of the range: a port one worker picked for a daemon still starting is
+    invisible to the other's bind check, and two servers on one port fail a test at random."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker.startswith("gw") or not count.isdigit() or "EDGED_FREE_PORTS" in os.environ:
+        return
+    top = _ephemeral_low()
+    low = max(1024, top - 12000)
+    size = (top - low) // int(count)
+    first = low + int(worker[2:]) * size
+    os.environ["EDGED_FREE_PORTS"] = f"{first}-{first + size - 1}"
+
+
+_own_ports_per_worker()
 
 
 @pytest.fixture(scope="session")
