@@ -30,20 +30,28 @@ def free_port() -> int:
     """
     low, high = _pick_range()
     pick = random.SystemRandom()
-    for _ in range(200):
+    tries = 0
+    for _ in range(2000):
         port = pick.randrange(low, high)
         if port in _RECENT:
             continue
+        tries += 1
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
+                if tries >= 200:
+                    break
                 continue
         _RECENT.append(port)
         return port
+    if os.environ.get("EDGED_FREE_PORTS"):  # never leave the range another process relies on
+        raise RuntimeError(f"no free port in EDGED_FREE_PORTS={os.environ['EDGED_FREE_PORTS']}")
     with socket.socket() as s:  # a crowded range: take what the kernel gives
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _RECENT.append(port)
+    return port
 
 
 #: Ports returned lately: not returned again while their servers may still be starting.
@@ -65,6 +73,19 @@ def _pick_range() -> tuple[int, int]:
         return low, high
     top = _ephemeral_low()
     return max(1024, top - 12000), top
+
+
+def port_slice(index: int, count: int) -> tuple[int, int]:
+    """Slice ``index`` of ``count`` disjoint slices of the pick range, as ``(low, high)``
+    inclusive: what one of ``count`` processes started side by side should set as
+    ``EDGED_FREE_PORTS``. ``index`` wraps around (a restarted worker may be numbered past
+    ``count``)."""
+    low, high = _pick_range()
+    size = (high - low) // count
+    if size < 1:
+        raise ValueError(f"{high - low} ports cannot be cut into {count} slices")
+    first = low + (index % count) * size
+    return first, first + size - 1
 
 
 def _ephemeral_low() -> int:

@@ -15,22 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from edged.localbroker import LocalBroker, _ephemeral_low, free_port
+from edged.localbroker import LocalBroker, free_port, port_slice
 from helpers import REPO, Collector, DaemonProcess, write_config
 
 
 def _own_ports_per_worker() -> None:
     """Under pytest-xdist (``make test`` runs two workers) each worker picks its free ports from
-    its own slice of the range: a port one worker picked for a daemon still starting is
-    invisible to the other's bind check, and two servers on one port fail a test at random."""
+    its own slice of the range (of ``EDGED_FREE_PORTS`` if the caller set one): a port one worker
+    picked for a daemon still starting is invisible to the other's bind check, and two servers
+    on one port fail a test at random. A restarted worker (``gw2`` of 2) takes a slice again."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if not worker.startswith("gw") or not count.isdigit() or "EDGED_FREE_PORTS" in os.environ:
+    if not worker.startswith("gw") or not worker[2:].isdigit() or not count.isdigit():
         return
-    top = _ephemeral_low()
-    low = max(1024, top - 12000)
-    size = (top - low) // int(count)
-    first = low + int(worker[2:]) * size
-    os.environ["EDGED_FREE_PORTS"] = f"{first}-{first + size - 1}"
+    os.environ["EDGED_FREE_PORTS"] = "{}-{}".format(*port_slice(int(worker[2:]), int(count)))
 
 
 _own_ports_per_worker()

@@ -8,6 +8,7 @@ namespace whose ``/run`` is a fresh tmpfs (root only; the test says so where tha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,7 +42,8 @@ def test_demo_runs_beside_a_daemon_on_the_default_socket_and_cleans_up(tmp_path,
                        models=[{"name": "chexnet-tiny"}], dicom={"bind": "127.0.0.1", "port": free_port()},
                        mqtt={"host": "127.0.0.1", "port": broker.port})  # power.control_socket: the default
     run = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", SCRIPT],
-                         env={"PY": sys.executable, "CFG": str(cfg), "OUT": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+                         env={"PY": sys.executable, "CFG": str(cfg), "OUT": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+                              "EDGED_FREE_PORTS": os.environ.get("EDGED_FREE_PORTS", "")},  # the demo's broker port
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     report = dict(line.split() for line in run.stdout.splitlines() if line.count(" ") == 1)
     demo_err = (tmp_path / "demo.err").read_text() if (tmp_path / "demo.err").exists() else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edged import localbroker
-from edged.localbroker import free_port
+from edged.localbroker import free_port, port_slice
 
 
 def test_picks_stay_in_the_configured_range_and_are_not_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,15 +25,39 @@ def test_a_malformed_range_is_refused_with_its_value(monkeypatch: pytest.MonkeyP
         free_port()
 
 
-def test_parallel_test_workers_draw_from_disjoint_slices() -> None:
-    """tests/conftest.py gave this worker its own slice when the suite runs under pytest-xdist."""
+@pytest.mark.parametrize("count", [1, 2, 3, 8])
+def test_worker_slices_are_disjoint_below_the_ephemeral_range_and_wrap(monkeypatch: pytest.MonkeyPatch,
+                                                                        count: int) -> None:
+    monkeypatch.delenv("EDGED_FREE_PORTS", raising=False)
+    slices = [port_slice(i, count) for i in range(count)]
+    ports = [set(range(low, high + 1)) for low, high in slices]
+    assert all(a.isdisjoint(b) for i, a in enumerate(ports) for b in ports[i + 1:])
+    assert all(1024 <= low <= high < localbroker._ephemeral_low() for low, high in slices)
+    assert port_slice(count, count) == slices[0] and port_slice(count + 1, count) == slices[1 % count]
+    monkeypatch.setenv("EDGED_FREE_PORTS", "40000-40999")  # a caller's own range is cut the same way
+    assert port_slice(1, 2) == (40500, 40999)
+
+
+def test_a_full_configured_range_is_an_error_not_a_port_outside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setattr(localbroker, "_RECENT", type(localbroker._RECENT)(maxlen=512))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        held.listen()
+        monkeypatch.setenv("EDGED_FREE_PORTS", f"{port}-{port}")
+        with pytest.raises(RuntimeError, match="no free port"):
+            free_port()
+
+
+def test_this_worker_draws_from_its_own_slice() -> None:
+    """tests/conftest.py set this worker's slice when the suite runs under pytest-xdist."""
     import os
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         pytest.skip("not running under pytest-xdist (make test runs it)")
     low, high = localbroker._pick_range()
-    top = localbroker._ephemeral_low()
-    size = (top - max(1024, top - 12000)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    assert high - low == size
-    assert low == max(1024, top - 12000) + int(worker[2:]) * size
+    assert os.environ["EDGED_FREE_PORTS"] == f"{low}-{high - 1}"
+    assert high <= localbroker._ephemeral_low()

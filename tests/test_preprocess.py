@@ -661,4 +661,5 @@ def test_decode_workers_keep_strips_on_their_own_thread() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     before, after = map(int, out.stdout.split())
     assert after == 1
-    assert before == min(strips.MAX_PARALLEL, strips._cores())  # the pool really took strips before
+    if min(strips.MAX_PARALLEL, strips._cores()) > 1:  # the pool really took strips before
+        assert before >= 2

@@ -4,26 +4,31 @@ Why: most projection radiographs carry a Rescale (or none) and a linear window, 
 get the min–max stretch. Then the whole chain Modality LUT → VOI → [0, 1] → inversion, at the
 table's full scale, is ``clip(a·x + b, 0, FULL_SCALE)`` of the stored value x. Gathering 3.6 M
 stored values through a 64–128 KiB table is random reads that miss L1, 1–2 ns per pixel;
-``cv2.addWeighted`` evaluates the line with SIMD in about a seventh of that (chest CR, one core:
-gather 4.2 ms, line 0.6 ms; issue #14). :class:`LineImage` stands where
+``cv2.addWeighted`` evaluates the line with SIMD in about a seventh of that for unsigned 16-bit
+pixels, what CR and DX send (chest CR, one core: gather 4.2 ms, line 0.6 ms; issue #14); signed
+and 8-bit pixels go through a 32-bit intermediate with double weights, slower but still ahead of
+the gather (int16 4.9 against 7.0 ms). :class:`LineImage` stands where
 :class:`edged.preprocess.luts.TableImage` would: same ``shape``, ``rows`` and ``gather``, so the
 area shrink (:mod:`edged.preprocess.area`) consumes either strip by strip.
 
 What may differ from the table, and why it is bounded: cv2 computes the line in float32 and
 rounds once (``saturate_cast``); the table evaluates the same chain in float64 and rounds with
 ``np.rint``. :func:`fits` admits a line only when ``|a·x|`` and ``|b|`` stay ≤ 2**18 for every
-stored value in the image, so float32's error stays below 0.05 of one unit in 65535: a pixel can
+stored value in the image (and both are finite), so float32's error stays near 0.05 of one unit
+in 65535, far below the half unit that would matter: a pixel can
 differ from the table only where the exact value lies that close to a rounding tie, and then by
 exactly one unit — inside the table's own half-unit quantisation budget, which the tests'
 tolerance against the float64 reference already carries (``tests/test_preprocess.py``).
 
 When the table is kept: a Modality or VOI LUT Sequence, a SIGMOID window, a width-1 LINEAR window
-(a hard threshold), stored values with junk above Bits Stored (the table clears it; a line
-would read it as value), and any image whose values would break the bound above.
+(a hard threshold), and any image whose values would break the bound above. A line reads junk
+above Bits Stored as value, so :func:`edged.preprocess.pixels._display` corrects such pixels
+first (as pydicom does) where the chain is a line; where it bends, the table clears junk itself.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -31,7 +36,7 @@ import numpy as np
 
 from edged.preprocess.luts import FULL_SCALE, MinMax, Modality, Rescale, Voi, Window, whole
 
-#: Largest |a·x| and |b| admitted: float32 then errs by < 2**18 × 2**-24 × 3 ≈ 0.05 of one unit.
+#: Largest |a·x| and |b| admitted: float32 then errs by about 2**18 × 2**-24 × 3 ≈ 0.05 of one unit.
 LIMIT = float(1 << 18)
 
 
@@ -75,6 +80,8 @@ def fits(coefficients: tuple[float, float], bounds: tuple[int, int]) -> bool:
     """True when float32 evaluates the line to within 0.05 unit for stored values in ``bounds``."""
     a, b = coefficients
     low, high = bounds
+    if not (math.isfinite(a) and math.isfinite(b)):  # absurd headers (1e-308 widths): max() skips NaN
+        return False
     return max(abs(a * low), abs(a * high), abs(b)) <= LIMIT
 
 

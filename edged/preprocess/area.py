@@ -5,9 +5,9 @@ horizontally with a scalar loop and only then combines rows, in one thread: ~3.6
 1955×1841 CR going to 224×224, and it needs the whole display image (7 MB of uint16) written
 out first. Here the rows are combined first, strip by strip: a strip of ~250 k source pixels
 is produced by a :data:`RowSource` (the LUT gather or the drawn line) into a strip buffer that
-stays in L2, its destination rows are plain sums of contiguous source rows, and cv2 shrinks the ~16 resulting
-rows horizontally. Strips run on :mod:`strips`' threads; nothing is kept between calls but the
-weight tables.
+stays in L2, its destination rows are plain sums of contiguous source rows, and cv2 shrinks
+the ~16 resulting rows horizontally. Strips run on :mod:`strips`' threads; nothing is kept
+between calls but the weight tables.
 
 What stays the same: the weights are cv2's own. :func:`_taps` transcribes
 ``computeResizeAreaTab`` (OpenCV ``imgproc/src/resize.cpp``) for the vertical axis, with its

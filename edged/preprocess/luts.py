@@ -304,7 +304,10 @@ def whole(rows: Callable[[int, int, np.ndarray], np.ndarray], shape: tuple[int, 
 
     def strip(k: int) -> None:
         start, stop = parts[k]
-        rows(start, stop, out[start:stop])
+        target = out[start:stop]
+        got = rows(start, stop, target)
+        if not np.may_share_memory(got, target):  # a source may answer with a view of its own
+            target[...] = got
 
     strips.run(strip, len(parts))
     return out

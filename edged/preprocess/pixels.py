@@ -213,39 +213,42 @@ def _syntax_name(ds: Dataset) -> str:
 # --------------------------------------------------------------------------- grey levels
 
 
-def _display(ds: Dataset, arr: np.ndarray | RawPixels, header: _Header, pp: PreprocessSpec) -> Display | np.ndarray:
+def _display(
+    ds: Dataset, arr: np.ndarray | RawPixels, header: _Header, pp: PreprocessSpec
+) -> Display | np.ndarray:
     """Full-size display image: uint16 at full scale 65535 (fast paths) or float32 in [0, 1].
 
     The fast paths leave the image as stored values plus the chain that maps them, evaluated
     later by the resize: a straight line where the chain is one (:mod:`affine`: rescale with a
     linear window or min–max, SIMD arithmetic), else a gather through a table of every stored
-    value. For pixels read in place the table also clears their unused bits (entry for the
-    pattern as sent = result for the corrected value); a line needs clean values, which the
-    bounds pass confirms, and a min–max stretch over an image that really carries junk in those
-    bits needs the corrected copy, to find its range.
+    value. Pixels read in place may carry junk above Bits Stored, which one bounds pass finds:
+    a table clears it itself (entry for the pattern as sent = result for the corrected value);
+    for a line, or for the range of a min–max stretch, such pixels are corrected first, as
+    pydicom corrects them, so both decode paths give the same tensor.
     """
     modality = luts.read_modality(ds)
     voi = luts.read_voi(ds) if pp.voi == "auto" else None
     invert = pp.invert_monochrome1 and header.photometric == "MONOCHROME1"
+    curve = voi is not None and affine.line(modality, voi, invert) is None  # the table's case
     bits_stored, bounds = None, None
     if isinstance(arr, RawPixels):
-        bounds = arr.bounds()  # None: some pixel carries junk above Bits Stored (rare)
-        if bounds is None:
-            clean = arr.corrected()  # pydicom's values: for the range, and for a line
-            if voi is None:
-                voi = luts.MinMax(*luts.value_range(clean, modality))
-            if affine.line(modality, voi, invert) is None:
-                arr, bits_stored = arr.codes, arr.bits_stored  # the table clears the junk itself
-            else:
-                arr, bounds = clean, (int(clean.min()), int(clean.max()))
-        else:
+        if curve:  # the table clears junk above Bits Stored itself: no bounds pass needed
+            if arr.bits_stored < arr.dtype.itemsize * 8:
+                bits_stored = arr.bits_stored
             arr = arr.codes
-    elif arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        else:
+            bounds = arr.bounds()  # None: some pixel carries junk above Bits Stored (rare)
+            if bounds is None:  # corrected as pydicom corrects it, for a line or a range
+                arr = arr.corrected()
+                bounds = int(arr.min()), int(arr.max())
+            else:
+                arr = arr.codes
+    elif not curve and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         bounds = int(arr.min()), int(arr.max())  # decoded by pydicom: already corrected
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         if voi is None:
             voi = luts.MinMax(*luts.value_range(arr, modality, bounds))
-        straight = affine.line(modality, voi, invert)
+        straight = None if curve else affine.line(modality, voi, invert)
         if straight is not None and bounds is not None and affine.fits(straight, bounds):
             return affine.LineImage(arr, *straight)
         table = luts.stored_value_lut(arr.dtype.str, modality, voi, invert, bits_stored)

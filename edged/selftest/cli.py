@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edged.backends.tensorrt.cli import ContextFactory, common_options, default_context
+from edged.selftest import GROUPS
 
 
 def checks_epilog() -> str:
@@ -30,7 +31,7 @@ def checks_epilog() -> str:
     lines.append("  secondary: DETECTOR + CLASSIFIERS — each camera detector with secondary classifiers and its "
                  "classifiers, loaded as the daemon would serve them, timed per frame with 0/1/4/16 objects")
     lines.append("  preprocess: grey-level line vs table — this device's OpenCV evaluates straight grey-level chains "
-                 "within one unit in 65535 of the table, over every 16-bit value; gather vs line timed")
+                 "within one unit in 65535 of the table, over every 8- and 16-bit value; gather vs line timed")
     lines.append("Every check is PASS, FAIL or SKIP with a reason; the table goes to the terminal and the report "
                  "to --json. Exit status 1 when anything failed.")
     return "\n".join(lines)
@@ -53,7 +54,7 @@ def add_selftest_parser(subparsers, context: ContextFactory | None = None) -> ar
                    help="consent to switching every nvpmodel power mode (live, one by one; restores the mode after)")
     p.add_argument("--service-user", default="edged", help="the unit's User= (default: edged)")
     p.add_argument("--no-sandbox", action="store_true", help="do not rerun the checks inside the systemd sandbox")
-    p.add_argument("--only", action="append", choices=["tensorrt", "power", "sandbox", "cameras", "secondary", "preprocess"], default=[],
+    p.add_argument("--only", action="append", choices=list(GROUPS), default=[],
                    help="run only this group (repeatable)")
     common_options(p)
 

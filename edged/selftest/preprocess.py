@@ -4,8 +4,9 @@ The pipeline evaluates straight grey-level chains with ``cv2.addWeighted`` inste
 (:mod:`edged.preprocess.affine`), promising every pixel within one unit in 65535 of the table.
 CI proves that on PyPI's OpenCV; a Jetson runs JetPack's own OpenCV build (4.1 on JetPack 4.6,
 4.5 on 5.1, 4.8 on 6), with NEON kernels CI never executes. So the device checks it: every
-16-bit stored value (signed and unsigned, at positions in the SIMD body and in the scalar tail)
-through the chains a chest CR, a CT and a min–max stretch produce, inverted and not. The row
+stored value of every 8- and 16-bit type (signed and unsigned, at positions in the SIMD body and
+in the scalar tail) through the chains a chest CR, a CT and a min–max stretch produce and a steep
+one near the float32 bound, inverted and not. The row
 also times the gather and the line on a chest-sized image, so the report shows what the line
 buys on this CPU.
 """
@@ -18,7 +19,9 @@ from typing import Any
 from edged.selftest.report import Row
 
 #: (name, modality, voi) built lazily: importing luts here would load numpy for ``--help``.
-_CHAINS = ("chest CR window", "CT rescale + window", "min-max stretch")
+_CHAINS = ("chest CR window", "CT rescale + window", "min-max stretch", "steep, near the float32 bound")
+#: Every stored-value type: unsigned 16-bit takes cv2's float32 kernel, the others a 32-bit path.
+DTYPES = ("<u2", "<i2", "|u1", "|i1")
 
 
 def _chains() -> list[tuple[str, Any, Any]]:
@@ -26,7 +29,8 @@ def _chains() -> list[tuple[str, Any, Any]]:
 
     made = [(None, luts.Window("LINEAR", 15000.0, 30000.0)),
             (luts.Rescale(1.0, -1024.0), luts.Window("LINEAR", 40.0, 400.0)),
-            (luts.Rescale(2.5, 100.0), luts.MinMax(-3000.0, 90000.0))]
+            (luts.Rescale(2.5, 100.0), luts.MinMax(-3000.0, 90000.0)),
+            (luts.Rescale(1.0, -30000.0), luts.Window("LINEAR", 0.5, 3.0))]  # |a·x|, |b| close to LIMIT
     return [(name, *chain) for name, chain in zip(_CHAINS, made)]
 
 
@@ -39,13 +43,15 @@ def _worst(dtype: str, modality: Any, voi: Any, invert: bool) -> tuple[int, int,
     straight = affine.line(modality, voi, invert)
     if straight is None:
         raise AssertionError("the chain is not a line")
-    unsigned = np.arange(65536, dtype=np.uint16)
-    values = unsigned.view(dtype)
+    size = np.dtype(dtype).itemsize
+    values = np.arange(256**size, dtype=f"u{size}").view(dtype)
     a, b = straight
     kept = values[np.maximum(np.abs(a * values.astype(np.float64)), abs(b)) <= affine.LIMIT]
+    if kept.size == 0:
+        return 0, 0, 0
     image = np.ascontiguousarray(np.tile(kept, 3)[:-5]).reshape(1, -1)  # each value in SIMD body and tail
     got = affine.LineImage(image, a, b).gather().astype(np.int64)
-    want = luts.stored_value_lut(dtype, modality, voi, invert)[image.view(np.uint16)].astype(np.int64)
+    want = luts.stored_value_lut(dtype, modality, voi, invert)[image.view(f"u{size}")].astype(np.int64)
     diff = np.abs(got - want)
     return int(diff.max()), int(np.count_nonzero(diff)), int(diff.size)
 
@@ -81,7 +87,7 @@ def preprocess_rows(repeats: int = 5) -> list[Row]:
 
         worst, differing, compared = 0, 0, 0
         for name, modality, voi in _chains():
-            for dtype in ("<u2", "<i2"):
+            for dtype in DTYPES:
                 for invert in (False, True):
                     w, d, n = _worst(dtype, modality, voi, invert)
                     if w > 1:
