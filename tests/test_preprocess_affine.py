@@ -90,6 +90,8 @@ def test_values_beyond_float32s_reach_keep_the_table() -> None:
     assert steep is not None
     assert affine.fits(steep, (59999, 60001)) is False  # |a·x| ≈ 7.9e9: float32 would err by hundreds
     assert affine.fits(affine.line(None, luts.Window("LINEAR", 15000.0, 30000.0), True), (0, 32767))
+    absurd = affine.line(luts.Rescale(1e-312, 1000.0), luts.Window("LINEAR_EXACT", 1000.0, 1e-308), False)
+    assert absurd is not None and not affine.fits(absurd, (0, 100))  # a NaN intercept: max() alone skipped it
 
 
 def _display_of(name: str, pp: PreprocessSpec = PreprocessSpec(), **changes: object) -> object:
