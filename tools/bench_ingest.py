@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from edged.localbroker import LocalBroker, free_port  # noqa: E402
 from edged.metrics.cpu import stat_cpu_s  # noqa: E402
 
+
 def tree_cpu_s(pid: int, descendants: bool = True) -> float:
     """utime + stime of ``pid`` and (``descendants``) every live descendant, from /proc/<pid>/stat."""
     total, todo = 0.0, [pid]
@@ -140,7 +141,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         wait_port(port, daemon, "edged")
         wait_port(scp_port, scp, "storescp")
         results = Results(broker_port, "ingest")
-        edged_cpu = main_cpu = scp_cpu = unlink_cpu = 0.0
+        main_cpu = unlink_cpu = 0.0
         by_role: dict[str, float] = {}
         rounds: list[tuple[float, float]] = []  # (edged, storescp) CPU s of each round
         received = 0
@@ -148,7 +149,6 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             c0 = tree_cpu_s(scp.pid)
             storescu(scp_port, files, "STORESCP")
             scp_round = tree_cpu_s(scp.pid) - c0
-            scp_cpu += scp_round
             u0 = sum(os.times()[:2])  # deleting storescp's files: edged's spool deletes its own
             for f in out_dir.iterdir():
                 f.unlink()
@@ -158,9 +158,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             storescu(port, files, "EDGED")
             received += len(files)
             results.wait(received)
-            edged_round = tree_cpu_s(daemon.pid) - c0
-            edged_cpu += edged_round
-            rounds.append((edged_round, scp_round))
+            rounds.append((tree_cpu_s(daemon.pid) - c0, scp_round))
             main_cpu += tree_cpu_s(daemon.pid, False) - m0
             time.sleep(0.3)  # the association's threads have ended (and retired their CPU)
             for role, seconds in cpu_by_role(metrics_port).items():
@@ -175,6 +173,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             time.sleep(0.5)
         idle, idle_assoc = idle_cpu(daemon.pid, port)
         images = received - 3
+        edged_cpu, scp_cpu = (sum(r[k] for r in rounds) for k in (0, 1))
         row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc, "images": images,
                "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
                "edged_daemon_cpu_ms_per_image": round(main_cpu * 1000 / images, 1),

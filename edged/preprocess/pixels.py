@@ -229,7 +229,8 @@ def _display(
     modality = luts.read_modality(ds)
     voi = luts.read_voi(ds) if pp.voi == "auto" else None
     invert = pp.invert_monochrome1 and header.photometric == "MONOCHROME1"
-    curve = voi is not None and affine.line(modality, voi, invert) is None  # the table's case
+    straight = affine.line(modality, voi, invert) if voi is not None else None
+    curve = voi is not None and straight is None  # the table's case
     bits_stored, bounds = None, None
     if isinstance(arr, RawPixels):
         if curve:  # the table clears junk above Bits Stored itself: no bounds pass needed
@@ -248,7 +249,7 @@ def _display(
     if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
         if voi is None:
             voi = luts.MinMax(*luts.value_range(arr, modality, bounds))
-        straight = None if curve else affine.line(modality, voi, invert)
+            straight = affine.line(modality, voi, invert)
         if straight is not None and bounds is not None and affine.fits(straight, bounds):
             return affine.LineImage(arr, *straight)
         table = luts.stored_value_lut(arr.dtype.str, modality, voi, invert, bits_stored)
