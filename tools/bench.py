@@ -307,15 +307,12 @@ def main() -> int:
                 daemon.stop()
     say(f"  daemon peak RSS: {res['peak_rss_mb']:.0f} MB")
     say("[4/4] ingest CPU per image (tiny model) beside DCMTK storescp, and a lone image's queue wait")
-    from bench_ingest import bench_ingest
+    from bench_ingest import bench_ingest, make_sets
     from bench_ingest import report as ingest_report
 
     with tempfile.TemporaryDirectory(prefix="edged-ingest-") as tmp:
         work = Path(tmp)
-        sets = []
-        for r in range(3):
-            (work / f"set{r}").mkdir()
-            sets.append([p for p, _ in make_variants(work / f"set{r}", args.images if r < 2 else 3)])
+        sets = make_sets(work, args.images, 2)
         (work / "broker").mkdir()
         with LocalBroker(work / "broker") as broker:
             res["ingest"] = bench_ingest(work, broker.port, sets)

@@ -12,8 +12,11 @@ fsync, preprocessing, inference, outbox and publishing; ``storescp`` only writes
 The daemon's ``edged_cpu_seconds_total{role}`` (edged/metrics/cpu.py, read from its /metrics
 around each round) splits that: ``dicom`` is the associations' work (receive, spool, C-STORE
 answer), the part that compares with storescp's; ``decode`` the decode workers' pixel work.
-The ratio with everything counted is also printed round by round: on a shared VM storescp's own
-CPU for the same files moved by up to 1.7× between runs, so the spread is part of the result.
+Each receiver first gets one warm-up round that is not counted: storescp's first round on a
+fresh machine cost twice its later ones (13.8 against 6.7 ms per image here: the page cache's
+first pages, the VM's first touch of them), edged's did not (its first round reuses the pages
+storescp's deleted files just freed), so counting it flattered edged. The ratio is also printed
+round by round, with both receivers' figures, so a round that moved is visible.
 Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported, and
 the daemon's CPU per second is read idle and with one association open that does nothing (the
 cost of pynetdicom's polling reactors, edged/sources/dicom/reactor.py).
@@ -112,11 +115,24 @@ class Results:
         self.client.disconnect()
 
 
+def make_sets(work: Path, images: int, rounds: int) -> list[list[Path]]:
+    """The files :func:`bench_ingest` sends: a warm-up round, ``rounds`` counted rounds of
+    ``images`` each, and three lone images (each with its own SOP Instance UID)."""
+    from bench import make_variants
+
+    sets = []
+    for r in range(rounds + 2):
+        (work / f"set{r}").mkdir()
+        sets.append([p for p, _ in make_variants(work / f"set{r}", images if r <= rounds else 3)])
+    return sets
+
+
 def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path = REPO) -> dict:
-    """``sets``: one list of files per round plus one for the lone images (each instance is new to
-    edged: a SOP Instance UID it has processed is acknowledged without inference). ``src``: the
-    source tree the daemon runs from (another checkout, e.g. ``git archive`` of an older commit,
-    compares before and after in one run)."""
+    """``sets`` (:func:`make_sets`): a warm-up round (sent to both receivers, not counted), the
+    counted rounds, and the lone images (each instance is new to edged: a SOP Instance UID it has
+    processed is acknowledged without inference). ``src``: the source tree the daemon runs from
+    (another checkout, e.g. ``git archive`` of an older commit, compares before and after in one
+    run)."""
     from edged.models.synth import write_model
 
     if not (work / "repo" / "chexnet-tiny").exists():
@@ -145,7 +161,8 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         by_role: dict[str, float] = {}
         rounds: list[tuple[float, float]] = []  # (edged, storescp) CPU s of each round
         received = 0
-        for files in sets[:-1]:
+        for index, files in enumerate(sets[:-1]):
+            counted = index > 0  # the first is the warm-up round
             c0 = tree_cpu_s(scp.pid)
             storescu(scp_port, files, "STORESCP")
             scp_round = tree_cpu_s(scp.pid) - c0
@@ -158,9 +175,12 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             storescu(port, files, "EDGED")
             received += len(files)
             results.wait(received)
-            rounds.append((tree_cpu_s(daemon.pid) - c0, scp_round))
-            main_cpu += tree_cpu_s(daemon.pid, False) - m0
+            edged_round, main_round = tree_cpu_s(daemon.pid) - c0, tree_cpu_s(daemon.pid, False) - m0
             time.sleep(0.3)  # the association's threads have ended (and retired their CPU)
+            if not counted:
+                continue
+            rounds.append((edged_round, scp_round))
+            main_cpu += main_round
             for role, seconds in cpu_by_role(metrics_port).items():
                 by_role[role] = by_role.get(role, 0.0) + seconds - r0.get(role, 0.0)
         time.sleep(1.0)  # idle: nothing queued, the backend waiting
@@ -172,7 +192,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             queue_ms.append(float(results.last["timings_ms"]["queue"]))
             time.sleep(0.5)
         idle, idle_assoc = idle_cpu(daemon.pid, port)
-        images = received - 3
+        images = received - 3 - len(sets[0])
         edged_cpu, scp_cpu = (sum(r[k] for r in rounds) for k in (0, 1))
         row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc, "images": images,
                "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
@@ -186,6 +206,8 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         row["ratio"] = round(row["edged_cpu_ms_per_image"] / scp_ms, 2)
         row["daemon_ratio"] = round(row["edged_daemon_cpu_ms_per_image"] / scp_ms, 2)
         row["ratio_by_round"] = [round(e / max(c, 1e-4), 2) for e, c in rounds]  # how far one round moves it
+        row["ms_by_round"] = [(round(e * 1000 / len(f), 1), round(c * 1000 / len(f), 1))
+                              for (e, c), f in zip(rounds, sets[1:-1])]  # (edged, storescp): which one moved
         return row
     finally:
         if results is not None:
@@ -247,7 +269,9 @@ def report(row: dict) -> str:
         f"{row.get('storescp_files_deleted_cpu_ms_per_image', 0)} ms/image, not counted above) | | | |",
         "",
         "edged with its decode process × storescp, round by round: "
-        + ", ".join(str(r) for r in row.get("ratio_by_round", [])),
+        + ", ".join(str(r) for r in row.get("ratio_by_round", []))
+        + " (edged / storescp ms per image: "
+        + ", ".join(f"{e} / {c}" for e, c in row.get("ms_by_round", [])) + ")",
         "",
         "edged's CPU by role (edged_cpu_seconds_total, same images):",
         "",
@@ -265,8 +289,6 @@ def report(row: dict) -> str:
 def main() -> int:
     import argparse
 
-    from bench import make_variants
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=2)
@@ -278,10 +300,7 @@ def main() -> int:
         SEND_PDU[:] = ["--max-send-pdu", str(args.pdu)]
     with tempfile.TemporaryDirectory(prefix="edged-ingest-") as tmp:
         work = Path(tmp)
-        sets = []
-        for r in range(args.rounds + 1):
-            (work / f"set{r}").mkdir()
-            sets.append([p for p, _ in make_variants(work / f"set{r}", args.images if r < args.rounds else 3)])
+        sets = make_sets(work, args.images, args.rounds)
         (work / "broker").mkdir()
         with LocalBroker(work / "broker") as broker:
             if args.before:
