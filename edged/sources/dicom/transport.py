@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from copy import copy, deepcopy
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import datetime
 from socket import socket
@@ -262,15 +262,17 @@ def copy_contexts(contexts: list) -> list:
     ``str``, ints, bools, None) and one list, its transfer syntaxes: a copy with that list copied
     is as independent of the server's as a deep copy. deepcopy re-created every UID of ~120
     storage contexts × their syntaxes, 16 ms of CPU per association (issue #14), which a modality
-    opening an association per image pays per image. A context with any other attribute falls
-    back to deepcopy."""
+    opening an association per image pays per image. The copy is a new instance given the
+    original's attributes, not ``copy.copy`` (its ``__reduce_ex__`` round trip cost 0.36 against
+    0.07 ms for 120 contexts). A context with any other attribute falls back to deepcopy."""
     out = []
     for cx in contexts:
         fields = vars(cx)
         if fields.keys() - _CONTEXT_FIELDS or not isinstance(fields.get("_transfer_syntax"), list):
             return deepcopy(contexts)
-        twin = copy(cx)
-        twin._transfer_syntax = list(cx._transfer_syntax)
+        twin = object.__new__(type(cx))
+        twin.__dict__.update(fields)
+        twin._transfer_syntax = list(fields["_transfer_syntax"])
         out.append(twin)
     return out
 
