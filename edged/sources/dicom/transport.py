@@ -41,6 +41,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from edged.metrics.cpu import CPU
 from edged.sources.dicom import tls as dicom_tls
+from edged.sources.dicom import uids
 from edged.sources.dicom.limits import (
     ConnectionSlots,
     Lease,
@@ -324,8 +325,10 @@ class GuardedServer(ThreadedAssociationServer):
 def serve(ae: Any, address: tuple[str, int], handlers: list, guard: Guard) -> GuardedServer:
     """What ``AE.start_server(block=False)`` (pynetdicom/ae.py) does, with :class:`GuardedServer`:
     ``make_server``, ``serve_forever`` in a daemon thread, the server registered in
-    ``ae._servers`` (``AssociationServer.shutdown`` removes it from there)."""
+    ``ae._servers`` (``AssociationServer.shutdown`` removes it from there). The standard's
+    UIDs are checked once per process from here on (:mod:`edged.sources.dicom.uids`)."""
     check_pynetdicom()
+    uids.install()
     server = ae.make_server(address, evt_handlers=handlers, server_class=GuardedServer, guard=guard)
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}",
                               daemon=True)

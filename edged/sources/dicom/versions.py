@@ -15,6 +15,10 @@ FASTPATH_VERIFIED = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 # kill and stop. Compared function by function (AST) with 3.0.4 in 3.0.0, 3.0.1 and 3.0.3:
 # identical. 3.0.2 is not on the package index these machines reach, so it is not listed.
 REACTOR_VERIFIED = ("3.0.0", "3.0.1", "3.0.3", "3.0.4")
+# uids.py replaces utils.set_uid in every module that imports it by name. set_uid, decode_bytes'
+# use and the importing modules (ae, dimse_primitives, pdu_items, pdu_primitives, presentation)
+# compared in 3.0.0, 3.0.1, 3.0.3 and 3.0.4: identical; 3.0.2 is not on the index.
+UIDS_VERIFIED = ("3.0.0", "3.0.1", "3.0.3", "3.0.4")
 
 
 #: (list, what relies on pynetdicom internals, what to verify before adding a version to the list)
@@ -25,6 +29,8 @@ _GUARDED = (
      "dataset fragments written without the per-PDU state machine) replaces", "fastpath.py"),
     ("REACTOR_VERIFIED", "association reactors (edged/sources/dicom/reactor.py: threads woken by events instead "
      "of polling every millisecond) replace", "reactor.py and GuardedAssociation._run_reactor"),
+    ("UIDS_VERIFIED", "UID memo (edged/sources/dicom/uids.py: the standard's UIDs checked once per process) "
+     "replaces", "uids.py and the modules that import set_uid"),
 )
 
 
