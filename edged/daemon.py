@@ -26,6 +26,7 @@ import threading
 import time
 
 from pydicom import config as pydicom_config
+from pynetdicom import _config as pynetdicom_config
 
 from edged import __version__
 from edged.batcher.served import ServedModel
@@ -115,7 +116,7 @@ class Daemon:
             # process's first temp dir, which must be a short, ordinary one (not .incoming)
             self.decoders = DecodePool(cfg.pipeline.decode_processes)
             self.decoders.start()
-        configure_dicom_libraries(self.spool)
+        configure_dicom_libraries(self.spool, cfg.log_level)
         self.power = PowerRuntime(cfg.power, cfg.telemetry, TunedOverrides.load(tuned_path(cfg.state_dir)))
         self._start_metrics()  # live (and not ready) while models load, as Triton's endpoints are
         loader = ModelLoader(cfg, self.power, self.notifier, self.events)
@@ -355,7 +356,7 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-def configure_dicom_libraries(spool: Spool) -> None:
+def configure_dicom_libraries(spool: Spool, log_level: str = "info") -> None:
     """Process-wide settings of pydicom and pynetdicom that the daemon's promises depend on."""
     # pynetdicom streams each received dataset into a NamedTemporaryFile it creates without a
     # dir argument: pointing tempfile at the spool's filesystem is the only way to have the
@@ -367,6 +368,11 @@ def configure_dicom_libraries(spool: Spool) -> None:
     # pynetdicom.utils logs every non-conformant UID it checks, value included (AE titles
     # too); it has nothing else to say, so it stays quiet.
     logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
+    # pynetdicom's standard event handlers describe every association's negotiation and every
+    # DIMSE message in INFO/DEBUG lines, which edged shows only at log_level debug (logsetup's
+    # DemoteInfo); below that they were formatted and dropped: ~15 % of an association's CPU
+    # and part of each C-STORE's (issue #14). Not bound at all then (its documented setting).
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if log_level == "debug" else "none"
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
