@@ -17,6 +17,8 @@ fresh machine cost twice its later ones (13.8 against 6.7 ms per image here: the
 first pages, the VM's first touch of them), edged's did not (its first round reuses the pages
 storescp's deleted files just freed), so counting it flattered edged. The ratio is also printed
 round by round, with both receivers' figures, so a round that moved is visible.
+Then both receivers get images on one association each (``storescu`` per file, as modalities
+that associate per image send them): that adds each association's set-up to the image's cost.
 Then one image is sent to the idle daemon and its result's ``timings_ms.queue`` is reported, and
 the daemon's CPU per second is read idle and with one association open that does nothing (the
 cost of pynetdicom's polling reactors, edged/sources/dicom/reactor.py).
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,24 +118,32 @@ class Results:
         self.client.disconnect()
 
 
-def make_sets(work: Path, images: int, rounds: int) -> list[list[Path]]:
-    """The files :func:`bench_ingest` sends: a warm-up round, ``rounds`` counted rounds of
-    ``images`` each, and three lone images (each with its own SOP Instance UID)."""
+@dataclass
+class Sets:
+    """The files :func:`bench_ingest` sends, each instance with its own SOP Instance UID (one
+    edged has processed is acknowledged without inference)."""
+
+    warmup: list[Path]  # one round to each receiver, not counted
+    rounds: list[list[Path]]  # counted rounds, one association each
+    per_association: list[Path]  # one association per image, as many modalities send
+    lone: list[Path]  # three images to the idle daemon, one at a time
+
+
+def make_sets(work: Path, images: int, rounds: int) -> Sets:
     from bench import make_variants
 
-    sets = []
-    for r in range(rounds + 2):
-        (work / f"set{r}").mkdir()
-        sets.append([p for p, _ in make_variants(work / f"set{r}", images if r <= rounds else 3)])
-    return sets
+    def files(name: str, n: int) -> list[Path]:
+        (work / name).mkdir()
+        return [p for p, _ in make_variants(work / name, n)]
+
+    return Sets(files("warmup", images), [files(f"set{r}", images) for r in range(rounds)],
+                files("per-association", max(6, images)), files("lone", 3))
 
 
-def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path = REPO) -> dict:
-    """``sets`` (:func:`make_sets`): a warm-up round (sent to both receivers, not counted), the
-    counted rounds, and the lone images (each instance is new to edged: a SOP Instance UID it has
-    processed is acknowledged without inference). ``src``: the source tree the daemon runs from
-    (another checkout, e.g. ``git archive`` of an older commit, compares before and after in one
-    run)."""
+def bench_ingest(work: Path, broker_port: int, sets: Sets, src: Path = REPO) -> dict:
+    """Send ``sets`` (:func:`make_sets`) to storescp and to edged alternately and return CPU
+    per image. ``src``: the source tree the daemon runs from (another checkout, e.g. ``git
+    archive`` of an older commit, compares before and after in one run)."""
     from edged.models.synth import write_model
 
     if not (work / "repo" / "chexnet-tiny").exists():
@@ -161,7 +172,7 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         by_role: dict[str, float] = {}
         rounds: list[tuple[float, float]] = []  # (edged, storescp) CPU s of each round
         received = 0
-        for index, files in enumerate(sets[:-1]):
+        for index, files in enumerate([sets.warmup, *sets.rounds]):
             counted = index > 0  # the first is the warm-up round
             c0 = tree_cpu_s(scp.pid)
             storescu(scp_port, files, "STORESCP")
@@ -183,16 +194,21 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
             main_cpu += main_round
             for role, seconds in cpu_by_role(metrics_port).items():
                 by_role[role] = by_role.get(role, 0.0) + seconds - r0.get(role, 0.0)
+        per_assoc = per_association_cpu(sets.per_association, (scp.pid, scp_port, "STORESCP"),
+                                        (daemon.pid, port, "EDGED"), results, received)
+        received += len(sets.per_association)
+        for f in out_dir.iterdir():
+            f.unlink()
         time.sleep(1.0)  # idle: nothing queued, the backend waiting
         queue_ms = []
-        for f in sets[-1][:3]:
+        for f in sets.lone:
             storescu(port, [f], "EDGED")
             received += 1
             results.wait(received)
             queue_ms.append(float(results.last["timings_ms"]["queue"]))
             time.sleep(0.5)
         idle, idle_assoc = idle_cpu(daemon.pid, port)
-        images = received - 3 - len(sets[0])
+        images = sum(len(r) for r in sets.rounds)
         edged_cpu, scp_cpu = (sum(r[k] for r in rounds) for k in (0, 1))
         row = {"idle_daemon_cpu_ms_per_s": idle, "idle_association_cpu_ms_per_s": idle_assoc, "images": images,
                "edged_cpu_ms_per_image": round(edged_cpu * 1000 / images, 1),
@@ -207,7 +223,8 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         row["daemon_ratio"] = round(row["edged_daemon_cpu_ms_per_image"] / scp_ms, 2)
         row["ratio_by_round"] = [round(e / max(c, 1e-4), 2) for e, c in rounds]  # how far one round moves it
         row["ms_by_round"] = [(round(e * 1000 / len(f), 1), round(c * 1000 / len(f), 1))
-                              for (e, c), f in zip(rounds, sets[1:-1])]  # (edged, storescp): which one moved
+                              for (e, c), f in zip(rounds, sets.rounds)]  # (edged, storescp): which one moved
+        row["per_association"] = per_assoc
         return row
     finally:
         if results is not None:
@@ -215,6 +232,23 @@ def bench_ingest(work: Path, broker_port: int, sets: list[list[Path]], src: Path
         for p in (daemon, scp):
             p.terminate()
             p.wait(60)
+
+
+def per_association_cpu(files: list[Path], scp: tuple[int, int, str], edged: tuple[int, int, str],
+                        results: Results, received: int) -> dict:
+    """CPU per image when every image comes on its own association (many modalities send so):
+    storescp first, then edged (until each result is on MQTT), ``storescu`` once per file."""
+    out = {"images": len(files)}
+    for name, (pid, port, aec) in (("storescp", scp), ("edged", edged)):
+        c0 = tree_cpu_s(pid)
+        for f in files:
+            storescu(port, [f], aec)
+        if name == "edged":
+            results.wait(received + len(files))
+        time.sleep(0.3)
+        out[f"{name}_cpu_ms_per_image"] = round((tree_cpu_s(pid) - c0) * 1000 / len(files), 1)
+    out["ratio"] = round(out["edged_cpu_ms_per_image"] / max(out["storescp_cpu_ms_per_image"], 0.1), 2)
+    return out
 
 
 def cpu_by_role(port: int) -> dict[str, float]:
@@ -255,6 +289,14 @@ ROLE_NOTES = {"dicom": ": receive, spool (write, fsync), C-STORE answer — stor
               "inference": ": batchers and the backend", "results": ": result writer, outbox, MQTT"}
 
 
+def per_association_lines(pa: dict | None) -> list[str]:
+    if not pa:
+        return []
+    return [f"one association per image ({pa['images']} images, as many modalities send): edged "
+            f"{pa['edged_cpu_ms_per_image']} ms, storescp {pa['storescp_cpu_ms_per_image']} ms per image "
+            f"({pa['ratio']} ×)", ""]
+
+
 def report(row: dict) -> str:
     scp = max(row["storescp_cpu_ms_per_image"], 0.1)
     return "\n".join([
@@ -280,6 +322,7 @@ def report(row: dict) -> str:
         *(f"| {role}{ROLE_NOTES.get(role, '')} | {ms} | {ms / scp:.2f} |"
           for role, ms in row["by_role_ms_per_image"].items()),
         "",
+        *per_association_lines(row.get("per_association")),
         f"lone image on an idle daemon: queue {row['lone_image_queue_ms']} ms (max of 3)",
         f"idle daemon: {row['idle_daemon_cpu_ms_per_s']} ms CPU/s; with one idle association open: "
         f"{row['idle_association_cpu_ms_per_s']} ms CPU/s",
