@@ -306,3 +306,21 @@ def deflate_bomb(template: Path, folder: Path, side: int = 4096) -> Path:
     bomb = folder / "bomb.dcm"
     ds.save_as(bomb, enforce_file_format=True)
     return bomb
+
+
+def scrape_metrics(port: int) -> dict[str, list]:
+    """The daemon's /metrics on ``port``, parsed: ``{family name: samples}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(body)}
+
+
+def metric_value(families: dict, sample_name: str, **labels: str) -> float | None:
+    """The first sample called ``sample_name`` whose labels include ``labels``; None if none."""
+    for s in (s for family in families.values() for s in family):
+        if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return None

@@ -9,19 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from edged.localbroker import free_port
-from helpers import Collector, cr_variants, storescu
+from helpers import Collector, cr_variants, scrape_metrics, storescu
 
 
 def queued(metrics_port: int) -> float:
     """Requests waiting in the batchers, from the daemon's /metrics."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples
+    return sum(s.value for samples in scrape_metrics(metrics_port).values() for s in samples
                if s.name == "edged_inference_pending_request_count")
 
 

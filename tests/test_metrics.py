@@ -8,24 +8,12 @@ import time
 import urllib.error
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from edged.localbroker import free_port
-from helpers import cr_variants, send_file, small_cr, storescu
+from helpers import cr_variants, metric_value, scrape_metrics, send_file, small_cr, storescu
 
 N = 5
 
 
-def scrape(port: int) -> dict[str, list]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(body)}
-
-
-def value(families: dict, sample_name: str, **labels: str) -> float | None:
-    for s in (s for family in families.values() for s in family):
-        if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()):
-            return s.value
-    return None
 
 
 def health(port: int, which: str) -> tuple[int, dict]:
@@ -57,40 +45,41 @@ def test_metrics_after_real_c_stores(daemon_factory, collector, tmp_path):
     model = {"model": "chexnet-tiny", "version": collector.results()[0]["model"]["version"]}
     collector.wait_for(lambda c: len(c.events("rejected")) == 2)
 
-    m = scrape(port)
-    assert value(m, "edged_inference_request_success_total", **model) == N
-    assert value(m, "edged_inference_request_failure_total", **model) is None  # nothing failed
-    assert value(m, "edged_inference_count_total", **model) == N
-    batches = value(m, "edged_inference_exec_count_total", **model)
+    m = scrape_metrics(port)
+    assert metric_value(m, "edged_inference_request_success_total", **model) == N
+    assert metric_value(m, "edged_inference_request_failure_total", **model) is None  # nothing failed
+    assert metric_value(m, "edged_inference_count_total", **model) == N
+    batches = metric_value(m, "edged_inference_exec_count_total", **model)
     assert batches is not None and 1 <= batches <= N
     for hist in ("edged_inference_queue_duration_seconds", "edged_inference_compute_duration_seconds",
                  "edged_request_duration_seconds"):
-        assert value(m, f"{hist}_count", **model) == N, hist
-        assert value(m, f"{hist}_bucket", le="+Inf", **model) == N, hist
-        assert value(m, f"{hist}_sum", **model) > 0, hist
+        assert metric_value(m, f"{hist}_count", **model) == N, hist
+        assert metric_value(m, f"{hist}_bucket", le="+Inf", **model) == N, hist
+        assert metric_value(m, f"{hist}_sum", **model) > 0, hist
     # arrival → committed includes queue and compute: its sum is at least theirs
-    assert value(m, "edged_request_duration_seconds_sum", **model) >= \
-        value(m, "edged_inference_compute_duration_seconds_sum", **model)
-    assert value(m, "edged_dicom_associations_total", result="accepted") == 2
-    assert value(m, "edged_dicom_associations_total", result="rejected", reason="called_ae_not_recognized") == 1
-    assert value(m, "edged_dicom_stores_total", status="0x0000") == N
-    assert value(m, "edged_dicom_stores_total", status="0xC000") == 1
-    assert value(m, "edged_mqtt_connected") == 1
-    assert value(m, "edged_inference_pending_request_count", **model) == 0
-    assert value(m, "edged_model_ready", model="chexnet-tiny") == 1
-    assert value(m, "edged_build_info", node="test-node") == 1
-    assert value(m, "process_resident_memory_bytes") > 10e6
+    assert metric_value(m, "edged_request_duration_seconds_sum", **model) >= \
+        metric_value(m, "edged_inference_compute_duration_seconds_sum", **model)
+    assert metric_value(m, "edged_dicom_associations_total", result="accepted") == 2
+    assert metric_value(m, "edged_dicom_associations_total", result="rejected", reason="called_ae_not_recognized") == 1
+    assert metric_value(m, "edged_dicom_stores_total", status="0x0000") == N
+    assert metric_value(m, "edged_dicom_stores_total", status="0xC000") == 1
+    assert metric_value(m, "edged_mqtt_connected") == 1
+    assert metric_value(m, "edged_inference_pending_request_count", **model) == 0
+    assert metric_value(m, "edged_model_ready", model="chexnet-tiny") == 1
+    assert metric_value(m, "edged_build_info", node="test-node") == 1
+    assert metric_value(m, "process_resident_memory_bytes") > 10e6
     # where the CPU went (edged/metrics/cpu.py): the associations' threads retired theirs as dicom,
     # the decode worker's is its own, and the daemon's roles add up to its process CPU
     roles = {s.labels["role"]: s.value for s in m["edged_cpu_seconds"] if s.name == "edged_cpu_seconds_total"}
     assert roles["dicom"] > 0 and roles["decode"] > 0 and "results" in roles, roles  # 10 ms ticks: few images may be 0
     in_process = sum(v for role, v in roles.items() if role != "decode")
-    assert abs(in_process - value(m, "process_cpu_seconds_total")) < 0.1, (roles, value(m, "process_cpu_seconds_total"))
+    process_cpu = metric_value(m, "process_cpu_seconds_total")
+    assert abs(in_process - process_cpu) < 0.1, (roles, process_cpu)
 
     def settled() -> bool:
-        again = scrape(port)
-        return value(again, "edged_spool_pending") == 0 and value(again, "edged_outbox_pending") == 0 and \
-            "edged_telemetry_unavailable" in again  # the power gauges of a plain x86 host
+        again = scrape_metrics(port)
+        return (metric_value(again, "edged_spool_pending") == 0 and metric_value(again, "edged_outbox_pending") == 0
+                and "edged_telemetry_unavailable" in again)  # the power gauges of a plain x86 host
 
     collector.wait_for(lambda c: settled(), timeout=30)
     assert health(port, "live") == (200, {"status": "ok", "reason": "alive"})
@@ -121,9 +110,9 @@ def test_ready_flips_when_a_model_fails_to_load(daemon_factory, collector, tmp_p
     assert status == 503 and body["status"] == "unavailable"
     assert body["reason"].startswith("not loaded: second:") and "sha256" in body["reason"]
     assert health(port, "live")[0] == 200  # it serves the other model: alive, not ready
-    m = scrape(port)
-    assert value(m, "edged_model_ready", model="second") == 0
-    assert value(m, "edged_model_ready", model="chexnet-tiny") == 1
+    m = scrape_metrics(port)
+    assert metric_value(m, "edged_model_ready", model="second") == 0
+    assert metric_value(m, "edged_model_ready", model="chexnet-tiny") == 1
     assert d.terminate() == 0
 
     (repo / "second" / "model.onnx").write_bytes(good)  # the operator fixes it

@@ -4,16 +4,13 @@ camera gets its share, and the DICOM path neither sees camera models nor waits f
 from __future__ import annotations
 
 import time
-import urllib.request
 from datetime import datetime
 
 import pytest
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from camkit import camera, wait_until
 from edged.localbroker import free_port
-from helpers import cr_variants, storescu
+from helpers import cr_variants, scrape_metrics, storescu
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +64,8 @@ def test_four_cameras_batch_fairly_while_dicom_is_served(daemon_factory, collect
 
     # /metrics counts what the state messages count, per camera, model and drop reason
     before = {n: collector.of(f"cameras/{n}/state")[-1] for n in names}
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()) for s in f.samples}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in scrape_metrics(port).values() for s in family}
     time.sleep(1.5)  # a state message taken after the scrape
     after = {n: collector.of(f"cameras/{n}/state")[-1] for n in names}
     for n in names:

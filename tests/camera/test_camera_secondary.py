@@ -116,17 +116,17 @@ def test_faces_are_classified_small_ones_skipped_and_a_slow_classifier_only_drop
     assert any(sum("secondary" in f for f in m["detections"]) < 16 for m in crowd_frames)  # dropped crops
 
     # camera metrics on /metrics: the cameras' own counters, per camera, stage and outcome
-    from test_metrics import scrape, value
+    from helpers import metric_value, scrape_metrics
 
-    m = scrape(port)
-    assert value(m, "edged_camera_frames_received_total", camera="faces") >= end["faces"]["frames"]["in"]
-    assert value(m, "edged_camera_frames_inferred_total", camera="crowd", model="centerface") >= \
+    m = scrape_metrics(port)
+    assert metric_value(m, "edged_camera_frames_received_total", camera="faces") >= end["faces"]["frames"]["in"]
+    assert metric_value(m, "edged_camera_frames_inferred_total", camera="crowd", model="centerface") >= \
         end["crowd"]["frames"]["inferred"]["centerface"] > 0
-    assert value(m, "edged_camera_frames_dropped_total", camera="crowd", reason="reader") >= \
+    assert metric_value(m, "edged_camera_frames_dropped_total", camera="crowd", reason="reader") >= \
         end["crowd"]["drops"]["reader"]
-    assert value(m, "edged_camera_secondary_crops_total", camera="crowd", outcome="dropped") >= \
+    assert metric_value(m, "edged_camera_secondary_crops_total", camera="crowd", outcome="dropped") >= \
         end["crowd"]["drops"]["secondary"] > 10
-    assert value(m, "edged_camera_secondary_crops_total", camera="faces", outcome="too_small") > 0
-    assert value(m, "edged_camera_streaming", camera="faces") == 1
+    assert metric_value(m, "edged_camera_secondary_crops_total", camera="faces", outcome="too_small") > 0
+    assert metric_value(m, "edged_camera_streaming", camera="faces") == 1
     assert d.terminate() == 0
     assert max(size for topic, size in collector.sizes if "/detections/" in topic) <= MAX_BYTES["detections"]
