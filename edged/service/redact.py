@@ -14,9 +14,10 @@ abstract syntax). So:
 * :class:`RedactingFilter` does it in a handler *filter*, which runs before the handler takes its
   lock: one thread's long line never holds up another thread's logging.
 
-Libraries quote peer bytes in their messages (pydicom: ``Unknown encoding '…'``), so control
-characters are escaped (``\\n``, ``\\x1b``…): a newline in a peer's value cannot forge a log line
-and an escape sequence cannot act on the terminal that reads the log. A traceback keeps its
+Libraries quote peer bytes in their messages (pydicom: ``Unknown encoding '…'``): in
+pydicom's character-set warnings only the standard's defined terms survive, and control
+characters are escaped everywhere (``\\n``, ``\\x1b``…): a newline in a peer's value cannot
+forge a log line and an escape sequence cannot act on the terminal that reads the log. A traceback keeps its
 line breaks; everything else in it is escaped too.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 
 MAX_CHARS = 8192  # per message; a traceback gets 4x
 _DELIMS = r"\s'\"=:,;()\[\]{}<>"
@@ -47,6 +49,35 @@ _QUOTE_OR_NL = re.compile(r"['\"\n]")
 # Credentials inside a URL (rtsp://user:password@host): the config refuses them, but a camera or a
 # library may still echo such a URL in an error message.
 _URL_CREDENTIALS = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,15}://)[^\s/@:]{0,128}:[^\s/@]{0,128}@")
+
+
+# pydicom's character-set warnings quote a dataset's Specific Character Set values ("Unknown
+# encoding 'X'", "Incorrect value for Specific Character Set 'X' - assuming 'Y'", "Value 'X'
+# cannot be used as code extension", "..., ignoring: X, Y"). A garbled or hostile value can be
+# anything, an accession number included (make fuzz, seed 19): in such a message a quoted or
+# listed value stays only if it is a defined term of the standard or the Python codec pydicom
+# maps one to.
+_CHARSET_WARNING = re.compile(r"Unknown encoding|Specific Character Set|code extension|with encodings?[: ]")
+_QUOTED_VALUE = re.compile(r"'([^'\n]{0,256})'")
+_LISTED_VALUES = re.compile(r"((?:encodings|ignoring): )([^\n]{0,1024}?)(?= - |\n|$)")
+
+
+@lru_cache(maxsize=1)
+def _charset_terms() -> frozenset[str]:
+    try:
+        from pydicom.charset import python_encoding
+    except Exception:  # no pydicom: nothing is known, every value goes
+        return frozenset()
+    return frozenset(python_encoding) | frozenset(python_encoding.values())
+
+
+def _charset_values(text: str) -> str:
+    if not _CHARSET_WARNING.search(text):
+        return text
+    known = _charset_terms()
+    text = _QUOTED_VALUE.sub(lambda m: m.group(0) if m.group(1) in known else "'[redacted]'", text)
+    return _LISTED_VALUES.sub(
+        lambda m: m.group(1) + ", ".join(v if v in known else "[redacted]" for v in m.group(2).split(", ")), text)
 
 
 # C0 controls and DEL as visible escapes; "keep" is what a traceback may contain as is
@@ -93,6 +124,7 @@ def redact_phi(text: str, limit: int = MAX_CHARS) -> str:
     text = _UID.sub(_uid, text)
     text = _GROUP_0010.sub("(0010,xxxx) [redacted]", text)
     text = _KEYWORD.sub(r"\1\2[redacted]", text)
+    text = _charset_values(text)
     text = _quoted_names(text)
     return _PN.sub("[redacted-PN]", text)
 

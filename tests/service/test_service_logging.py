@@ -152,6 +152,42 @@ def test_phi_shapes_are_redacted_and_normal_lines_untouched(text: str, expected:
     assert redact_phi(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("Unknown encoding 'ACC978801188' - using default encoding instead",
+     "Unknown encoding '[redacted]' - using default encoding instead"),
+    ("Incorrect value for Specific Character Set 'DOE JOHN' - assuming 'ISO_IR 100'",
+     "Incorrect value for Specific Character Set '[redacted]' - assuming 'ISO_IR 100'"),
+    ("Value 'ISO_IR 192' for Specific Character Set does not allow code extensions, ignoring: ISO 2022 IR 87, A77",
+     "Value 'ISO_IR 192' for Specific Character Set does not allow code extensions, ignoring: ISO 2022 IR 87, "
+     "[redacted]"),
+    ("Value 'SMITH' cannot be used as code extension, ignoring it",
+     "Value '[redacted]' cannot be used as code extension, ignoring it"),
+    ("Failed to decode byte string with encodings: latin_1, shift_jis - using replacement characters",
+     "Failed to decode byte string with encodings: latin_1, shift_jis - using replacement characters"),
+    ("Failed to decode byte string with encoding 'H123' - using replacement characters",
+     "Failed to decode byte string with encoding '[redacted]' - using replacement characters"),
+    ("spooled 'cr.dcm' for chexnet", "spooled 'cr.dcm' for chexnet"),  # no charset warning: quotes stay
+])
+def test_pydicom_charset_warnings_keep_only_defined_terms(text: str, expected: str) -> None:
+    """Defect (make fuzz, seed 19): pydicom quoted a dataset's Specific Character Set value, an
+    accession number, into the log."""
+    assert redact_phi(text) == expected
+
+
+def test_a_pydicom_charset_warning_is_redacted_on_its_way_to_the_log(clean_root: None) -> None:
+    """Through pydicom's own warning, both as its logger's line and as the captured warning."""
+    import warnings
+
+    from pydicom.charset import decode_bytes
+
+    out = io.StringIO()
+    setup_logging("info", journald=True, stream=out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        decode_bytes(b"abc", ["ACC978801188"], [])
+    assert "Unknown encoding '[redacted]'" in out.getvalue() and "ACC978801188" not in out.getvalue()
+
+
 def test_redaction_applies_to_formatted_output(clean_root: None) -> None:
     out = io.StringIO()
     setup_logging("debug", journald=True, stream=out)
@@ -188,6 +224,8 @@ def test_a_uid_glued_to_an_escaped_nul_is_redacted():
     "PatientName=" + "x" * 1_000_000,
     "(0010,0010)" + "^" * 1_000_000,
     ("DOE^" * 250_000),
+    "Unknown encoding '" + "x" * 1_000_000,
+    "ignoring: " + "a, " * 300_000,
 ])
 def test_redaction_is_linear_and_bounded(hostile: str):
     """Defect (issue #8): a 64 KB BodyPartExamined stalled the daemon 44-52 s in the quadratic regex."""
