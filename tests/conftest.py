@@ -115,3 +115,29 @@ def small_fs(tmp_path: Path):
     yield make
     for where in mounts:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def listener(tmp_path: Path):
+    """edged's guarded DICOM listener (transport.serve) serving C-ECHO; yields (port, server, AE,
+    ended associations: "released"/"aborted" as they end)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    from edged.sources.dicom import transport
+    from edged.sources.dicom.limits import TransportLimits
+    from edged.sources.dicom.refusals import Refusals
+    from edged.spool.spool import Spool
+
+    ae = AE(ae_title="EDGED")
+    ae.add_supported_context(Verification)
+    ended: list = []
+    guard = transport.Guard(TransportLimits(), Refusals(lambda *a, **k: None), Spool(tmp_path / "spool", 1 << 30))
+    port = free_port()
+    handlers = [(evt.EVT_RELEASED, lambda e: ended.append("released")),
+                (evt.EVT_ABORTED, lambda e: ended.append("aborted"))]
+    server = transport.serve(ae, ("127.0.0.1", port), handlers, guard)
+    try:
+        yield port, server, ae, ended
+    finally:
+        server.shutdown()

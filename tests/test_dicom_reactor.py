@@ -11,32 +11,11 @@ import time
 from copy import deepcopy
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from edged.localbroker import free_port
 from edged.sources.dicom import reactor, transport, versions
-from edged.sources.dicom.limits import TransportLimits
-from edged.sources.dicom.refusals import Refusals
-from edged.spool.spool import Spool
-
-
-@pytest.fixture
-def listener(tmp_path):
-    """edged's guarded listener serving C-ECHO; yields (port, server, AE, ended associations)."""
-    ae = AE(ae_title="EDGED")
-    ae.add_supported_context(Verification)
-    ended: list = []
-    guard = transport.Guard(TransportLimits(), Refusals(lambda *a, **k: None), Spool(tmp_path / "spool", 1 << 30))
-    port = free_port()
-    handlers = [(evt.EVT_RELEASED, lambda e: ended.append("released")),
-                (evt.EVT_ABORTED, lambda e: ended.append("aborted"))]
-    server = transport.serve(ae, ("127.0.0.1", port), handlers, guard)
-    try:
-        yield port, server, ae, ended
-    finally:
-        server.shutdown()
 
 
 def _associate(port: int):

@@ -15,15 +15,11 @@ import pynetdicom
 import pytest
 from pydicom import __version__ as pydicom_version
 from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from edged.localbroker import free_port
-from edged.sources.dicom import transport, uids, versions
-from edged.sources.dicom.limits import TransportLimits
-from edged.sources.dicom.refusals import Refusals
-from edged.spool.spool import Spool
+from edged.sources.dicom import uids, versions
 
 uids.install()
 
@@ -161,22 +157,15 @@ def test_a_negotiation_of_every_storage_context_is_the_same_with_the_memo() -> N
     assert runs["memo"] == runs["upstream"]
 
 
-def test_edgeds_listener_installs_the_memo(tmp_path) -> None:
+def test_edgeds_listener_installs_the_memo(listener) -> None:
     """Through edged's own server: an association's standard UIDs end up remembered."""
-    ae = AE(ae_title="EDGED")
-    ae.add_supported_context(Verification)
-    guard = transport.Guard(TransportLimits(), Refusals(lambda *a, **k: None), Spool(tmp_path / "spool", 1 << 30))
-    port = free_port()
-    server = transport.serve(ae, ("127.0.0.1", port), [(evt.EVT_RELEASED, lambda e: None)], guard)
-    try:
-        scu = AE(ae_title="MODALITY")
-        scu.add_requested_context(Verification)
-        for cx in StoragePresentationContexts[:20]:
-            scu.add_requested_context(cx.abstract_syntax)
-        assoc = scu.associate("127.0.0.1", port, ae_title="EDGED")
-        assert assoc.is_established
-        assert assoc.send_c_echo().Status == 0x0000
-        assoc.release()
-    finally:
-        server.shutdown()
+    port, _, _, _ = listener
+    scu = AE(ae_title="MODALITY")
+    scu.add_requested_context(Verification)
+    for cx in StoragePresentationContexts[:20]:
+        scu.add_requested_context(cx.abstract_syntax)
+    assoc = scu.associate("127.0.0.1", port, ae_title="EDGED")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
     assert (str(StoragePresentationContexts[0].abstract_syntax), True) in {k[:2] for k in uids._set_uid_memo}

@@ -121,8 +121,3 @@ def is_valid(self: Any) -> bool:
         if len(_is_valid_memo) < MAX_REMEMBERED:
             _is_valid_memo[str(self)] = known
     return known
-
-
-def remembered() -> int:
-    """How many UIDs are remembered (both memos): for tests and the bound."""
-    return len(_set_uid_memo) + len(_is_valid_memo)
